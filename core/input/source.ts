@@ -1,0 +1,150 @@
+import { fsError, TomeError } from "../errors.ts";
+import { looksBinary, sniff } from "./binary.ts";
+import { type DecodeCounts, decodeUtf8 } from "./utf8.ts";
+import { type Skipped, walk, type WalkedFile } from "./walk.ts";
+
+/** What reading an input has counted so far; final once its text stream has ended. */
+export interface InputStats extends DecodeCounts {
+  /** Text files read (1 for a file or stdin). */
+  files: number;
+  /** Entries of a directory that were left out, with the reason. */
+  skipped: Skipped[];
+}
+
+/** An opened input: its text as a stream of UTF-8 segments, read once. */
+export interface Source {
+  /** The path as given, or `"stdin"`. */
+  label: string;
+  kind: "file" | "stdin" | "directory";
+  /** Bytes expected in all, when known in advance (not for stdin or pipes). */
+  totalBytes: number | null;
+  stats: InputStats;
+  text: ReadableStream<string>;
+}
+
+/** The line that introduces each file of a directory, so paths stay visible to the model. */
+export function fileHeader(rel: string): string {
+  return `==> ${rel} <==\n`;
+}
+
+/**
+ * Opens a path, `-` for standard input, or a directory (every text file under
+ * it, `.gitignore` honoured, each introduced by {@link fileHeader}). Nothing is
+ * read whole into memory: the text arrives as a stream of segments.
+ *
+ * Throws {@link TomeError} for a missing or unreadable path, a binary file, an
+ * empty input; a directory with no text file fails when its stream ends.
+ */
+export async function openSource(
+  spec: string,
+  opts: { stdin?: ReadableStream<Uint8Array>; stdinIsTerminal?: boolean } = {},
+): Promise<Source> {
+  const stats: InputStats = { bytes: 0, replacedChars: 0, files: 0, skipped: [] };
+  if (spec === "-") {
+    const terminal = opts.stdinIsTerminal ?? (opts.stdin ? false : Deno.stdin.isTerminal());
+    if (terminal) {
+      throw new TomeError("usage", "no input: standard input is a terminal (pipe a file in, or give a path)");
+    }
+    const bytes = await textBytes(opts.stdin ?? Deno.stdin.readable, "stdin");
+    stats.files = 1;
+    return { label: "stdin", kind: "stdin", totalBytes: null, stats, text: bytes.pipeThrough(decodeUtf8(stats)) };
+  }
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(spec);
+  } catch (err) {
+    throw fsError(err, spec);
+  }
+  if (info.isDirectory) return await openDirectory(spec, stats);
+  if (info.isFile && info.size === 0) throw new TomeError("empty", `input is empty: ${spec}`);
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(spec, { read: true });
+  } catch (err) {
+    throw fsError(err, spec);
+  }
+  const bytes = await textBytes(file.readable, spec);
+  stats.files = 1;
+  return {
+    label: spec,
+    kind: "file",
+    totalBytes: info.isFile ? info.size : null,
+    stats,
+    text: bytes.pipeThrough(decodeUtf8(stats)),
+  };
+}
+
+/** Checks that a byte stream is non-empty text, and gives it back whole. */
+async function textBytes(stream: ReadableStream<Uint8Array>, label: string): Promise<ReadableStream<Uint8Array>> {
+  let head: Uint8Array;
+  let whole: ReadableStream<Uint8Array>;
+  try {
+    ({ head, stream: whole } = await sniff(stream));
+  } catch (err) {
+    throw fsError(err, label);
+  }
+  if (head.length === 0) throw new TomeError("empty", `input is empty: ${label}`);
+  if (looksBinary(head)) {
+    await whole.cancel();
+    throw new TomeError("binary", `input looks binary (it has NUL bytes), not text: ${label}`);
+  }
+  return whole;
+}
+
+async function openDirectory(root: string, stats: InputStats): Promise<Source> {
+  let files: WalkedFile[];
+  try {
+    files = await walk(root, stats.skipped);
+  } catch (err) {
+    throw fsError(err, root);
+  }
+  const totalBytes = files.reduce((n, f) => n + f.size, 0);
+  return {
+    label: root,
+    kind: "directory",
+    totalBytes,
+    stats,
+    text: ReadableStream.from(directoryText(root, files, stats)),
+  };
+}
+
+async function* directoryText(root: string, files: WalkedFile[], stats: InputStats): AsyncGenerator<string> {
+  let endsWithNewline = true;
+  for (const f of files) {
+    let head: Uint8Array;
+    let bytes: ReadableStream<Uint8Array>;
+    try {
+      const file = await Deno.open(f.path, { read: true });
+      ({ head, stream: bytes } = await sniff(file.readable));
+    } catch {
+      stats.skipped.push({ rel: f.rel, reason: "unreadable" });
+      continue;
+    }
+    if (looksBinary(head)) {
+      await bytes.cancel();
+      stats.skipped.push({ rel: f.rel, reason: "binary" });
+      continue;
+    }
+    stats.files++;
+    yield (endsWithNewline ? (stats.files > 1 ? "\n" : "") : "\n\n") + fileHeader(f.rel);
+    endsWithNewline = true;
+    for await (const segment of bytes.pipeThrough(decodeUtf8(stats))) {
+      yield segment;
+      endsWithNewline = segment.endsWith("\n");
+    }
+  }
+  if (stats.files === 0) {
+    const why = stats.skipped.length > 0
+      ? ` (${stats.skipped.length} skipped: ${summarizeSkipped(stats.skipped)})`
+      : files.length === 0
+      ? " (it is empty or everything is ignored)"
+      : "";
+    throw new TomeError("noTextFiles", `directory has no readable text files: ${root}${why}`);
+  }
+}
+
+function summarizeSkipped(skipped: Skipped[]): string {
+  const counts = new Map<string, number>();
+  for (const s of skipped) counts.set(s.reason, (counts.get(s.reason) ?? 0) + 1);
+  return [...counts].map(([reason, n]) => `${n} ${reason}`).join(", ");
+}

@@ -1,0 +1,102 @@
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** The project root. */
+export const ROOT = fileURLToPath(new URL("..", import.meta.url));
+/** `../shared` beside the checkout (present for developers and CI). */
+export const SHARED = join(ROOT, "..", "shared");
+export const SMOLLM2_TOKENIZER = join(SHARED, "fixtures", "smollm2-tokenizer");
+export const CORPUS = join(SHARED, "corpus");
+
+/** True when `../shared` holds the SmolLM2 tokenizer and the corpus. */
+export const hasShared = (() => {
+  try {
+    Deno.statSync(join(SMOLLM2_TOKENIZER, "tokenizer.json"));
+    Deno.statSync(CORPUS);
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+/** The result of running the CLI. */
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `tome ARGS…` as a user would (a fresh Deno process), with optional stdin. */
+export async function tome(
+  args: string[],
+  opts: { stdin?: Uint8Array | string; env?: Record<string, string> } = {},
+): Promise<CliResult> {
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-ffi",
+      "--allow-sys",
+      join(ROOT, "cli", "main.ts"),
+      ...args,
+    ],
+    cwd: ROOT,
+    stdin: opts.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", ...opts.env },
+  });
+  const child = cmd.spawn();
+  if (opts.stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(typeof opts.stdin === "string" ? new TextEncoder().encode(opts.stdin) : opts.stdin);
+    await w.close();
+  }
+  const out = await child.output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** A fresh temporary directory, removed by the returned function. */
+export async function tempDir(
+  prefix = "tome-test-",
+): Promise<{ path: string; [Symbol.asyncDispose](): Promise<void> }> {
+  const path = await Deno.makeTempDir({ prefix });
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
+}
+
+/** A deterministic pseudo-random generator (mulberry32), for fixtures and segment plans. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Splits `bytes` into a stream of pieces whose sizes come from `size()`. */
+export function byteStream(bytes: Uint8Array, size: () => number): ReadableStream<Uint8Array> {
+  let at = 0;
+  return new ReadableStream<Uint8Array>({
+    pull(controller) {
+      for (let k = 0; k < 256; k++) {
+        if (at >= bytes.length) return controller.close();
+        const n = Math.max(1, size());
+        controller.enqueue(bytes.subarray(at, at + n));
+        at += n;
+      }
+    },
+  });
+}
+
+/** Index of the first difference between two id sequences, or -1 when equal. */
+export function firstDifference(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  const n = Math.max(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return -1;
+}
