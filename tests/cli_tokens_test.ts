@@ -114,7 +114,7 @@ Deno.test({
     const path = join(d.path, "doc.txt");
     await Deno.writeTextFile(path, mixedText(3, 300_000));
     const deno = Deno.execPath();
-    const cmd = `${deno} run -A cli/main.ts tokens ${path} -t ${SMOLLM2_TOKENIZER}`;
+    const cmd = `${deno} run --quiet -A cli/main.ts tokens ${path} -t ${SMOLLM2_TOKENIZER}`;
     // script(1) gives the command a real pseudo-terminal for stdin/stdout/stderr.
     const out = await new Deno.Command("script", {
       args: ["-qec", cmd, "/dev/null"],

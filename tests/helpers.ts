@@ -34,6 +34,7 @@ export async function tome(
   const cmd = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
+      "--quiet",
       "--allow-read",
       "--allow-write",
       "--allow-env",
