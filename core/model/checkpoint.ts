@@ -1,0 +1,132 @@
+import { basename, join } from "node:path";
+import { fsError, TomeError } from "../errors.ts";
+import { type ModelConfig, readConfig } from "./config.ts";
+import { readHeader, readTensor, type TensorInfo } from "./safetensors.ts";
+
+/** An opened Hugging Face checkpoint directory: config, and where every tensor lies. */
+export interface Checkpoint {
+  dir: string;
+  config: ModelConfig;
+  tensors: Map<string, TensorInfo>;
+  /** The weight files with size and modification time: what the graph cache key hashes. */
+  files: { name: string; size: number; mtime: number }[];
+  /** True when the output projection is the embedding (tied, or no `lm_head.weight`). */
+  tiedEmbeddings: boolean;
+}
+
+/** Names of one layer's tensors, prefix `model.layers.N.`. */
+export function layerTensorNames(c: ModelConfig, i: number): Record<string, string> {
+  const p = `model.layers.${i}.`;
+  return {
+    attnNorm: `${p}input_layernorm.weight`,
+    wq: `${p}self_attn.q_proj.weight`,
+    bq: `${p}self_attn.q_proj.bias`,
+    wk: `${p}self_attn.k_proj.weight`,
+    bk: `${p}self_attn.k_proj.bias`,
+    wv: `${p}self_attn.v_proj.weight`,
+    bv: `${p}self_attn.v_proj.bias`,
+    qNorm: `${p}self_attn.q_norm.weight`,
+    kNorm: `${p}self_attn.k_norm.weight`,
+    wo: `${p}self_attn.o_proj.weight`,
+    bo: `${p}self_attn.o_proj.bias`,
+    mlpNorm: `${p}post_attention_layernorm.weight`,
+    wGate: `${p}mlp.gate_proj.weight`,
+    bGate: `${p}mlp.gate_proj.bias`,
+    wUp: `${p}mlp.up_proj.weight`,
+    bUp: `${p}mlp.up_proj.bias`,
+    wDown: `${p}mlp.down_proj.weight`,
+    bDown: `${p}mlp.down_proj.bias`,
+  };
+}
+
+/** Every tensor the architecture needs, with its shape (Hugging Face layout: linear weights are [out, in]). */
+export function expectedTensors(c: ModelConfig, tied: boolean): Map<string, number[]> {
+  const { hidden: D, heads: H, kvHeads: K, headDim: d, intermediate: I, vocab: V } = c;
+  const m = new Map<string, number[]>([["model.embed_tokens.weight", [V, D]], ["model.norm.weight", [D]]]);
+  if (!tied) m.set("lm_head.weight", [V, D]);
+  for (let i = 0; i < c.layers; i++) {
+    const n = layerTensorNames(c, i);
+    m.set(n.attnNorm, [D]).set(n.mlpNorm, [D]);
+    m.set(n.wq, [H * d, D]).set(n.wk, [K * d, D]).set(n.wv, [K * d, D]).set(n.wo, [D, H * d]);
+    m.set(n.wGate, [I, D]).set(n.wUp, [I, D]).set(n.wDown, [D, I]);
+    if (c.qkvBias) m.set(n.bq, [H * d]).set(n.bk, [K * d]).set(n.bv, [K * d]);
+    if (c.oBias) m.set(n.bo, [D]);
+    if (c.qkNorm) m.set(n.qNorm, [d]).set(n.kNorm, [d]);
+    if (c.mlpBias) m.set(n.bGate, [I]).set(n.bUp, [I]).set(n.bDown, [D]);
+  }
+  return m;
+}
+
+/**
+ * Opens a checkpoint directory: `config.json`, and `model.safetensors` or the
+ * shards named by `model.safetensors.index.json` (else every `*.safetensors`).
+ * Reads only the headers; checks that every tensor the architecture needs is
+ * there with the right shape.
+ */
+export async function openCheckpoint(dir: string): Promise<Checkpoint> {
+  try {
+    if (!(await Deno.stat(dir)).isDirectory) throw new TomeError("modelInvalid", `model is not a directory: ${dir}`);
+  } catch (err) {
+    throw fsError(err, dir, "model directory");
+  }
+  const config = await readConfig(dir);
+  const names = await weightFiles(dir);
+  const tensors = new Map<string, TensorInfo>();
+  const files = [];
+  for (const name of names) {
+    const path = join(dir, name);
+    const st = await Deno.stat(path).catch((err) => {
+      throw fsError(err, path, "weights file");
+    });
+    files.push({ name, size: st.size, mtime: st.mtime?.getTime() ?? 0 });
+    for (const [k, v] of await readHeader(path)) tensors.set(k, v);
+  }
+  const tied = config.tieEmbeddings || !tensors.has("lm_head.weight");
+  for (const [name, shape] of expectedTensors(config, tied)) {
+    const t = tensors.get(name);
+    if (!t) {
+      throw new TomeError("modelInvalid", `${dir}: missing tensor ${name} (${config.arch}, ${config.layers} layers)`);
+    }
+    if (t.shape.join() !== shape.join()) {
+      throw new TomeError(
+        "modelInvalid",
+        `${dir}: tensor ${name} has shape [${t.shape}], config.json implies [${shape}]`,
+      );
+    }
+  }
+  return { dir, config, tensors, files, tiedEmbeddings: tied };
+}
+
+/** Reads one tensor of the checkpoint as float32. */
+export function loadTensor(ckpt: Checkpoint, name: string): Promise<Float32Array> {
+  const t = ckpt.tensors.get(name);
+  if (!t) throw new TomeError("modelInvalid", `${ckpt.dir}: missing tensor ${name}`);
+  return readTensor(t);
+}
+
+async function weightFiles(dir: string): Promise<string[]> {
+  const index = join(dir, "model.safetensors.index.json");
+  try {
+    const json = JSON.parse(await Deno.readTextFile(index)) as { weight_map?: Record<string, string> };
+    const files = [...new Set(Object.values(json.weight_map ?? {}))].sort();
+    if (files.length === 0) throw new TomeError("modelInvalid", `${index} names no weight files`);
+    return files.map((f) => basename(f));
+  } catch (err) {
+    if (err instanceof TomeError) throw err;
+    if (!(err instanceof Deno.errors.NotFound)) {
+      throw new TomeError("modelInvalid", `${index} is not valid: ${(err as Error).message}`);
+    }
+  }
+  const files: string[] = [];
+  for await (const e of Deno.readDir(dir)) if (e.isFile && e.name.endsWith(".safetensors")) files.push(e.name);
+  if (files.length === 0) {
+    const hasOther = await Deno.stat(join(dir, "pytorch_model.bin")).then(() => true, () => false);
+    throw new TomeError(
+      "modelInvalid",
+      `no *.safetensors weights in ${dir}${
+        hasOther ? " (pytorch_model.bin is not supported: convert it to safetensors)" : ""
+      }`,
+    );
+  }
+  return files.sort();
+}

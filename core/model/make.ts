@@ -1,0 +1,139 @@
+/**
+ * `tome make-model tiny`: real Hugging Face checkpoint directories with small
+ * deterministic random weights, for tests and benchmarks. They go through the
+ * same loader as a user's checkpoint.
+ */
+import { join } from "node:path";
+import { normals, seedFor, uniform } from "../../kernels/random.ts";
+import { fsError, TomeError } from "../errors.ts";
+import { loadTokenizer } from "../tokens/tokenizer.ts";
+import { type Arch, parseConfig } from "./config.ts";
+import { expectedTensors } from "./checkpoint.ts";
+import { type TensorToWrite, writeSafetensors } from "./safetensors.ts";
+
+/** Shapes a random model can take. */
+export interface ModelShape {
+  hidden: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  intermediate: number;
+}
+
+/** Named sizes: `tiny` for tests, `360m` the shape of SmolLM2-360M for benchmarks. */
+export const SIZES: Record<string, ModelShape> = {
+  tiny: { hidden: 64, layers: 2, heads: 4, kvHeads: 2, intermediate: 128 },
+  small: { hidden: 256, layers: 4, heads: 8, kvHeads: 2, intermediate: 512 },
+  "360m": { hidden: 960, layers: 32, heads: 15, kvHeads: 5, intermediate: 2560 },
+};
+
+export interface RandomModelSpec {
+  arch: Arch;
+  shape: ModelShape;
+  seed: number;
+  dtype: "F32" | "BF16";
+  /** Directory whose tokenizer files are copied; the vocabulary size is taken from it. */
+  tokenizer: string;
+  /** Llama only: use Llama-3.x `rope_scaling` (type llama3). */
+  llama3Rope?: boolean;
+  /** Override tying (defaults: tied for llama, qwen2, qwen3; untied for mistral, to cover both). */
+  tie?: boolean;
+}
+
+const ARCHITECTURES: Record<Arch, string> = {
+  llama: "LlamaForCausalLM",
+  mistral: "MistralForCausalLM",
+  qwen2: "Qwen2ForCausalLM",
+  qwen3: "Qwen3ForCausalLM",
+};
+
+const TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "LICENSE"];
+
+/** Writes config.json, model.safetensors, generation_config.json and the tokenizer files to `out`. */
+export async function makeRandomModel(out: string, spec: RandomModelSpec): Promise<void> {
+  const tok = await loadTokenizer(spec.tokenizer);
+  const { hidden, layers, heads, kvHeads, intermediate } = spec.shape;
+  if (hidden % heads !== 0 || heads % kvHeads !== 0 || (hidden / heads) % 2 !== 0) {
+    throw new TomeError(
+      "usage",
+      `shape: hidden ${hidden} must split into ${heads} even-sized heads, divisible by ${kvHeads} KV heads`,
+    );
+  }
+  const tokenId = (key: string) => {
+    const v = tok.config[key];
+    const text = typeof v === "string" ? v : (v as { content?: string } | undefined)?.content;
+    return text === undefined ? undefined : tok.tokenToId(text);
+  };
+  const bos = tokenId("bos_token") ?? null;
+  const eos = tokenId("eos_token") ?? null;
+  const tie = spec.tie ?? spec.arch !== "mistral";
+  const config: Record<string, unknown> = {
+    architectures: [ARCHITECTURES[spec.arch]],
+    model_type: spec.arch,
+    hidden_size: hidden,
+    intermediate_size: intermediate,
+    num_hidden_layers: layers,
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
+    head_dim: hidden / heads,
+    vocab_size: tok.vocabSize,
+    hidden_act: "silu",
+    rms_norm_eps: 1e-6,
+    rope_theta: spec.arch === "llama" ? 500000 : 10000,
+    rope_scaling: spec.llama3Rope
+      ? {
+        rope_type: "llama3",
+        factor: 8,
+        low_freq_factor: 1,
+        high_freq_factor: 4,
+        original_max_position_embeddings: 64,
+      }
+      : null,
+    max_position_embeddings: 8192,
+    tie_word_embeddings: tie,
+    attention_bias: false,
+    mlp_bias: false,
+    bos_token_id: bos,
+    eos_token_id: eos,
+    torch_dtype: spec.dtype === "BF16" ? "bfloat16" : "float32",
+    tome: { kind: "tiny", seed: spec.seed },
+  };
+  if (spec.arch === "mistral") config.sliding_window = null;
+  const parsed = parseConfig(config);
+
+  try {
+    await Deno.mkdir(out, { recursive: true });
+  } catch (err) {
+    throw fsError(err, out, "output directory");
+  }
+  const tensors: TensorToWrite[] = [];
+  for (const [name, shape] of expectedTensors(parsed, tie)) {
+    tensors.push({ name, shape, data: () => randomTensor(name, shape, spec.seed) });
+  }
+  await writeSafetensors(join(out, "model.safetensors"), tensors, spec.dtype, { format: "pt" });
+  await Deno.writeTextFile(join(out, "config.json"), JSON.stringify(config, null, 2) + "\n");
+  await Deno.writeTextFile(
+    join(out, "generation_config.json"),
+    JSON.stringify({ bos_token_id: bos, eos_token_id: eos, do_sample: false }, null, 2) + "\n",
+  );
+  for (const f of TOKENIZER_FILES) {
+    try {
+      await Deno.copyFile(join(spec.tokenizer, f), join(out, f));
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw fsError(err, join(spec.tokenizer, f), "tokenizer file");
+    }
+  }
+}
+
+/**
+ * Deterministic weights with useful scales: linear weights N(0, 1/fan_in) so
+ * activations keep unit size, norms 1 ± 0.1, biases N(0, 0.1²), embeddings N(0, 0.5²).
+ */
+function randomTensor(name: string, shape: number[], seed: number): Float32Array {
+  const next = uniform(seedFor(seed, name));
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (name.endsWith("norm.weight")) return normals(next, n, 0.1, 1);
+  if (name.endsWith(".bias")) return normals(next, n, 0.1);
+  if (name === "model.embed_tokens.weight" || name === "lm_head.weight") return normals(next, n, 0.5);
+  return normals(next, n, 1 / Math.sqrt(shape[1]));
+}

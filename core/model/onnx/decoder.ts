@@ -1,0 +1,261 @@
+/**
+ * The eviction-shaped decoder graph (DESIGN.md §3). It mirrors
+ * `core/model/reference.ts` step for step, with the same names.
+ *
+ * Inputs (zero-copy from JavaScript):
+ *   input_ids, positions   int64 [1, S]      new tokens and their RoPE positions
+ *   window_start           int64 [1]         queries s ≥ window_start form the observation window (≤ S − 1)
+ *   past_key_L, past_value_L  [1, Hkv, P, d] the retained cache (f32 or f16)
+ *   past_positions         int64 [1, P]      compact mode only: positions the unrotated cached keys take
+ * Outputs (copied back, so never the whole cache):
+ *   logits                 f32 [1, 1 | S, V] last position, or all with `logits: "all"`
+ *   new_key_L, new_value_L [1, Hkv, S, d]    this chunk's K/V (keys unrotated in compact mode)
+ *   attn_window_L          f32 [1, Hkv, P+S] softmax mass each entry receives from the window queries
+ *   attn_all_L             f32 [1, Hkv, P+S] … from all S queries
+ *   attn_max_L             f32 [1, Hkv, P+S] max over window queries of the mass on each entry
+ *   attn_last_L            f32 [1, Hkv, P+S] … from the last query
+ * Every statistic is summed over the query heads of each KV head's group.
+ *
+ * Attention is computed against past and new keys separately — one softmax
+ * over both score blocks, never concatenating K or V. Query heads are viewed as
+ * [Hkv, g·S] so K/V are never repeated per query head.
+ *
+ * Why primitive ops: com.microsoft GroupQueryAttention and opset-23 Attention
+ * both take the past as input and produce the concatenated present cache, and
+ * rotate only new keys (compact mode needs the past rotated too); the
+ * probabilities behind the statistics need primitives either way. The
+ * measured comparison is in bench/attention.ts and the issue notes.
+ */
+import { f32ToF16 } from "../../../kernels/fp16.ts";
+import type { Checkpoint } from "../checkpoint.ts";
+import { layerTensorNames, loadTensor } from "../checkpoint.ts";
+import type { ModelConfig } from "../config.ts";
+import type { PositionMode } from "../reference.ts";
+import { inverseFrequencies } from "../rope.ts";
+import { float, Graph } from "./graph.ts";
+
+/** Options that change the graph (and so the cache key). */
+export interface GraphOptions {
+  positions: PositionMode;
+  kvDtype: "float32" | "float16";
+  weightDtype: "float32" | "float16";
+  logits: "last" | "all";
+}
+
+export const DEFAULT_GRAPH_OPTIONS: GraphOptions = {
+  positions: "original",
+  kvDtype: "float32",
+  weightDtype: "float32",
+  logits: "last",
+};
+
+/** The ONNX opsets the graph uses. */
+export const OPSETS = { "": 23 };
+
+/** Names of the graph's per-layer inputs and outputs. */
+export const io = {
+  pastKey: (l: number) => `past_key_${l}`,
+  pastValue: (l: number) => `past_value_${l}`,
+  newKey: (l: number) => `new_key_${l}`,
+  newValue: (l: number) => `new_value_${l}`,
+  attnWindow: (l: number) => `attn_window_${l}`,
+  attnAll: (l: number) => `attn_all_${l}`,
+  attnMax: (l: number) => `attn_max_${l}`,
+  attnLast: (l: number) => `attn_last_${l}`,
+};
+
+/**
+ * Builds the decoder graph for a checkpoint into `g` (weights are read one at
+ * a time and written to the graph's external data).
+ */
+export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOptions): Promise<void> {
+  const c = ckpt.config;
+  const { hidden: D, heads: H, kvHeads: K, headDim: d, vocab: V } = c;
+  const grp = H / K;
+  const kvType = opts.kvDtype;
+
+  /** A linear layer's weight, transposed to [in, out] for MatMul. */
+  const linearWeight = async (name: string, out: number, inn: number) => {
+    const w = await loadTensor(ckpt, name);
+    const t = new Float32Array(w.length);
+    for (let o = 0; o < out; o++) for (let i = 0; i < inn; i++) t[i * out + o] = w[o * inn + i];
+    return weight(`${name}.T`, [inn, out], t);
+  };
+  /** A weight as float32, or stored as float16 and cast back when `weightDtype` is float16. */
+  const weight = (name: string, dims: number[], data: Float32Array) => {
+    if (opts.weightDtype === "float32") return g.weight(name, "float32", dims, data);
+    const half = g.weight(`${name}.f16`, "float16", dims, f32ToF16(data));
+    return g.op("Cast", [half], { to: 1 });
+  };
+  const vector = async (name: string) => {
+    const t = await loadTensor(ckpt, name);
+    return weight(name, [t.length], t);
+  };
+  const rmsnorm = (x: string, w: string) => g.op("RMSNormalization", [x, w], { axis: -1, epsilon: float(c.rmsEps) });
+  const toF32 = (x: string) => (kvType === "float16" ? g.op("Cast", [x], { to: 1 }) : x);
+  const toKv = (x: string, out: string) =>
+    kvType === "float16" ? g.op("Cast", [x], { to: 10 }, { out }) : g.op("Identity", [x], {}, { out });
+
+  // inputs
+  const ids = g.input("input_ids", "int64", [1, "S"]);
+  const positions = g.input("positions", "int64", [1, "S"]);
+  const windowStart = g.input("window_start", "int64", [1]);
+  const pastPositions = opts.positions === "compact" ? g.input("past_positions", "int64", [1, "P"]) : "";
+  for (let l = 0; l < c.layers; l++) {
+    g.input(io.pastKey(l), kvType, [1, K, "P", d]);
+    g.input(io.pastValue(l), kvType, [1, K, "P", d]);
+  }
+
+  // sizes and shared tables
+  const [S, P, T, SminusOne] = g.within("sizes", () => {
+    const S = g.op("Gather", [g.op("Shape", [ids]), g.ints([1], [])]);
+    const P = g.op("Gather", [g.op("Shape", [io.pastKey(0)]), g.ints([2], [])]);
+    return [S, P, g.op("Add", [S, P]), g.op("Sub", [S, g.ints([1], [])])];
+  });
+  const S1 = g.op("Unsqueeze", [S, g.ints([0])]);
+  const inv = g.weight("rope.inv_freq", "float32", [d / 2], inverseFrequencies(c));
+  /** cos and sin [1, 1, n, d] of positions int64 [1, n]. */
+  const ropeTables = (pos: string) =>
+    g.within("rope", () => {
+      const angles = g.op("Mul", [g.op("Unsqueeze", [g.op("Cast", [pos], { to: 1 }), g.ints([-1])]), inv]); // [1,n,d/2]
+      const emb = g.op("Unsqueeze", [g.op("Concat", [angles, angles], { axis: -1 }), g.ints([1])]); // [1,1,n,d]
+      return [g.op("Cos", [emb]), g.op("Sin", [emb])];
+    });
+  /** RoPE, rotate-half convention: x·cos + rotate_half(x)·sin. */
+  const rope = (x: string, cos: string, sin: string) =>
+    g.within("rope", () => {
+      const [x1, x2] = g.opN("Split", [x, g.ints([d / 2, d / 2])], 2, { axis: -1 });
+      const rotated = g.op("Concat", [g.op("Neg", [x2]), x1], { axis: -1 });
+      return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])]);
+    });
+  const [cos, sin] = ropeTables(positions);
+  const [cosPast, sinPast] = opts.positions === "compact" ? ropeTables(pastPositions) : ["", ""];
+
+  // causal mask over the new block [S, S]: −∞ where key t is after query s
+  const causal = g.within("mask", () => {
+    const r = g.op("Range", [g.ints([0], []), S, g.ints([1], [])]);
+    const future = g.op("Greater", [g.op("Unsqueeze", [r, g.ints([0])]), g.op("Unsqueeze", [r, g.ints([1])])]);
+    return g.op("Where", [future, g.floats([-Infinity], []), g.floats([0], [])]);
+  });
+  const pastEnd = g.op("Unsqueeze", [P, g.ints([0])]);
+  const totalEnd = g.op("Unsqueeze", [T, g.ints([0])]);
+  const lastStart = g.op("Unsqueeze", [SminusOne, g.ints([0])]);
+
+  // embed
+  const embed = g.weight(
+    "model.embed_tokens.weight",
+    "float32",
+    [V, D],
+    await loadTensor(ckpt, "model.embed_tokens.weight"),
+  );
+  let x = g.op("Gather", [embed, ids], { axis: 0 }); // [1,S,D]
+
+  const shape = (dims: (number | string)[]) =>
+    g.op("Concat", dims.map((v) => (typeof v === "number" ? g.ints([v]) : v)), { axis: 0 });
+  const qHeads = shape([1, S1, H, d]);
+  const kvHeads = shape([1, S1, K, d]);
+  const grouped = shape([1, K, -1, d]);
+  const groupedScores = shape([1, K, -1, S1]);
+  const back = shape([1, H, S1, d]);
+  const flat = shape([1, S1, H * d]);
+  const five = shape([1, K, grp, S1, -1]);
+
+  for (let l = 0; l < c.layers; l++) {
+    const n = layerTensorNames(c, l);
+    x = await g.within(`layer${l}`, async () => {
+      // attention: RMSNorm → q, k, v projections → (Qwen3) per-head q/k RMSNorm → RoPE
+      const xb = rmsnorm(x, await vector(n.attnNorm));
+      const proj = async (w: string, b: string, out: number, has: boolean) => {
+        const y = g.op("MatMul", [xb, await linearWeight(w, out, D)]);
+        return has ? g.op("Add", [y, await vector(b)]) : y;
+      };
+      let q = g.op("Transpose", [g.op("Reshape", [await proj(n.wq, n.bq, H * d, c.qkvBias), qHeads])], {
+        perm: [0, 2, 1, 3],
+      });
+      let k = g.op("Transpose", [g.op("Reshape", [await proj(n.wk, n.bk, K * d, c.qkvBias), kvHeads])], {
+        perm: [0, 2, 1, 3],
+      });
+      const v = g.op("Transpose", [g.op("Reshape", [await proj(n.wv, n.bv, K * d, c.qkvBias), kvHeads])], {
+        perm: [0, 2, 1, 3],
+      });
+      if (c.qkNorm) {
+        q = rmsnorm(q, await vector(n.qNorm));
+        k = rmsnorm(k, await vector(n.kNorm));
+      }
+      const kRaw = k;
+      q = rope(q, cos, sin);
+      k = rope(k, cos, sin);
+      toKv(opts.positions === "compact" ? kRaw : k, io.newKey(l));
+      toKv(v, io.newValue(l));
+
+      // the cached keys this pass attends to, rotated
+      let pastK = toF32(io.pastKey(l));
+      const pastV = toF32(io.pastValue(l));
+      if (opts.positions === "compact") pastK = rope(pastK, cosPast, sinPast);
+
+      // scaled dot-product attention over [past ; new], causal over new; query head h reads KV head ⌊h / g⌋
+      const qg = g.op("Reshape", [g.op("Mul", [q, g.floats([1 / Math.sqrt(d)], [])]), grouped]); // [1,K,g·S,d]
+      const scorePast = g.op("MatMul", [qg, g.op("Transpose", [pastK], { perm: [0, 1, 3, 2] })]); // [1,K,g·S,P]
+      const scoreNew = g.op("Reshape", [
+        g.op("Add", [
+          g.op("Reshape", [g.op("MatMul", [qg, g.op("Transpose", [k], { perm: [0, 1, 3, 2] })]), five]),
+          causal,
+        ]),
+        groupedScores,
+      ]); // [1,K,g·S,S]
+      const probs = g.op("Softmax", [g.op("Concat", [scorePast, scoreNew], { axis: -1 })], { axis: -1 });
+      const probsPast = g.op("Slice", [probs, g.ints([0]), pastEnd, g.ints([-1])]);
+      const probsNew = g.op("Slice", [probs, pastEnd, totalEnd, g.ints([-1])]);
+      const out = g.op("Add", [g.op("MatMul", [probsPast, pastV]), g.op("MatMul", [probsNew, v])]); // [1,K,g·S,d]
+      const merged = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [out, back])], { perm: [0, 2, 1, 3] }), flat]);
+      let o = g.op("MatMul", [merged, await linearWeight(n.wo, D, H * d)]);
+      if (c.oBias) o = g.op("Add", [o, await vector(n.bo)]);
+      const h = g.op("Add", [x, o]);
+
+      // attention statistics, summed over each KV head's query group
+      g.within("stats", () => {
+        const p5 = g.op("Reshape", [probs, five]); // [1,K,g,S,P+S]
+        const window = g.op("Slice", [p5, windowStart, g.op("Unsqueeze", [S, g.ints([0])]), g.ints([3])]);
+        g.op("ReduceSum", [p5, g.ints([2, 3])], { keepdims: 0 }, { out: io.attnAll(l) });
+        g.op("ReduceSum", [window, g.ints([2, 3])], { keepdims: 0 }, { out: io.attnWindow(l) });
+        g.op("ReduceSum", [g.op("ReduceMax", [window, g.ints([3])], { keepdims: 0 }), g.ints([2])], { keepdims: 0 }, {
+          out: io.attnMax(l),
+        });
+        const last = g.op("Slice", [p5, lastStart, g.op("Unsqueeze", [S, g.ints([0])]), g.ints([3])]);
+        g.op("ReduceSum", [last, g.ints([2, 3])], { keepdims: 0 }, { out: io.attnLast(l) });
+      });
+
+      // MLP: RMSNorm → SwiGLU → residual
+      const xm = rmsnorm(h, await vector(n.mlpNorm));
+      const mlp = async (w: string, b: string, out: number, inn: number, input: string) => {
+        const y = g.op("MatMul", [input, await linearWeight(w, out, inn)]);
+        return c.mlpBias ? g.op("Add", [y, await vector(b)]) : y;
+      };
+      const gate = await mlp(n.wGate, n.bGate, c.intermediate, D, xm);
+      const up = await mlp(n.wUp, n.bUp, c.intermediate, D, xm);
+      const act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]);
+      return g.op("Add", [h, await mlp(n.wDown, n.bDown, D, c.intermediate, act)]);
+    });
+  }
+
+  // final norm → logits (last position, or all); the output projection is the embedding when tied
+  x = rmsnorm(x, await vector("model.norm.weight"));
+  if (opts.logits === "last") x = g.op("Slice", [x, lastStart, g.op("Unsqueeze", [S, g.ints([0])]), g.ints([1])]);
+  const head = ckpt.tiedEmbeddings
+    ? embed
+    : g.weight("lm_head.weight", "float32", [V, D], await loadTensor(ckpt, "lm_head.weight"));
+  const rows = g.op("Reshape", [x, g.ints([-1, D])]);
+  const logits = g.op("Gemm", [rows, head], { transB: 1 });
+  g.op("Reshape", [logits, shape([1, -1, V])], {}, { out: "logits" });
+
+  for (let l = 0; l < c.layers; l++) {
+    g.output(io.newKey(l), kvType, [1, K, "S", d]);
+    g.output(io.newValue(l), kvType, [1, K, "S", d]);
+  }
+  for (let l = 0; l < c.layers; l++) {
+    for (const name of [io.attnWindow(l), io.attnAll(l), io.attnMax(l), io.attnLast(l)]) {
+      g.output(name, "float32", [1, K, "T"]);
+    }
+  }
+  g.output("logits", "float32", [1, opts.logits === "last" ? 1 : "S", V]);
+}

@@ -1,0 +1,45 @@
+import type { ModelConfig } from "./config.ts";
+
+/**
+ * RoPE inverse frequencies θ_i = base^(−2i/d), i < d/2, in float32 as Hugging
+ * Face computes them, with `rope_scaling` applied (linear: θ/factor; llama3:
+ * low frequencies divided by the factor, high ones kept, a smooth blend between).
+ */
+export function inverseFrequencies(c: Pick<ModelConfig, "headDim" | "ropeTheta" | "ropeScaling">): Float32Array {
+  const half = c.headDim / 2;
+  const inv = new Float32Array(half);
+  for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(c.ropeTheta, (2 * i) / c.headDim);
+  const s = c.ropeScaling;
+  if (s?.type === "linear") {
+    for (let i = 0; i < half; i++) inv[i] = inv[i] / s.factor;
+  } else if (s?.type === "llama3") {
+    const lowWavelen = s.originalMaxPositions / s.lowFreqFactor;
+    const highWavelen = s.originalMaxPositions / s.highFreqFactor;
+    for (let i = 0; i < half; i++) {
+      const wavelen = (2 * Math.PI) / inv[i];
+      if (wavelen > lowWavelen) inv[i] = inv[i] / s.factor;
+      else if (wavelen >= highWavelen) {
+        const smooth = (s.originalMaxPositions / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+        inv[i] = (1 - smooth) * (inv[i] / s.factor) + smooth * inv[i];
+      }
+    }
+  }
+  return inv;
+}
+
+/**
+ * Rotates `x` (one head, length d) in place to position `pos`, HF convention
+ * (rotate-half): x' = x·cos(pθ) + rotate_half(x)·sin(pθ), with angles in float32.
+ */
+export function rotate(x: Float32Array, offset: number, pos: number, inv: Float32Array): void {
+  const half = inv.length;
+  for (let i = 0; i < half; i++) {
+    const angle = Math.fround(pos * inv[i]);
+    const cos = Math.fround(Math.cos(angle));
+    const sin = Math.fround(Math.sin(angle));
+    const a = x[offset + i];
+    const b = x[offset + half + i];
+    x[offset + i] = a * cos - b * sin;
+    x[offset + half + i] = b * cos + a * sin;
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * A built decoder graph in an onnxruntime session. `run` takes a chunk of
+ * token ids and the retained cache (zero-copy) and returns only what is asked
+ * for: onnxruntime copies every fetched output back into JavaScript.
+ */
+import type { ModelConfig } from "./config.ts";
+import { type GraphOptions, io } from "./onnx/decoder.ts";
+import { type Ort, ort } from "./ort.ts";
+
+/** KV data as the graph takes it: float32, or float16 bit patterns. */
+export type KvArray = Float32Array | Uint16Array;
+
+/** The cache handed to one run: per layer [1, Hkv, P, d] buffers (views over longer buffers are fine). */
+export interface PastKv {
+  length: number;
+  keys: KvArray[];
+  values: KvArray[];
+  /** Compact mode: the position of each cached entry. */
+  positions?: ArrayLike<number>;
+}
+
+/** Attention statistics a run can return (see `onnx/decoder.ts`). */
+export type StatName = "window" | "all" | "max" | "last";
+
+export interface RunRequest {
+  ids: ArrayLike<number>;
+  positions: ArrayLike<number>;
+  past: PastKv;
+  /** First query of the observation window (default: the last query). */
+  windowStart?: number;
+  /** What to fetch: logits (default true), new K/V (default true), which statistics (default none). */
+  fetch?: { logits?: boolean; kv?: boolean; stats?: StatName[] };
+}
+
+export interface RunResult {
+  /** [1 | S, vocab] */
+  logits?: Float32Array;
+  /** Per layer [Hkv, S, d]. */
+  newKeys: KvArray[];
+  newValues: KvArray[];
+  /** Per statistic, per layer [Hkv, P + S]. */
+  stats: Partial<Record<StatName, Float32Array[]>>;
+}
+
+export interface SessionOptions {
+  /** Intra-op threads (default: onnxruntime's choice). */
+  threads?: number;
+  executionProviders?: string[];
+}
+
+const STAT_OUTPUT: Record<StatName, (l: number) => string> = {
+  window: io.attnWindow,
+  all: io.attnAll,
+  max: io.attnMax,
+  last: io.attnLast,
+};
+
+export class ModelSession {
+  private constructor(
+    readonly config: ModelConfig,
+    readonly graph: GraphOptions,
+    private readonly ort: typeof Ort,
+    private readonly session: Ort.InferenceSession,
+  ) {}
+
+  /** Opens a built graph (`model.onnx` with its external data beside it). */
+  static async open(
+    config: ModelConfig,
+    graph: GraphOptions,
+    path: string,
+    opts: SessionOptions = {},
+  ): Promise<ModelSession> {
+    const o = await ort();
+    const session = await o.InferenceSession.create(path, {
+      executionProviders: opts.executionProviders ?? ["cpu"],
+      graphOptimizationLevel: "all",
+      ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
+    });
+    return new ModelSession(config, graph, o, session);
+  }
+
+  async run(req: RunRequest): Promise<RunResult> {
+    const { layers, kvHeads: K, headDim: d } = this.config;
+    const S = req.ids.length;
+    const P = req.past.length;
+    const T = this.ort.Tensor;
+    const kvType = this.graph.kvDtype;
+    const feeds: Record<string, Ort.Tensor> = {
+      input_ids: new T("int64", BigInt64Array.from(Array.from(req.ids, BigInt)), [1, S]),
+      positions: new T("int64", BigInt64Array.from(Array.from(req.positions, BigInt)), [1, S]),
+      window_start: new T("int64", BigInt64Array.of(BigInt(req.windowStart ?? S - 1)), [1]),
+    };
+    if (this.graph.positions === "compact") {
+      feeds.past_positions = new T("int64", BigInt64Array.from(Array.from(req.past.positions ?? [], BigInt)), [1, P]);
+    }
+    const n = K * P * d;
+    for (let l = 0; l < layers; l++) {
+      feeds[io.pastKey(l)] = new T(kvType, req.past.keys[l]?.subarray(0, n) ?? empty(kvType), [1, K, P, d]);
+      feeds[io.pastValue(l)] = new T(kvType, req.past.values[l]?.subarray(0, n) ?? empty(kvType), [1, K, P, d]);
+    }
+    const want = req.fetch ?? {};
+    const fetches: string[] = [];
+    if (want.logits ?? true) fetches.push("logits");
+    if (want.kv ?? true) { for (let l = 0; l < layers; l++) fetches.push(io.newKey(l), io.newValue(l)); }
+    for (const s of want.stats ?? []) for (let l = 0; l < layers; l++) fetches.push(STAT_OUTPUT[s](l));
+    const out = await this.session.run(feeds, fetches);
+    const result: RunResult = { newKeys: [], newValues: [], stats: {} };
+    if (out.logits) result.logits = out.logits.data as Float32Array;
+    if (want.kv ?? true) {
+      for (let l = 0; l < layers; l++) {
+        result.newKeys.push(out[io.newKey(l)].data as KvArray);
+        result.newValues.push(out[io.newValue(l)].data as KvArray);
+      }
+    }
+    for (const s of want.stats ?? []) {
+      result.stats[s] = Array.from({ length: layers }, (_, l) => out[STAT_OUTPUT[s](l)].data as Float32Array);
+    }
+    return result;
+  }
+
+  async close(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+function empty(type: "float32" | "float16"): KvArray {
+  return type === "float32" ? new Float32Array(0) : new Uint16Array(0);
+}

@@ -1,0 +1,226 @@
+/**
+ * The ONNX decoder graph against the TypeScript reference forward pass, for
+ * every architecture: logits, new K/V and attention statistics, in one pass and
+ * in chunks with the cache carried, in both position modes, with f16 KV.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { graphFor } from "../core/model/cache.ts";
+import { type Checkpoint, openCheckpoint } from "../core/model/checkpoint.ts";
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../core/model/onnx/decoder.ts";
+import {
+  appendEntries,
+  forward,
+  loadWeights,
+  type Past,
+  type PositionMode,
+  type Weights,
+} from "../core/model/reference.ts";
+import { type KvArray, ModelSession, type StatName } from "../core/model/session.ts";
+import { bruteForceStats, makeTinyModels, maxAbsDiff, TINY_MODELS } from "./model_fixtures.ts";
+import { rng } from "./helpers.ts";
+
+const root = await Deno.makeTempDir({ prefix: "tome-graph-test-" });
+Deno.env.set("TOME_CACHE", join(root, "cache"));
+const models = await makeTinyModels(join(root, "models"));
+const STATS: StatName[] = ["window", "all", "max", "last"];
+const TOL = 1e-4;
+
+interface Loaded {
+  ckpt: Checkpoint;
+  weights: Weights;
+  session: (opts: Partial<GraphOptions>) => Promise<ModelSession>;
+}
+
+async function load(dir: string): Promise<Loaded> {
+  const ckpt = await openCheckpoint(dir);
+  const sessions: ModelSession[] = [];
+  return {
+    ckpt,
+    weights: await loadWeights(ckpt),
+    session: async (o) => {
+      const opts = { ...DEFAULT_GRAPH_OPTIONS, logits: "all" as const, ...o };
+      const s = await ModelSession.open(ckpt.config, opts, (await graphFor(ckpt, opts)).path);
+      sessions.push(s);
+      return s;
+    },
+  };
+}
+
+function randomIds(n: number, vocab: number, seed: number): number[] {
+  const r = rng(seed);
+  return Array.from({ length: n }, () => Math.floor(r() * vocab));
+}
+
+/** Runs one graph pass and the reference on the same inputs; asserts logits, new K/V and statistics agree. */
+async function compareRun(
+  m: Loaded,
+  session: ModelSession,
+  ids: number[],
+  positions: number[],
+  past: Past,
+  mode: PositionMode,
+  windowStart: number,
+) {
+  const c = m.ckpt.config;
+  const r = await session.run({
+    ids,
+    positions,
+    past: {
+      length: past.length,
+      keys: past.layers.map((l) => l.keys),
+      values: past.layers.map((l) => l.values),
+      positions: past.positions,
+    },
+    windowStart,
+    fetch: { stats: STATS },
+  });
+  const e = forward(c, m.weights, ids, positions, past, mode);
+  assert.ok(maxAbsDiff(r.logits!, e.logits) < TOL, `logits differ by ${maxAbsDiff(r.logits!, e.logits)}`);
+  const T = past.length + ids.length;
+  for (let l = 0; l < c.layers; l++) {
+    assert.ok(maxAbsDiff(r.newKeys[l], e.newKeys[l]) < TOL, `layer ${l} new keys`);
+    assert.ok(maxAbsDiff(r.newValues[l], e.newValues[l]) < TOL, `layer ${l} new values`);
+    const brute = bruteForceStats(e.probs[l], c.heads, c.kvHeads, ids.length, T, windowStart);
+    for (const s of STATS) {
+      const d = maxAbsDiff(r.stats[s]![l], brute[s]);
+      assert.ok(d < TOL, `layer ${l} attn_${s} differs by ${d}`);
+    }
+  }
+  return { r, e };
+}
+
+/** Feeds `ids` in chunks, carrying the graph's own new K/V as the cache; returns logits for every position. */
+async function chunked(session: ModelSession, m: Loaded, ids: number[], chunk: number) {
+  const { layers, kvHeads: K, headDim: d, vocab: V } = m.ckpt.config;
+  const f16 = session.graph.kvDtype === "float16";
+  let keys: KvArray[] = Array.from({ length: layers }, () => (f16 ? new Uint16Array(0) : new Float32Array(0)));
+  let values = keys.slice();
+  const logits = new Float32Array(ids.length * V);
+  for (let at = 0; at < ids.length; at += chunk) {
+    const part = ids.slice(at, at + chunk);
+    const r = await session.run({
+      ids: part,
+      positions: part.map((_, i) => at + i),
+      past: { length: at, keys, values, positions: Array.from({ length: at }, (_, i) => i) },
+    });
+    logits.set(r.logits!, at * V);
+    keys = keys.map((k, l) => appendKv(k, at, r.newKeys[l], part.length, K, d));
+    values = values.map((v, l) => appendKv(v, at, r.newValues[l], part.length, K, d));
+  }
+  return logits;
+}
+
+function appendKv(past: KvArray, P: number, fresh: KvArray, S: number, K: number, d: number): KvArray {
+  if (past instanceof Float32Array) return appendEntries(past, P, fresh as Float32Array, S, K, d);
+  const y = new Uint16Array(K * (P + S) * d);
+  for (let h = 0; h < K; h++) {
+    y.set(past.subarray(h * P * d, (h + 1) * P * d), h * (P + S) * d);
+    y.set(fresh.subarray(h * S * d, (h + 1) * S * d), (h * (P + S) + P) * d);
+  }
+  return y;
+}
+
+for (const { name } of TINY_MODELS) {
+  Deno.test(`graph = reference: ${name}`, async (t) => {
+    const m = await load(models.get(name)!);
+    const c = m.ckpt.config;
+    const ids = randomIds(70, c.vocab, 11);
+    const positions = ids.map((_, i) => i);
+    const full = forward(c, m.weights, ids, positions);
+    const original = await m.session({ positions: "original" });
+
+    await t.step("one pass: logits, new K/V, statistics (window, all, max, last)", async () => {
+      await compareRun(m, original, ids, positions, { length: 0, layers: [] }, "original", 60);
+    });
+
+    await t.step("chunks of 1, 7 and 64 with the full cache carried give the one-pass logits", async () => {
+      for (const chunk of [1, 7, 64]) {
+        const logits = await chunked(original, m, ids, chunk);
+        const d = maxAbsDiff(logits, full.logits);
+        assert.ok(d < TOL, `chunk ${chunk}: logits differ by ${d}`);
+      }
+    });
+
+    await t.step("statistics over a carried cache (P > 0) match brute force", async () => {
+      const head = forward(c, m.weights, ids.slice(0, 40), positions.slice(0, 40));
+      const past: Past = { length: 40, layers: head.newKeys.map((k, l) => ({ keys: k, values: head.newValues[l] })) };
+      await compareRun(m, original, ids.slice(40, 52), positions.slice(40, 52), past, "original", 9);
+      await compareRun(m, original, ids.slice(40, 41), positions.slice(40, 41), past, "original", 0);
+    });
+
+    await t.step("compact positions: unrotated keys, a per-head evicted cache rotated to its slots", async () => {
+      const compact = await m.session({ positions: "compact" });
+      const head = forward(c, m.weights, ids.slice(0, 30), positions.slice(0, 30), undefined, "compact");
+      // keep 8 of 30 entries, a different subset for each KV head, in original order
+      const keep = (h: number) => [0, 1, 2, 5 + h, 8 + h, 13, 21 + h, 29];
+      const P = 8;
+      const pick = (x: Float32Array) => {
+        const y = new Float32Array(c.kvHeads * P * c.headDim);
+        for (let h = 0; h < c.kvHeads; h++) {
+          keep(h).forEach((src, dst) =>
+            y.set(x.subarray((h * 30 + src) * c.headDim, (h * 30 + src + 1) * c.headDim), (h * P + dst) * c.headDim)
+          );
+        }
+        return y;
+      };
+      const past: Past = {
+        length: P,
+        layers: head.newKeys.map((k, l) => ({ keys: pick(k), values: pick(head.newValues[l]) })),
+        positions: Array.from({ length: P }, (_, i) => i),
+      };
+      const newPositions = Array.from({ length: 10 }, (_, i) => P + i);
+      await compareRun(m, compact, ids.slice(30, 40), newPositions, past, "compact", 4);
+      // with slots as positions and nothing evicted, compact is the original model
+      const logits = await chunked(compact, m, ids, 7);
+      assert.ok(maxAbsDiff(logits, full.logits) < TOL);
+    });
+
+    await t.step("f16 KV cache within 2e-2 relative of f32", async () => {
+      const f16 = await m.session({ kvDtype: "float16" });
+      const logits = await chunked(f16, m, ids, 7);
+      const rel = maxAbsDiff(logits, full.logits) / maxAbsDiff(full.logits, new Float32Array(full.logits.length));
+      assert.ok(rel < 2e-2, `relative difference ${rel}`);
+      assert.ok(rel > 0, "f16 should not be bit-identical to f32");
+    });
+
+    await t.step("f16 weights within 2e-2 relative of f32", async () => {
+      const f16w = await m.session({ weightDtype: "float16" });
+      const r = await f16w.run({ ids, positions, past: { length: 0, keys: [], values: [] } });
+      const rel = maxAbsDiff(r.logits!, full.logits) / maxAbsDiff(full.logits, new Float32Array(full.logits.length));
+      assert.ok(rel < 2e-2, `relative difference ${rel}`);
+    });
+  });
+}
+
+Deno.test("graph cache: a second request does not rebuild; options change the key", async () => {
+  const ckpt = await openCheckpoint(models.get("llama")!);
+  const opts = { ...DEFAULT_GRAPH_OPTIONS, logits: "last" as const };
+  const first = await graphFor(ckpt, opts);
+  const second = await graphFor(ckpt, opts);
+  assert.equal(second.built, false);
+  assert.equal(second.path, first.path);
+  const other = await graphFor(ckpt, { ...opts, kvDtype: "float16" });
+  assert.notEqual(other.path, first.path);
+  const entries = [];
+  for await (const e of Deno.readDir(join(root, "cache", "graphs"))) entries.push(e.name);
+  assert.ok(entries.every((e) => !e.startsWith(".building-")), "no partial builds left behind");
+});
+
+Deno.test("last-position logits equal the last row of all-position logits", async () => {
+  const m = await load(models.get("qwen2")!);
+  const ids = randomIds(9, m.ckpt.config.vocab, 3);
+  const positions = ids.map((_, i) => i);
+  const past = { length: 0, keys: [], values: [] };
+  const all = await (await m.session({ logits: "all" })).run({ ids, positions, past });
+  const last = await (await m.session({ logits: "last" })).run({ ids, positions, past });
+  const V = m.ckpt.config.vocab;
+  assert.equal(last.logits!.length, V);
+  assert.ok(maxAbsDiff(last.logits!, all.logits!.subarray(8 * V)) < 1e-5);
+});
+
+Deno.test({
+  name: "cleanup graph test files",
+  fn: () => Deno.remove(root, { recursive: true }),
+  sanitizeResources: false,
+});
