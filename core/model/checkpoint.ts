@@ -15,7 +15,7 @@ export interface Checkpoint {
 }
 
 /** Names of one layer's tensors, prefix `model.layers.N.`. */
-export function layerTensorNames(c: ModelConfig, i: number): Record<string, string> {
+export function layerTensorNames(i: number): Record<string, string> {
   const p = `model.layers.${i}.`;
   return {
     attnNorm: `${p}input_layernorm.weight`,
@@ -45,7 +45,7 @@ export function expectedTensors(c: ModelConfig, tied: boolean): Map<string, numb
   const m = new Map<string, number[]>([["model.embed_tokens.weight", [V, D]], ["model.norm.weight", [D]]]);
   if (!tied) m.set("lm_head.weight", [V, D]);
   for (let i = 0; i < c.layers; i++) {
-    const n = layerTensorNames(c, i);
+    const n = layerTensorNames(i);
     m.set(n.attnNorm, [D]).set(n.mlpNorm, [D]);
     m.set(n.wq, [H * d, D]).set(n.wk, [K * d, D]).set(n.wv, [K * d, D]).set(n.wo, [D, H * d]);
     m.set(n.wGate, [I, D]).set(n.wUp, [I, D]).set(n.wDown, [D, I]);

@@ -44,7 +44,7 @@ export async function loadWeights(ckpt: Checkpoint): Promise<Weights> {
   const c = ckpt.config;
   const layers: LayerWeights[] = [];
   for (let i = 0; i < c.layers; i++) {
-    const names = layerTensorNames(c, i);
+    const names = layerTensorNames(i);
     const layer: Record<string, Float32Array> = {};
     for (const [key, name] of Object.entries(names)) {
       if (ckpt.tensors.has(name)) layer[key] = await loadTensor(ckpt, name);

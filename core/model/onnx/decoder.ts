@@ -29,7 +29,6 @@
 import { f32ToF16 } from "../../../kernels/fp16.ts";
 import type { Checkpoint } from "../checkpoint.ts";
 import { layerTensorNames, loadTensor } from "../checkpoint.ts";
-import type { ModelConfig } from "../config.ts";
 import type { PositionMode } from "../reference.ts";
 import { inverseFrequencies } from "../rope.ts";
 import { float, Graph } from "./graph.ts";
@@ -161,7 +160,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   const five = shape([1, K, grp, S1, -1]);
 
   for (let l = 0; l < c.layers; l++) {
-    const n = layerTensorNames(c, l);
+    const n = layerTensorNames(l);
     x = await g.within(`layer${l}`, async () => {
       // attention: RMSNorm → q, k, v projections → (Qwen3) per-head q/k RMSNorm → RoPE
       const xb = rmsnorm(x, await vector(n.attnNorm));
