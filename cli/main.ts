@@ -1,6 +1,8 @@
 import { Command, CommanderError } from "commander";
 import denoJson from "../deno.json" with { type: "json" };
 import { EXIT, TomeError } from "../core/errors.ts";
+import { inspectCommand } from "./commands/inspect.ts";
+import { makeModelCommand } from "./commands/make_model.ts";
 import { tokensCommand } from "./commands/tokens.ts";
 import { StdoutClosed } from "./output.ts";
 
@@ -15,6 +17,8 @@ export function program(): Command {
     .exitOverride()
     .configureOutput({ outputError: oneLine });
   tokensCommand(p);
+  inspectCommand(p);
+  makeModelCommand(p);
   for (const c of p.commands) c.exitOverride().configureOutput({ outputError: oneLine });
   return p;
 }

@@ -119,6 +119,7 @@ export async function makeRandomModel(out: string, spec: RandomModelSpec): Promi
   for (const f of TOKENIZER_FILES) {
     try {
       await Deno.copyFile(join(spec.tokenizer, f), join(out, f));
+      await Deno.chmod(join(out, f), 0o644); // the source may be read-only (../shared is)
     } catch (err) {
       if (!(err instanceof Deno.errors.NotFound)) throw fsError(err, join(spec.tokenizer, f), "tokenizer file");
     }

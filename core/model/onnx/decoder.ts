@@ -16,21 +16,25 @@
  *   attn_last_L            f32 [1, Hkv, P+S] … from the last query
  * Every statistic is summed over the query heads of each KV head's group.
  *
- * Attention is computed against past and new keys separately — one softmax
- * over both score blocks, never concatenating K or V. Query heads are viewed as
- * [Hkv, g·S] so K/V are never repeated per query head.
+ * Attention (`attention.ts`) is computed against past and new keys
+ * separately — one softmax over both score blocks, never concatenating K or V.
  *
- * Why primitive ops: com.microsoft GroupQueryAttention and opset-23 Attention
- * both take the past as input and produce the concatenated present cache, and
- * rotate only new keys (compact mode needs the past rotated too); the
- * probabilities behind the statistics need primitives either way. The
- * measured comparison is in bench/attention.ts and the issue notes.
+ * Why primitive ops, by measurement (`deno run -A bench/attention.ts`: one
+ * layer at 360M shapes, 512 queries over 4096 past, 2 cores): this block with
+ * the four statistics 110 ms, without them 99 ms, com.microsoft
+ * GroupQueryAttention 72 ms, opset-23 Attention 64 ms. The fused ops return
+ * neither the statistics nor the probabilities behind them (GQA's qk_output
+ * materializes all [H, S, P+S] probabilities, which is what the two-block
+ * softmax avoids), and both return the concatenated cache. A hybrid — fused
+ * attention for the output, scores for the window rows only — would suit the
+ * window-only policies (SnapKV, PyramidKV) and is left to the engine work.
  */
 import { f32ToF16 } from "../../../kernels/fp16.ts";
 import type { Checkpoint } from "../checkpoint.ts";
 import { layerTensorNames, loadTensor } from "../checkpoint.ts";
 import type { PositionMode } from "../reference.ts";
 import { inverseFrequencies } from "../rope.ts";
+import { attend, attentionShapes, shape } from "./attention.ts";
 import { float, Graph } from "./graph.ts";
 
 /** Options that change the graph (and so the cache key). */
@@ -70,7 +74,6 @@ export const io = {
 export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOptions): Promise<void> {
   const c = ckpt.config;
   const { hidden: D, heads: H, kvHeads: K, headDim: d, vocab: V } = c;
-  const grp = H / K;
   const kvType = opts.kvDtype;
 
   /** A linear layer's weight, transposed to [in, out] for MatMul. */
@@ -106,10 +109,9 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   }
 
   // sizes and shared tables
-  const [S, P, T, SminusOne] = g.within("sizes", () => {
+  const [S, SminusOne] = g.within("sizes", () => {
     const S = g.op("Gather", [g.op("Shape", [ids]), g.ints([1], [])]);
-    const P = g.op("Gather", [g.op("Shape", [io.pastKey(0)]), g.ints([2], [])]);
-    return [S, P, g.op("Add", [S, P]), g.op("Sub", [S, g.ints([1], [])])];
+    return [S, g.op("Sub", [S, g.ints([1], [])])];
   });
   const S1 = g.op("Unsqueeze", [S, g.ints([0])]);
   const inv = g.weight("rope.inv_freq", "float32", [d / 2], inverseFrequencies(c));
@@ -130,14 +132,6 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   const [cos, sin] = ropeTables(positions);
   const [cosPast, sinPast] = opts.positions === "compact" ? ropeTables(pastPositions) : ["", ""];
 
-  // causal mask over the new block [S, S]: −∞ where key t is after query s
-  const causal = g.within("mask", () => {
-    const r = g.op("Range", [g.ints([0], []), S, g.ints([1], [])]);
-    const future = g.op("Greater", [g.op("Unsqueeze", [r, g.ints([0])]), g.op("Unsqueeze", [r, g.ints([1])])]);
-    return g.op("Where", [future, g.floats([-Infinity], []), g.floats([0], [])]);
-  });
-  const pastEnd = g.op("Unsqueeze", [P, g.ints([0])]);
-  const totalEnd = g.op("Unsqueeze", [T, g.ints([0])]);
   const lastStart = g.op("Unsqueeze", [SminusOne, g.ints([0])]);
 
   // embed
@@ -149,15 +143,9 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   );
   let x = g.op("Gather", [embed, ids], { axis: 0 }); // [1,S,D]
 
-  const shape = (dims: (number | string)[]) =>
-    g.op("Concat", dims.map((v) => (typeof v === "number" ? g.ints([v]) : v)), { axis: 0 });
-  const qHeads = shape([1, S1, H, d]);
-  const kvHeads = shape([1, S1, K, d]);
-  const grouped = shape([1, K, -1, d]);
-  const groupedScores = shape([1, K, -1, S1]);
-  const back = shape([1, H, S1, d]);
-  const flat = shape([1, S1, H * d]);
-  const five = shape([1, K, grp, S1, -1]);
+  const shapes = attentionShapes(g, S, H, K, d, windowStart);
+  const qHeads = shape(g, [1, S1, H, d]);
+  const kvHeads = shape(g, [1, S1, K, d]);
 
   for (let l = 0; l < c.layers; l++) {
     const n = layerTensorNames(l);
@@ -192,37 +180,20 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       const pastV = toF32(io.pastValue(l));
       if (opts.positions === "compact") pastK = rope(pastK, cosPast, sinPast);
 
-      // scaled dot-product attention over [past ; new], causal over new; query head h reads KV head ⌊h / g⌋
-      const qg = g.op("Reshape", [g.op("Mul", [q, g.floats([1 / Math.sqrt(d)], [])]), grouped]); // [1,K,g·S,d]
-      const scorePast = g.op("MatMul", [qg, g.op("Transpose", [pastK], { perm: [0, 1, 3, 2] })]); // [1,K,g·S,P]
-      const scoreNew = g.op("Reshape", [
-        g.op("Add", [
-          g.op("Reshape", [g.op("MatMul", [qg, g.op("Transpose", [k], { perm: [0, 1, 3, 2] })]), five]),
-          causal,
-        ]),
-        groupedScores,
-      ]); // [1,K,g·S,S]
-      const probs = g.op("Softmax", [g.op("Concat", [scorePast, scoreNew], { axis: -1 })], { axis: -1 });
-      const probsPast = g.op("Slice", [probs, g.ints([0]), pastEnd, g.ints([-1])]);
-      const probsNew = g.op("Slice", [probs, pastEnd, totalEnd, g.ints([-1])]);
-      const out = g.op("Add", [g.op("MatMul", [probsPast, pastV]), g.op("MatMul", [probsNew, v])]); // [1,K,g·S,d]
-      const merged = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [out, back])], { perm: [0, 2, 1, 3] }), flat]);
-      let o = g.op("MatMul", [merged, await linearWeight(n.wo, D, H * d)]);
-      if (c.oBias) o = g.op("Add", [o, await vector(n.bo)]);
-      const h = g.op("Add", [x, o]);
-
-      // attention statistics, summed over each KV head's query group
-      g.within("stats", () => {
-        const p5 = g.op("Reshape", [probs, five]); // [1,K,g,S,P+S]
-        const window = g.op("Slice", [p5, windowStart, g.op("Unsqueeze", [S, g.ints([0])]), g.ints([3])]);
-        g.op("ReduceSum", [p5, g.ints([2, 3])], { keepdims: 0 }, { out: io.attnAll(l) });
-        g.op("ReduceSum", [window, g.ints([2, 3])], { keepdims: 0 }, { out: io.attnWindow(l) });
-        g.op("ReduceSum", [g.op("ReduceMax", [window, g.ints([3])], { keepdims: 0 }), g.ints([2])], { keepdims: 0 }, {
-          out: io.attnMax(l),
-        });
-        const last = g.op("Slice", [p5, lastStart, g.op("Unsqueeze", [S, g.ints([0])]), g.ints([3])]);
-        g.op("ReduceSum", [last, g.ints([2, 3])], { keepdims: 0 }, { out: io.attnLast(l) });
+      const { out, stats } = attend(g, shapes, q, k, v, pastK, pastV, {
+        window: io.attnWindow(l),
+        all: io.attnAll(l),
+        max: io.attnMax(l),
+        last: io.attnLast(l),
       });
+      let o = g.op("MatMul", [out, await linearWeight(n.wo, D, H * d)]);
+      if (c.oBias) o = g.op("Add", [o, await vector(n.bo)]);
+      let h = g.op("Add", [x, o]);
+
+      // onnxruntime orders nodes by a reverse DFS from the graph's leaves, which would run every layer's
+      // statistics after the last layer and keep each layer's score blocks alive until then. Making the
+      // residual stream depend on them keeps peak memory at one layer's worth.
+      h = g.after(h, stats);
 
       // MLP: RMSNorm → SwiGLU → residual
       const xm = rmsnorm(h, await vector(n.mlpNorm));
@@ -245,7 +216,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
     : g.weight("lm_head.weight", "float32", [V, D], await loadTensor(ckpt, "lm_head.weight"));
   const rows = g.op("Reshape", [x, g.ints([-1, D])]);
   const logits = g.op("Gemm", [rows, head], { transB: 1 });
-  g.op("Reshape", [logits, shape([1, -1, V])], {}, { out: "logits" });
+  g.op("Reshape", [logits, shape(g, [1, -1, V])], {}, { out: "logits" });
 
   for (let l = 0; l < c.layers; l++) {
     g.output(io.newKey(l), kvType, [1, K, "S", d]);

@@ -179,6 +179,16 @@ export class Graph {
     return outputs;
   }
 
+  /**
+   * Returns `x` unchanged, but computed after `deps` in any topological order:
+   * x + 0·Σ deps, exact for finite `deps` (an ONNX graph has no control edges).
+   */
+  after(x: string, deps: string[]): string {
+    const sums = deps.map((d) => this.op("ReduceSum", [d], { keepdims: 0 }));
+    const zero = this.op("Mul", [this.op("Sum", sums), this.floats([0], [])]);
+    return this.op("Add", [x, zero]);
+  }
+
   /** Serializes the model. `opsets` maps domains to versions, e.g. `{ "": 21 }`. */
   encode(opsets: Record<string, number>, docString = ""): Uint8Array {
     const model = onnx.ModelProto.create({

@@ -1,0 +1,109 @@
+import type { Command } from "commander";
+import { findGraph } from "../../core/model/cache.ts";
+import { expectedTensors, openCheckpoint } from "../../core/model/checkpoint.ts";
+import { kvBytesPerToken } from "../../core/model/config.ts";
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../../core/model/onnx/decoder.ts";
+import { formatBytes } from "../progress.ts";
+import { usage, writeStdout } from "../output.ts";
+
+/** Every graph variant tome can build, for the cache report. */
+function graphVariants(): GraphOptions[] {
+  const out: GraphOptions[] = [];
+  for (const positions of ["original", "compact"] as const) {
+    for (const kvDtype of ["float32", "float16"] as const) {
+      for (const weightDtype of ["float32", "float16"] as const) {
+        for (const logits of ["last", "all"] as const) out.push({ positions, kvDtype, weightDtype, logits });
+      }
+    }
+  }
+  return out;
+}
+
+/** `tome inspect MODEL`: what a checkpoint is and what it costs per token of KV. */
+export function inspectCommand(program: Command): void {
+  program.command("inspect")
+    .description("describe a model checkpoint: architecture, size, KV bytes per token, cached graphs")
+    .argument("[model]", "checkpoint directory (default: $TOME_MODEL)")
+    .option("--json", "print one JSON object")
+    .addHelpText(
+      "after",
+      "\nExample:\n  tome inspect /tmp/tiny-llama\n  tome inspect ~/models/SmolLM2-360M-Instruct --json",
+    )
+    .action(async (model: string | undefined, opts: { json?: boolean }) => {
+      const dir = model ?? Deno.env.get("TOME_MODEL");
+      if (!dir) throw usage("inspect needs a model directory (or TOME_MODEL)");
+      const ckpt = await openCheckpoint(dir);
+      const c = ckpt.config;
+      let params = 0;
+      for (const shape of expectedTensors(c, ckpt.tiedEmbeddings).values()) params += shape.reduce((a, b) => a * b, 1);
+      const diskBytes = ckpt.files.reduce((n, f) => n + f.size, 0);
+      const dtypes = [...new Set([...ckpt.tensors.values()].map((t) => t.dtype))];
+      const cached = [];
+      for (const v of graphVariants()) {
+        const { dir: graphDir, exists } = await findGraph(ckpt, v);
+        if (exists) cached.push({ ...v, dir: graphDir });
+      }
+      const info = {
+        model: ckpt.dir,
+        arch: c.arch,
+        parameters: params,
+        weights: { dtypes, files: ckpt.files.length, bytes: diskBytes },
+        layers: c.layers,
+        heads: c.heads,
+        kv_heads: c.kvHeads,
+        head_dim: c.headDim,
+        hidden: c.hidden,
+        intermediate: c.intermediate,
+        vocab: c.vocab,
+        max_context: c.maxPositions,
+        rope: { theta: c.ropeTheta, scaling: c.ropeScaling },
+        tied_embeddings: ckpt.tiedEmbeddings,
+        kv_bytes_per_token: { f32: kvBytesPerToken(c, 4), f16: kvBytesPerToken(c, 2) },
+        cached_graphs: cached,
+      };
+      if (opts.json) return await writeStdout(JSON.stringify(info) + "\n");
+      const kv = (b: number) => `${formatBytes(b)}/token (${formatBytes(b * 1024)} per 1K tokens)`;
+      const def = cached.some((g) => sameOptions(g, DEFAULT_GRAPH_OPTIONS));
+      const lines = [
+        ["model", `${ckpt.dir}`],
+        ["architecture", `${c.arch}${c.qkvBias ? ", q/k/v biases" : ""}${c.qkNorm ? ", q/k norm" : ""}`],
+        [
+          "parameters",
+          `${(params / 1e6).toFixed(1)}M (${dtypes.join("/")}, ${
+            formatBytes(diskBytes)
+          } in ${ckpt.files.length} file(s))`,
+        ],
+        ["layers", `${c.layers}`],
+        ["heads", `${c.heads} query, ${c.kvHeads} key/value (group ${c.heads / c.kvHeads}), head_dim ${c.headDim}`],
+        ["hidden", `${c.hidden}, MLP ${c.intermediate}, vocab ${c.vocab}`],
+        [
+          "max context",
+          `${c.maxPositions} tokens (rope_theta ${c.ropeTheta}${
+            c.ropeScaling ? `, ${c.ropeScaling.type} scaling ×${c.ropeScaling.factor}` : ""
+          })`,
+        ],
+        ["embeddings", ckpt.tiedEmbeddings ? "tied" : "untied"],
+        ["KV cache f32", kv(kvBytesPerToken(c, 4))],
+        ["KV cache f16", kv(kvBytesPerToken(c, 2))],
+        [
+          "cached graph",
+          cached.length === 0
+            ? "none yet (built on first use)"
+            : `${def ? "default built" : "default not built"}; ${cached.length} variant(s): ${
+              cached.map(describe).join(", ")
+            }`,
+        ],
+      ];
+      await writeStdout(lines.map(([k, v]) => `${k.padEnd(13)} ${v}`).join("\n") + "\n");
+    });
+}
+
+function sameOptions(a: GraphOptions, b: GraphOptions): boolean {
+  return a.positions === b.positions && a.kvDtype === b.kvDtype && a.weightDtype === b.weightDtype &&
+    a.logits === b.logits;
+}
+
+function describe(g: GraphOptions): string {
+  const short = (t: string) => (t === "float32" ? "f32" : "f16");
+  return `${g.positions}/kv-${short(g.kvDtype)}/w-${short(g.weightDtype)}/logits-${g.logits}`;
+}

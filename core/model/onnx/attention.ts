@@ -1,0 +1,154 @@
+/**
+ * The attention block of the decoder graph: scaled dot-product attention of S
+ * new queries over the retained cache and the new keys, with the statistics
+ * eviction policies score by. Mirrors the attention loop of `reference.ts`.
+ *
+ * One softmax over both score blocks without concatenating K, V or the scores:
+ * a shared max m, e = exp(score − m) per block, z = Σ e over both blocks,
+ * out = (e_past·V_past + e_new·V_new) / z. Normalized probabilities (e / z) are
+ * never materialized at full size: the all-query mass is a batched
+ * vector–matrix product (1/z)ᵀ·e, and the window statistics touch only the
+ * window's rows. Query heads are viewed as [Hkv, g·S], so K and V are never
+ * repeated per query head.
+ */
+import type { Graph } from "./graph.ts";
+
+/** Shape tensors and the causal mask shared by every layer. */
+export interface AttentionShapes {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  /** int64 scalar S. */
+  S: string;
+  windowStart: string;
+  /** [S, S]: 0, or −∞ where key t comes after query s. */
+  causal: string;
+  grouped: string;
+  groupedScores: string;
+  five: string;
+  back: string;
+  flat: string;
+}
+
+/** A shape tensor from numbers and int64 [1] tensors. */
+export function shape(g: Graph, dims: (number | string)[]): string {
+  return g.op("Concat", dims.map((v) => (typeof v === "number" ? g.ints([v]) : v)), { axis: 0 });
+}
+
+export function attentionShapes(
+  g: Graph,
+  S: string,
+  H: number,
+  K: number,
+  d: number,
+  windowStart: string,
+): AttentionShapes {
+  const S1 = g.op("Unsqueeze", [S, g.ints([0])]);
+  const causal = g.within("mask", () => {
+    const r = g.op("Range", [g.ints([0], []), S, g.ints([1], [])]);
+    const future = g.op("Greater", [g.op("Unsqueeze", [r, g.ints([0])]), g.op("Unsqueeze", [r, g.ints([1])])]);
+    return g.op("Where", [future, g.floats([-Infinity], []), g.floats([0], [])]);
+  });
+  return {
+    heads: H,
+    kvHeads: K,
+    headDim: d,
+    S,
+    windowStart,
+    causal,
+    grouped: shape(g, [1, K, -1, d]),
+    groupedScores: shape(g, [1, K, -1, S1]),
+    five: shape(g, [1, K, H / K, S1, -1]),
+    back: shape(g, [1, H, S1, d]),
+    flat: shape(g, [1, S1, H * d]),
+  };
+}
+
+/** Output names of the four statistics of one layer. */
+export interface StatNames {
+  window: string;
+  all: string;
+  max: string;
+  last: string;
+}
+
+/**
+ * q [1,H,S,d] and k [1,K,S,d] rotated, v [1,K,S,d]; pastK (rotated) and pastV
+ * [1,K,P,d], float32. Returns the attention output [1,S,H·d] and the four
+ * statistics [1,K,P+S], written to `names`.
+ */
+export function attend(
+  g: Graph,
+  sh: AttentionShapes,
+  q: string,
+  k: string,
+  v: string,
+  pastK: string,
+  pastV: string,
+  names: StatNames,
+): { out: string; stats: string[] } {
+  const { grouped, groupedScores, five, causal, headDim: d, S, windowStart } = sh;
+  // scaled dot-product attention over [past ; new], causal over new; query head h reads KV head ⌊h / g⌋.
+  // One softmax over both score blocks, never concatenating K, V or the scores: a shared max m,
+  // e = exp(score − m) per block, z = Σ e over both, out = (e_past·V_past + e_new·V_new) / z.
+  const qg = g.op("Reshape", [g.op("Mul", [q, g.floats([1 / Math.sqrt(d)], [])]), grouped]); // [1,K,g·S,d]
+  const scorePast = g.op("MatMul", [qg, g.op("Transpose", [pastK], { perm: [0, 1, 3, 2] })]); // [1,K,g·S,P]
+  const scoreNew = g.op("Reshape", [
+    g.op("Add", [
+      g.op("Reshape", [g.op("MatMul", [qg, g.op("Transpose", [k], { perm: [0, 1, 3, 2] })]), five]),
+      causal,
+    ]),
+    groupedScores,
+  ]); // [1,K,g·S,S]
+  // reductions over both blocks go through a 2-wide Concat: a reduction over an empty past (P = 0) is empty
+  const bothBlocks = (op: string, a: string, b: string) =>
+    g.op(op, [
+      g.op("Concat", [g.op(op, [a, g.ints([-1])], { keepdims: 1 }), g.op(op, [b, g.ints([-1])], { keepdims: 1 })], {
+        axis: -1,
+      }),
+      g.ints([-1]),
+    ], { keepdims: 1 });
+  const m = bothBlocks("ReduceMax", scorePast, scoreNew); // [1,K,g·S,1]
+  const expPast = g.op("Exp", [g.op("Sub", [scorePast, m])]);
+  const expNew = g.op("Exp", [g.op("Sub", [scoreNew, m])]);
+  const invZ = g.op("Reciprocal", [bothBlocks("ReduceSum", expPast, expNew)]); // [1,K,g·S,1]
+  const attn = g.op("Mul", [g.op("Add", [g.op("MatMul", [expPast, pastV]), g.op("MatMul", [expNew, v])]), invZ]);
+  const out = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [attn, sh.back])], { perm: [0, 2, 1, 3] }), sh.flat]);
+  // attention statistics, summed over each KV head's query group; probabilities are e / z
+  const stats = g.within("stats", () => {
+    const invZ5 = g.op("Reshape", [invZ, five]); // [1,K,g,S,1]
+    const invZRow = g.op("Transpose", [invZ5], { perm: [0, 1, 2, 4, 3] }); // [1,K,g,1,S]
+    const sEnd = g.op("Unsqueeze", [S, g.ints([0])]);
+    const perBlock = (e: string) => {
+      const e5 = g.op("Reshape", [e, five]); // [1,K,g,S,n]
+      // mass from all queries: Σ_s e[s, t] / z[s], a batched vector–matrix product
+      const all = g.op("ReduceSum", [g.op("MatMul", [invZRow, e5]), g.ints([2, 3])], { keepdims: 0 });
+      // the window rows only, normalized
+      const win = g.op("Mul", [
+        g.op("Slice", [e5, windowStart, sEnd, g.ints([3])]),
+        g.op("Slice", [invZ5, windowStart, sEnd, g.ints([3])]),
+      ]); // [1,K,g,w,n]
+      const window = g.op("ReduceSum", [win, g.ints([2, 3])], { keepdims: 0 });
+      const max = g.op("ReduceSum", [g.op("ReduceMax", [win, g.ints([3])], { keepdims: 0 }), g.ints([2])], {
+        keepdims: 0,
+      });
+      const last = g.op("ReduceSum", [
+        g.op("Slice", [win, g.ints([-1]), g.ints([2 ** 62]), g.ints([3])]),
+        g.ints([2, 3]),
+      ], {
+        keepdims: 0,
+      });
+      return { all, window, max, last };
+    };
+    const past = perBlock(expPast);
+    const fresh = perBlock(expNew);
+    const join = (a: string, b: string, out: string) => g.op("Concat", [a, b], { axis: -1 }, { out });
+    return [
+      join(past.window, fresh.window, names.window),
+      join(past.all, fresh.all, names.all),
+      join(past.max, fresh.max, names.max),
+      join(past.last, fresh.last, names.last),
+    ];
+  });
+  return { out, stats };
+}
