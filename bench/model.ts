@@ -78,7 +78,7 @@ for (const name of args.variants!.split(",")) {
     session.run({
       ids,
       positions: ids.map((_, i) => P + i),
-      past: { length: P, keys, values, positions: Array.from({ length: P }, (_, i) => i) },
+      past: { keys, values, lengths: new Array(c.layers * c.kvHeads).fill(P) },
       windowStart: S - 32,
       fetch: { logits: true, kv: true, stats: ["window"] },
     });

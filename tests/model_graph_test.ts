@@ -16,7 +16,7 @@ import {
   type PositionMode,
   type Weights,
 } from "../core/model/reference.ts";
-import { type KvArray, ModelSession, type StatName } from "../core/model/session.ts";
+import { emptyPast, type KvArray, ModelSession, type StatName } from "../core/model/session.ts";
 import { bruteForceStats, makeTinyModels, maxAbsDiff, TINY_MODELS } from "./model_fixtures.ts";
 import { rng } from "./helpers.ts";
 
@@ -66,11 +66,10 @@ async function compareRun(
   const r = await session.run({
     ids,
     positions,
-    past: {
-      length: past.length,
+    past: past.length === 0 ? emptyPast(c, "float32") : {
       keys: past.layers.map((l) => l.keys),
       values: past.layers.map((l) => l.values),
-      positions: past.positions,
+      lengths: past.lengths?.flat() ?? new Array(c.layers * c.kvHeads).fill(past.length),
     },
     windowStart,
     fetch: { stats: STATS },
@@ -102,7 +101,7 @@ async function chunked(session: ModelSession, m: Loaded, ids: number[], chunk: n
     const r = await session.run({
       ids: part,
       positions: part.map((_, i) => at + i),
-      past: { length: at, keys, values, positions: Array.from({ length: at }, (_, i) => i) },
+      past: { keys, values, lengths: new Array(layers * K).fill(at) },
     });
     logits.set(r.logits!, at * V);
     keys = keys.map((k, l) => appendKv(k, at, r.newKeys[l], part.length, K, d));
@@ -149,6 +148,30 @@ for (const { name } of TINY_MODELS) {
       await compareRun(m, original, ids.slice(40, 41), positions.slice(40, 41), past, "original", 0);
     });
 
+    await t.step("buffers beyond their valid entries: per-head lengths, garbage in the empty slots", async () => {
+      const head = forward(c, m.weights, ids.slice(0, 20), positions.slice(0, 20));
+      const cap = 26;
+      const r = rng(3);
+      const lengths = Array.from(
+        { length: c.layers },
+        (_, l) => Array.from({ length: c.kvHeads }, (_, h) => 20 - 3 * h - l),
+      );
+      // the valid entries of head h are its first lengths[l][h] of the 20 computed; the rest is finite garbage
+      const widen = (x: Float32Array, l: number) => {
+        const y = Float32Array.from({ length: c.kvHeads * cap * c.headDim }, () => 50 * (r() - 0.5));
+        for (let h = 0; h < c.kvHeads; h++) {
+          y.set(x.subarray(h * 20 * c.headDim, (h * 20 + lengths[l][h]) * c.headDim), h * cap * c.headDim);
+        }
+        return y;
+      };
+      const past: Past = {
+        length: cap,
+        layers: head.newKeys.map((k, l) => ({ keys: widen(k, l), values: widen(head.newValues[l], l) })),
+        lengths,
+      };
+      await compareRun(m, original, ids.slice(20, 27), positions.slice(20, 27), past, "original", 3);
+    });
+
     await t.step("compact positions: unrotated keys, a per-head evicted cache rotated to its slots", async () => {
       const compact = await m.session({ positions: "compact" });
       const head = forward(c, m.weights, ids.slice(0, 30), positions.slice(0, 30), undefined, "compact");
@@ -186,7 +209,7 @@ for (const { name } of TINY_MODELS) {
 
     await t.step("f16 weights within 2e-2 relative of f32", async () => {
       const f16w = await m.session({ weightDtype: "float16" });
-      const r = await f16w.run({ ids, positions, past: { length: 0, keys: [], values: [] } });
+      const r = await f16w.run({ ids, positions, past: emptyPast(c, "float32") });
       const rel = maxAbsDiff(r.logits!, full.logits) / maxAbsDiff(full.logits, new Float32Array(full.logits.length));
       assert.ok(rel < 2e-2, `relative difference ${rel}`);
     });
@@ -211,7 +234,7 @@ Deno.test("last-position logits equal the last row of all-position logits", asyn
   const m = await load(models.get("qwen2")!);
   const ids = randomIds(9, m.ckpt.config.vocab, 3);
   const positions = ids.map((_, i) => i);
-  const past = { length: 0, keys: [], values: [] };
+  const past = emptyPast(m.ckpt.config, "float32");
   const all = await (await m.session({ logits: "all" })).run({ ids, positions, past });
   const last = await (await m.session({ logits: "last" })).run({ ids, positions, past });
   const V = m.ckpt.config.vocab;

@@ -68,11 +68,13 @@ export interface PastLayer {
 
 /** Cache handed to a forward pass, as the graph receives it. */
 export interface Past {
-  /** Entries per layer. */
+  /** Slots per layer (every layer alike here). */
   length: number;
   layers: PastLayer[];
   /** Compact mode: the position each cached (unrotated) key is rotated to. */
   positions?: ArrayLike<number>;
+  /** Valid entries per layer and KV head ([layer][head]); slots past them are ignored. Default: all. */
+  lengths?: number[][];
 }
 
 /**
@@ -181,11 +183,14 @@ export function forward(
     const out = new Float32Array(S * H * d);
     for (let h = 0; h < H; h++) {
       const kv = Math.floor(h / g);
+      const valid = past.lengths?.[l][kv] ?? P;
+      const visible = (t: number) => t >= P || t < valid;
       for (let s = 0; s < S; s++) {
         const row = att.subarray((h * S + s) * T, (h * S + s + 1) * T);
         const qo = (s * H + h) * d;
         let max = -Infinity;
         for (let t = 0; t < P + s + 1; t++) {
+          if (!visible(t)) continue;
           let dot = 0;
           if (t < P) { for (let i = 0; i < d; i++) dot += q[qo + i] * pastK[(kv * P + t) * d + i]; }
           else for (let i = 0; i < d; i++) dot += q[qo + i] * k[((t - P) * K + kv) * d + i];
@@ -193,7 +198,7 @@ export function forward(
           if (row[t] > max) max = row[t];
         }
         let sum = 0;
-        for (let t = 0; t < P + s + 1; t++) sum += row[t] = Math.exp(row[t] - max);
+        for (let t = 0; t < P + s + 1; t++) sum += row[t] = visible(t) ? Math.exp(row[t] - max) : 0;
         for (let t = 0; t < P + s + 1; t++) row[t] /= sum;
         for (let i = 0; i < d; i++) {
           let acc = 0;

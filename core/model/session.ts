@@ -10,13 +10,26 @@ import { type Ort, ort } from "./ort.ts";
 /** KV data as the graph takes it: float32, or float16 bit patterns. */
 export type KvArray = Float32Array | Uint16Array;
 
-/** The cache handed to one run: per layer [1, Hkv, P, d] buffers (views over longer buffers are fine). */
+/**
+ * The cache handed to one run, as the engine holds it: per layer a buffer
+ * [Hkv, capacity, d] for keys and one for values (capacity = length / (Hkv·d);
+ * layers may differ), and the valid entries of each layer and KV head.
+ */
 export interface PastKv {
-  length: number;
   keys: KvArray[];
   values: KvArray[];
-  /** Compact mode: the position of each cached entry. */
-  positions?: ArrayLike<number>;
+  /** [layers · Hkv], row-major: entries 0..length−1 of each head are valid. */
+  lengths: ArrayLike<number>;
+}
+
+/** An empty cache for a model: zero-capacity buffers, zero lengths. */
+export function emptyPast(config: ModelConfig, kvDtype: "float32" | "float16"): PastKv {
+  const make = () => (kvDtype === "float32" ? new Float32Array(0) : new Uint16Array(0));
+  return {
+    keys: Array.from({ length: config.layers }, make),
+    values: Array.from({ length: config.layers }, make),
+    lengths: new Array(config.layers * config.kvHeads).fill(0),
+  };
 }
 
 /** Attention statistics a run can return (see `onnx/decoder.ts`). */
@@ -82,7 +95,6 @@ export class ModelSession {
   async run(req: RunRequest): Promise<RunResult> {
     const { layers, kvHeads: K, headDim: d } = this.config;
     const S = req.ids.length;
-    const P = req.past.length;
     const T = this.ort.Tensor;
     const kvType = this.graph.kvDtype;
     const feeds: Record<string, Ort.Tensor> = {
@@ -90,14 +102,19 @@ export class ModelSession {
       positions: new T("int64", BigInt64Array.from(Array.from(req.positions, BigInt)), [1, S]),
       window_start: new T("int64", BigInt64Array.of(BigInt(req.windowStart ?? S - 1)), [1]),
     };
-    if (this.graph.positions === "compact") {
-      feeds.past_positions = new T("int64", BigInt64Array.from(Array.from(req.past.positions ?? [], BigInt)), [1, P]);
-    }
-    const n = K * P * d;
     for (let l = 0; l < layers; l++) {
-      feeds[io.pastKey(l)] = new T(kvType, req.past.keys[l]?.subarray(0, n) ?? empty(kvType), [1, K, P, d]);
-      feeds[io.pastValue(l)] = new T(kvType, req.past.values[l]?.subarray(0, n) ?? empty(kvType), [1, K, P, d]);
+      const keys = req.past.keys[l];
+      const cap = keys.length / (K * d);
+      if (!Number.isInteger(cap) || req.past.values[l].length !== keys.length) {
+        throw new Error(
+          `layer ${l}: KV buffers of ${keys.length}/${req.past.values[l].length} elements are not [${K}, P, ${d}]`,
+        );
+      }
+      feeds[io.pastKey(l)] = new T(kvType, keys, [1, K, cap, d]);
+      feeds[io.pastValue(l)] = new T(kvType, req.past.values[l], [1, K, cap, d]);
     }
+    if (req.past.lengths.length !== layers * K) throw new Error(`past lengths: expected ${layers * K} values`);
+    feeds.past_lengths = new T("int64", BigInt64Array.from(Array.from(req.past.lengths, BigInt)), [layers, K]);
     const want = req.fetch ?? {};
     const fetches: string[] = [];
     if (want.logits ?? true) fetches.push("logits");
@@ -121,8 +138,4 @@ export class ModelSession {
   async close(): Promise<void> {
     await this.session.release();
   }
-}
-
-function empty(type: "float32" | "float16"): KvArray {
-  return type === "float32" ? new Float32Array(0) : new Uint16Array(0);
 }

@@ -74,8 +74,9 @@ export interface StatNames {
 
 /**
  * q [1,H,S,d] and k [1,K,S,d] rotated, v [1,K,S,d]; pastK (rotated) and pastV
- * [1,K,P,d], float32. Returns the attention output [1,S,H·d] and the four
- * statistics [1,K,P+S], written to `names`.
+ * [1,K,P,d], float32; pastMask [1,K,1,P] additive (0 for valid slots, −∞ for
+ * empty ones), or "" when every slot is valid. Returns the attention output
+ * [1,S,H·d] and the four statistics [1,K,P+S], written to `names`.
  */
 export function attend(
   g: Graph,
@@ -85,6 +86,7 @@ export function attend(
   v: string,
   pastK: string,
   pastV: string,
+  pastMask: string,
   names: StatNames,
 ): { out: string; stats: string[] } {
   const { grouped, groupedScores, five, causal, headDim: d, S, windowStart } = sh;
@@ -92,7 +94,8 @@ export function attend(
   // One softmax over both score blocks, never concatenating K, V or the scores: a shared max m,
   // e = exp(score − m) per block, z = Σ e over both, out = (e_past·V_past + e_new·V_new) / z.
   const qg = g.op("Reshape", [g.op("Mul", [q, g.floats([1 / Math.sqrt(d)], [])]), grouped]); // [1,K,g·S,d]
-  const scorePast = g.op("MatMul", [qg, g.op("Transpose", [pastK], { perm: [0, 1, 3, 2] })]); // [1,K,g·S,P]
+  let scorePast = g.op("MatMul", [qg, g.op("Transpose", [pastK], { perm: [0, 1, 3, 2] })]); // [1,K,g·S,P]
+  if (pastMask) scorePast = g.op("Add", [scorePast, pastMask]);
   const scoreNew = g.op("Reshape", [
     g.op("Add", [
       g.op("Reshape", [g.op("MatMul", [qg, g.op("Transpose", [k], { perm: [0, 1, 3, 2] })]), five]),

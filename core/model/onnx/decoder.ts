@@ -5,15 +5,21 @@
  * Inputs (zero-copy from JavaScript):
  *   input_ids, positions   int64 [1, S]      new tokens and their RoPE positions
  *   window_start           int64 [1]         queries s ≥ window_start form the observation window (≤ S − 1)
- *   past_key_L, past_value_L  [1, Hkv, P, d] the retained cache (f32 or f16)
- *   past_positions         int64 [1, P]      compact mode only: positions the unrotated cached keys take
+ *   past_key_L, past_value_L  [1, Hkv, P_L, d] layer L's cache buffer at its capacity P_L (f32 or f16)
+ *   past_lengths           int64 [L, Hkv]    valid entries of each layer and KV head: slots at or
+ *                                            past the length are masked out (any finite content)
+ * A fixed capacity per layer means the engine hands its buffers over as they
+ * are in every phase (warm-up, steady prefill, decode, per-head budgets) and
+ * compacts them in place. In compact mode a cached key is rotated to its slot
+ * index; the engine gives new tokens positions from the filled length on.
  * Outputs (copied back, so never the whole cache):
  *   logits                 f32 [1, 1 | S, V] last position, or all with `logits: "all"`
  *   new_key_L, new_value_L [1, Hkv, S, d]    this chunk's K/V (keys unrotated in compact mode)
- *   attn_window_L          f32 [1, Hkv, P+S] softmax mass each entry receives from the window queries
- *   attn_all_L             f32 [1, Hkv, P+S] … from all S queries
- *   attn_max_L             f32 [1, Hkv, P+S] max over window queries of the mass on each entry
- *   attn_last_L            f32 [1, Hkv, P+S] … from the last query
+ *   attn_window_L          f32 [1, Hkv, P_L+S] softmax mass each entry receives from the window queries
+ *   attn_all_L             f32 [1, Hkv, P_L+S] … from all S queries
+ *   attn_max_L             f32 [1, Hkv, P_L+S] max over window queries of the mass on each entry
+ *   attn_last_L            f32 [1, Hkv, P_L+S] … from the last query
+ * (masked slots receive 0).
  * Every statistic is summed over the query heads of each KV head's group.
  *
  * Attention (`attention.ts`) is computed against past and new keys
@@ -105,11 +111,11 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   const ids = g.input("input_ids", "int64", [1, "S"]);
   const positions = g.input("positions", "int64", [1, "S"]);
   const windowStart = g.input("window_start", "int64", [1]);
-  const pastPositions = opts.positions === "compact" ? g.input("past_positions", "int64", [1, "P"]) : "";
   for (let l = 0; l < c.layers; l++) {
-    g.input(io.pastKey(l), kvType, [1, K, "P", d]);
-    g.input(io.pastValue(l), kvType, [1, K, "P", d]);
+    g.input(io.pastKey(l), kvType, [1, K, `P${l}`, d]);
+    g.input(io.pastValue(l), kvType, [1, K, `P${l}`, d]);
   }
+  const pastLengths = g.input("past_lengths", "int64", [c.layers, K]);
 
   // sizes and shared tables
   const [S, SminusOne] = g.within("sizes", () => {
@@ -133,7 +139,19 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])]);
     });
   const [cos, sin] = ropeTables(positions);
-  const [cosPast, sinPast] = opts.positions === "compact" ? ropeTables(pastPositions) : ["", ""];
+  /** Layer l's capacity P_l as int64 [1], its slot indices [P_l], and the additive mask [1,K,1,P_l] of its valid slots. */
+  const pastSlots = (l: number) =>
+    g.within("past", () => {
+      const cap = g.op("Gather", [g.op("Shape", [io.pastKey(l)]), g.ints([2], [])]);
+      const slots = g.op("Range", [g.ints([0], []), cap, g.ints([1], [])]);
+      const lengths = g.op("Unsqueeze", [g.op("Gather", [pastLengths, g.ints([l], [])], { axis: 0 }), g.ints([1])]); // [K,1]
+      const valid = g.op("Less", [g.op("Unsqueeze", [slots, g.ints([0])]), lengths]); // [K,P]
+      const mask = g.op("Unsqueeze", [
+        g.op("Where", [valid, g.floats([0], []), g.floats([-Infinity], [])]),
+        g.ints([0, 2]),
+      ]);
+      return { slots, mask };
+    });
 
   const lastStart = g.op("Unsqueeze", [SminusOne, g.ints([0])]);
 
@@ -181,9 +199,13 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       // the cached keys this pass attends to, rotated
       let pastK = toF32(io.pastKey(l));
       const pastV = toF32(io.pastValue(l));
-      if (opts.positions === "compact") pastK = rope(pastK, cosPast, sinPast);
+      const past = pastSlots(l);
+      if (opts.positions === "compact") {
+        const [cosPast, sinPast] = ropeTables(g.op("Unsqueeze", [past.slots, g.ints([0])]));
+        pastK = rope(pastK, cosPast, sinPast);
+      }
 
-      const { out, stats } = attend(g, shapes, q, k, v, pastK, pastV, {
+      const { out, stats } = attend(g, shapes, q, k, v, pastK, pastV, past.mask, {
         window: io.attnWindow(l),
         all: io.attnAll(l),
         max: io.attnMax(l),
