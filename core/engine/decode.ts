@@ -1,0 +1,119 @@
+/**
+ * Decode: after the document, the recipe suffix (question or instruction and
+ * the chat template's tail) is prefilled without eviction, then tokens are
+ * sampled one at a time and streamed as text.
+ */
+import { uniform } from "../../kernels/random.ts";
+import { sample, type SamplingOptions } from "../../kernels/sample.ts";
+import { Detokenizer } from "../tokens/detokenize.ts";
+import type { Tokenizer } from "../tokens/tokenizer.ts";
+import type { Prefill } from "./prefill.ts";
+
+export interface DecodeOptions {
+  /** Token ids prefilled after the document, before the answer (at least one). */
+  suffix: number[];
+  maxTokens: number;
+  sampling: SamplingOptions;
+  seed: number;
+  /** Ids that end the answer. */
+  eos: number[];
+  /** Strings that end the answer (not emitted). */
+  stop: string[];
+  /** Called with each generated token id (EOS not included). */
+  onToken?: (id: number) => void;
+}
+
+/** Why generation ended. */
+export type FinishReason = "eos" | "stop" | "length";
+
+/** Streams the answer as text; returns why it ended. */
+export async function* decode(
+  prefill: Prefill,
+  tokenizer: Tokenizer,
+  opts: DecodeOptions,
+): AsyncGenerator<string, FinishReason> {
+  if (opts.suffix.length === 0) throw new Error("decode needs at least one suffix token");
+  const { store, session, meter } = prefill;
+  const { layers: L, kvHeads: K } = session.config;
+  store.reserve(opts.suffix.length + opts.maxTokens);
+  const random = uniform(opts.seed);
+  const detok = new Detokenizer(tokenizer);
+  const history: number[] = [];
+  const stops = new StopFilter(opts.stop);
+
+  /** Runs tokens without eviction, appending their K/V; returns the last position's logits. */
+  const feed = async (ids: number[], generated: boolean) => {
+    const positions = prefill.nextPositions(ids.length);
+    const before = store.entries() / (L * K);
+    const r = await session.run({ ids, positions, past: store.past(), fetch: { logits: true, kv: true } });
+    const original = Array.from({ length: ids.length }, (_, i) => prefill.position + i);
+    for (let l = 0; l < L; l++) {
+      store.append(l, { keys: r.newKeys[l], values: r.newValues[l], stride: ids.length }, ids.length, original);
+    }
+    prefill.position += ids.length;
+    for (let i = 0; i < ids.length; i++) meter.token(before + i + 1, store.bytes(), generated);
+    return r.logits!;
+  };
+
+  let logits = await feed(opts.suffix, false);
+  for (let n = 0; n < opts.maxTokens; n++) {
+    const id = sample(logits, opts.sampling, history, random);
+    if (opts.eos.includes(id)) {
+      const rest = stops.flush(detok.flush());
+      if (rest) yield rest;
+      return "eos";
+    }
+    history.push(id);
+    opts.onToken?.(id);
+    meter.emitted(history.length);
+    const { text, stopped } = stops.push(detok.push(id));
+    if (text) yield text;
+    if (stopped) return "stop";
+    if (n + 1 === opts.maxTokens) break;
+    logits = await feed([id], true);
+  }
+  const rest = stops.flush(detok.flush());
+  if (rest) yield rest;
+  return "length";
+}
+
+/** Holds back text that might be the start of a stop string; cuts at the first stop string. */
+export class StopFilter {
+  #held = "";
+  constructor(readonly stops: string[]) {}
+
+  push(text: string): { text: string; stopped: boolean } {
+    this.#held += text;
+    let cut = -1;
+    for (const s of this.stops) {
+      const at = s ? this.#held.indexOf(s) : -1;
+      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+    }
+    if (cut >= 0) {
+      const out = this.#held.slice(0, cut);
+      this.#held = "";
+      return { text: out, stopped: true };
+    }
+    let keep = 0;
+    for (const s of this.stops) {
+      for (let k = Math.min(s.length - 1, this.#held.length); k > keep; k--) {
+        if (this.#held.endsWith(s.slice(0, k))) {
+          keep = k;
+          break;
+        }
+      }
+    }
+    const out = this.#held.slice(0, this.#held.length - keep);
+    this.#held = this.#held.slice(this.#held.length - keep);
+    return { text: out, stopped: false };
+  }
+
+  /** Text still held at the end (no stop string completed). */
+  flush(text = ""): string {
+    const { text: out, stopped } = this.push(text);
+    if (stopped) return out;
+    const rest = this.#held;
+    this.#held = "";
+    return out + rest;
+  }
+}

@@ -1,0 +1,99 @@
+/** A model ready to read with: checkpoint, tokenizer, generation defaults and a session on its graph. */
+import { join } from "node:path";
+import { graphFor } from "../model/cache.ts";
+import { type Checkpoint, openCheckpoint } from "../model/checkpoint.ts";
+import type { ModelConfig } from "../model/config.ts";
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../model/onnx/decoder.ts";
+import { ModelSession } from "../model/session.ts";
+import { loadTokenizer, type Tokenizer } from "../tokens/tokenizer.ts";
+import type { KvDtype } from "./kv_store.ts";
+
+/** `generation_config.json`, the parts tome uses. */
+export interface GenerationDefaults {
+  eos: number[];
+  temperature: number;
+  topK: number;
+  topP: number;
+  repetitionPenalty: number;
+  maxNewTokens: number | null;
+}
+
+export interface LoadedModel {
+  dir: string;
+  checkpoint: Checkpoint;
+  config: ModelConfig;
+  tokenizer: Tokenizer;
+  generation: GenerationDefaults;
+  session: ModelSession;
+  graph: GraphOptions;
+  /** True when the graph was built by this load (not found in the cache). */
+  built: boolean;
+  buildSeconds: number;
+  loadSeconds: number;
+}
+
+export interface LoadOptions {
+  positions?: "original" | "compact";
+  kvDtype?: KvDtype;
+  threads?: number;
+  /** Logits for every position (perplexity evaluation) instead of the last. */
+  allLogits?: boolean;
+}
+
+/** Opens a checkpoint directory, builds (or finds) its graph and starts a session. */
+export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
+  const checkpoint = await openCheckpoint(dir);
+  const tokenizer = await loadTokenizer(dir);
+  const graph: GraphOptions = {
+    ...DEFAULT_GRAPH_OPTIONS,
+    positions: opts.positions ?? "original",
+    kvDtype: opts.kvDtype ?? "float32",
+    logits: opts.allLogits ? "all" : "last",
+  };
+  const cached = await graphFor(checkpoint, graph);
+  const t0 = performance.now();
+  const session = await ModelSession.open(checkpoint.config, graph, cached.path, { threads: opts.threads });
+  return {
+    dir,
+    checkpoint,
+    config: checkpoint.config,
+    tokenizer,
+    generation: await generationDefaults(dir, checkpoint.config, tokenizer),
+    session,
+    graph,
+    built: cached.built,
+    buildSeconds: cached.seconds,
+    loadSeconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/** EOS ids and sampling defaults from generation_config.json, config.json and the tokenizer. */
+export async function generationDefaults(
+  dir: string,
+  config: ModelConfig,
+  tokenizer: Tokenizer,
+): Promise<GenerationDefaults> {
+  let g: Record<string, unknown> = {};
+  try {
+    g = JSON.parse(await Deno.readTextFile(join(dir, "generation_config.json")));
+  } catch {
+    // optional
+  }
+  const ids = (v: unknown) =>
+    (Array.isArray(v) ? v : typeof v === "number" ? [v] : []).filter((x) => typeof x === "number");
+  const eos = new Set<number>([...ids(g.eos_token_id), ...config.eosTokenIds]);
+  const eosText = tokenizer.config.eos_token;
+  const text = typeof eosText === "string" ? eosText : (eosText as { content?: string } | undefined)?.content;
+  const fromTokenizer = text ? tokenizer.tokenToId(text) : undefined;
+  if (fromTokenizer !== undefined) eos.add(fromTokenizer);
+  const num = (v: unknown, d: number) => (typeof v === "number" ? v : d);
+  const sampled = g.do_sample === true;
+  return {
+    eos: [...eos],
+    temperature: sampled ? num(g.temperature, 1) : 0,
+    topK: sampled ? num(g.top_k, 0) : 0,
+    topP: sampled ? num(g.top_p, 1) : 1,
+    repetitionPenalty: num(g.repetition_penalty, 1),
+    maxNewTokens: typeof g.max_new_tokens === "number" ? g.max_new_tokens : null,
+  };
+}

@@ -1,0 +1,192 @@
+/**
+ * The memory meter (DESIGN.md §5). Fed by the engine after every run, it emits
+ * plain event objects that `cli/` renders and tests read.
+ *
+ * KV bytes: valid entries × head_dim × 2 (K and V) × bytes per element, summed
+ * over layers and heads; the peak includes the entries a run holds in flight
+ * (its new K/V) before eviction. KV footprint (arXiv 2506.17121): the (query,
+ * key) pairs resident while each token was processed, over the full-cache
+ * count N(N+1)/2 — a chunk of c tokens over P retained entries contributes
+ * c(c+1)/2 + c·P, a decoded token the entries it attends to. Peak KV fraction:
+ * the most entries held at once over the tokens seen. Entry counts are means
+ * over layers and KV heads.
+ */
+import { rss } from "./rss.ts";
+
+/** After each prefill chunk. */
+export interface ChunkEvent {
+  type: "chunk";
+  chunk: number;
+  /** Document tokens read so far. */
+  tokens: number;
+  /** Input bytes read so far, and in all when known. */
+  bytes: number;
+  totalBytes: number | null;
+  /** Entries retained per layer and head (mean) after this chunk's eviction. */
+  kept: number;
+  /** Entries evicted so far (mean per layer and head). */
+  evicted: number;
+  kvBytes: number;
+  kvPeakBytes: number;
+  /** KV footprint so far, in [0, 1]. */
+  footprint: number;
+  /** Most entries held at once over tokens so far. */
+  peakFraction: number;
+  rssBytes: number;
+  rssPeakBytes: number;
+  tokensPerSecond: number;
+  /** Seconds left, when the input's size is known. */
+  etaSeconds: number | null;
+  seconds: number;
+}
+
+/** After each decoded token. */
+export interface TokenEvent {
+  type: "token";
+  generated: number;
+  kvBytes: number;
+  kvPeakBytes: number;
+  tokensPerSecond: number;
+}
+
+export type MeterEvent = ChunkEvent | TokenEvent;
+
+/** Figures for the whole run. */
+export interface MeterSummary {
+  /** Prompt tokens (prefix, document, suffix) and generated ones. */
+  promptTokens: number;
+  documentTokens: number;
+  generatedTokens: number;
+  kvBytes: number;
+  kvPeakBytes: number;
+  /** KV bytes the full cache would need for every token of the run. */
+  fullKvBytes: number;
+  footprint: number;
+  peakFraction: number;
+  kept: number;
+  evicted: number;
+  rssPeakBytes: number;
+  prefillSeconds: number;
+  decodeSeconds: number;
+}
+
+export class Meter {
+  #tokens = 0;
+  #docTokens = 0;
+  #generated = 0;
+  #promptTokens = 0;
+  #resident = 0;
+  #peakEntries = 0;
+  #kvPeak = 0;
+  #kvNow = 0;
+  #kept = 0;
+  #chunks = 0;
+  #started = performance.now();
+  #prefillSeconds = 0;
+  #decodeStarted = 0;
+
+  /**
+   * @param tokenBytes KV bytes of one token across all layers and heads (K and V).
+   */
+  constructor(
+    readonly tokenBytes: number,
+    readonly onEvent: (e: MeterEvent) => void = () => {},
+  ) {}
+
+  /** A prefill run of `runTokens` (of which `docTokens` are document) over `before` retained entries, leaving `after`. */
+  chunk(o: {
+    sequenceTokens: number;
+    docTokens: number;
+    runTokens: number;
+    before: number;
+    after: number;
+    kvBytesBefore: number;
+    kvBytesAfter: number;
+    bytes: number;
+    totalBytes: number | null;
+  }): ChunkEvent {
+    const c = o.sequenceTokens;
+    this.#resident += (c * (c + 1)) / 2 + c * o.before;
+    this.#tokens += c;
+    this.#docTokens += o.docTokens;
+    this.#promptTokens += c;
+    this.#peakEntries = Math.max(this.#peakEntries, o.before + o.runTokens);
+    this.#kvPeak = Math.max(this.#kvPeak, o.kvBytesBefore + o.runTokens * this.tokenBytes);
+    this.#kvNow = o.kvBytesAfter;
+    this.#kept = o.after;
+    this.#chunks++;
+    const seconds = (performance.now() - this.#started) / 1000;
+    this.#prefillSeconds = seconds;
+    const rate = this.#docTokens / Math.max(seconds, 1e-9);
+    const m = rss();
+    const e: ChunkEvent = {
+      type: "chunk",
+      chunk: this.#chunks,
+      tokens: this.#docTokens,
+      bytes: o.bytes,
+      totalBytes: o.totalBytes,
+      kept: o.after,
+      evicted: Math.max(0, this.#tokens - o.after),
+      kvBytes: this.#kvNow,
+      kvPeakBytes: this.#kvPeak,
+      footprint: this.#footprint(this.#tokens),
+      peakFraction: this.#peakEntries / Math.max(1, this.#tokens),
+      rssBytes: m.now,
+      rssPeakBytes: m.peak,
+      tokensPerSecond: rate,
+      etaSeconds: o.totalBytes && o.bytes > 0 ? (seconds * (o.totalBytes - o.bytes)) / o.bytes : null,
+      seconds,
+    };
+    this.onEvent(e);
+    return e;
+  }
+
+  /** A decoded token (or suffix token) that attended to `entries` entries (itself included). */
+  token(entries: number, kvBytes: number, generated: boolean): void {
+    if (this.#decodeStarted === 0) this.#decodeStarted = performance.now();
+    if (!generated) this.#promptTokens++;
+    this.#resident += entries;
+    this.#tokens += 1;
+    this.#peakEntries = Math.max(this.#peakEntries, entries);
+    this.#kvNow = kvBytes;
+    this.#kvPeak = Math.max(this.#kvPeak, kvBytes);
+    this.#kept = entries;
+    if (!generated) return;
+    const seconds = (performance.now() - this.#decodeStarted) / 1000;
+    this.onEvent({
+      type: "token",
+      generated: this.#generated,
+      kvBytes,
+      kvPeakBytes: this.#kvPeak,
+      tokensPerSecond: this.#generated / Math.max(seconds, 1e-9),
+    });
+  }
+
+  /** Tokens generated so far (a sampled token counts even when the run ends before it is fed back). */
+  emitted(n: number): void {
+    this.#generated = n;
+  }
+
+  summary(): MeterSummary {
+    const decodeSeconds = this.#decodeStarted ? (performance.now() - this.#decodeStarted) / 1000 : 0;
+    return {
+      promptTokens: this.#promptTokens,
+      documentTokens: this.#docTokens,
+      generatedTokens: this.#generated,
+      kvBytes: this.#kvNow,
+      kvPeakBytes: this.#kvPeak,
+      fullKvBytes: this.#tokens * this.tokenBytes,
+      footprint: this.#footprint(this.#tokens),
+      peakFraction: this.#peakEntries / Math.max(1, this.#tokens),
+      kept: this.#kept,
+      evicted: Math.max(0, this.#tokens - this.#kept),
+      rssPeakBytes: rss().peak,
+      prefillSeconds: this.#prefillSeconds,
+      decodeSeconds,
+    };
+  }
+
+  #footprint(n: number): number {
+    return n === 0 ? 0 : this.#resident / ((n * (n + 1)) / 2);
+  }
+}

@@ -1,0 +1,141 @@
+/**
+ * A brute-force oracle for chunked prefill with eviction, independent of the
+ * engine: the reference forward pass, statistics summed by brute force from its
+ * probabilities, each policy's score written again from its paper, and a full
+ * sort for selection. It returns which original positions every layer and KV
+ * head keeps.
+ */
+import type { ModelConfig } from "../core/model/config.ts";
+import { forward, type Past, type Weights } from "../core/model/reference.ts";
+import { pyramidkv } from "../core/policies/pyramidkv.ts";
+import { bruteForceStats } from "./model_fixtures.ts";
+
+interface Entry {
+  pos: number;
+  key: Float32Array;
+  value: Float32Array;
+  acc: number;
+  seen: number;
+}
+
+export interface OracleOptions {
+  policy: string;
+  budget: number;
+  chunk: number;
+  question: number[];
+  patch: boolean;
+  window: number;
+}
+
+export function oracleKept(c: ModelConfig, w: Weights, ids: number[], o: OracleOptions): number[][][] {
+  const { layers: L, kvHeads: K, heads: H, headDim: d } = c;
+  const budgets = o.policy === "pyramidkv" ? pyramidkv.budgets!(o.budget, L) : new Array(L).fill(o.budget);
+  const cache: Entry[][][] = Array.from({ length: L }, () => Array.from({ length: K }, () => []));
+  for (let t0 = 0; t0 < ids.length; t0 += o.chunk) {
+    const doc = ids.slice(t0, t0 + o.chunk);
+    const cLen = doc.length;
+    const run = o.patch ? [...doc, ...o.question] : doc;
+    const S = run.length;
+    const windowStart = o.patch ? cLen : cLen - Math.min(cLen, o.window);
+    // the retained entries as the reference takes them: per layer [K, P, d], heads packed at the front
+    const P = Math.max(0, ...cache.flat().map((e) => e.length));
+    const past: Past = {
+      length: P,
+      lengths: cache.map((layer) => layer.map((h) => h.length)),
+      layers: cache.map((layer) => {
+        const keys = new Float32Array(K * P * d), values = new Float32Array(K * P * d);
+        layer.forEach((h, kv) =>
+          h.forEach((e, i) => {
+            keys.set(e.key, (kv * P + i) * d);
+            values.set(e.value, (kv * P + i) * d);
+          })
+        );
+        return { keys, values };
+      }),
+    };
+    const out = forward(c, w, run, run.map((_, i) => t0 + i), past);
+    for (let l = 0; l < L; l++) {
+      const T = P + S;
+      const st = bruteForceStats(out.probs[l], H, K, S, T, windowStart);
+      const candidates: Entry[][] = [];
+      const stats: Record<string, number[][]> = { window: [], all: [], max: [], last: [] };
+      for (let h = 0; h < K; h++) {
+        const old = cache[l][h];
+        const at = (i: number) => (i < old.length ? h * T + i : h * T + P + (i - old.length));
+        const n = old.length + cLen;
+        for (const name of Object.keys(stats)) {
+          stats[name][h] = Array.from({ length: n }, (_, i) => st[name as keyof typeof st][at(i)]);
+        }
+        const fresh = Array.from({ length: cLen }, (_, j) => ({
+          pos: t0 + j,
+          key: out.newKeys[l].slice((h * S + j) * d, (h * S + j + 1) * d),
+          value: out.newValues[l].slice((h * S + j) * d, (h * S + j + 1) * d),
+          acc: 0,
+          seen: 0,
+        }));
+        const all = [...old.map((e) => ({ ...e })), ...fresh];
+        all.forEach((e, i) => {
+          e.acc += stats.all[h][i];
+          e.seen += i < old.length ? S : S - (i - old.length);
+        });
+        candidates.push(all);
+      }
+      const B = budgets[l];
+      const w = o.patch ? o.question.length : Math.min(cLen, o.window);
+      let shared: number[] | null = null;
+      for (let h = 0; h < K; h++) {
+        const es = candidates[h];
+        const n = es.length;
+        let scores: number[];
+        let sinks = 0, recent = 0;
+        switch (o.policy) {
+          case "streaming":
+            scores = new Array(n).fill(0);
+            sinks = Math.min(4, B);
+            recent = B - sinks;
+            break;
+          case "knorm":
+            scores = es.map((e) => -Math.hypot(...e.key));
+            recent = Math.min(64, B);
+            break;
+          case "snapkv":
+          case "pyramidkv":
+            scores = es.map((_, i) => Math.max(...stats.window[h].slice(Math.max(0, i - 3), i + 4)));
+            recent = o.patch ? 0 : w;
+            break;
+          case "h2o":
+            scores = es.map((e) => e.acc / e.seen);
+            recent = Math.floor(B / 2);
+            break;
+          case "tova":
+            scores = es.map((_, i) => stats.last.reduce((a, row) => a + row[i], 0) / K);
+            break;
+          case "corm":
+            scores = stats.max[h];
+            recent = o.patch ? 0 : w;
+            break;
+          default:
+            throw new Error(`no oracle for ${o.policy}`);
+        }
+        let keep: number[];
+        if (n <= B) keep = es.map((_, i) => i);
+        else if (shared && o.policy === "tova") keep = shared;
+        else {
+          const s = Math.min(sinks, B, n), r = Math.min(recent, B - s, n - s);
+          const middle = Array.from({ length: n - s - r }, (_, i) => s + i)
+            .sort((a, b) => scores[b] - scores[a] || b - a)
+            .slice(0, B - s - r);
+          keep = [
+            ...Array.from({ length: s }, (_, i) => i),
+            ...middle,
+            ...Array.from({ length: r }, (_, i) => n - r + i),
+          ]
+            .sort((a, b) => a - b);
+        }
+        shared ??= keep;
+        cache[l][h] = keep.map((i) => es[i]);
+      }
+    }
+  }
+  return cache.map((layer) => layer.map((h) => h.map((e) => e.pos)));
+}

@@ -1,0 +1,173 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { parseBudget } from "../core/engine/budget.ts";
+import { generate, type LoadedModel, loadModel, type MeterEvent, read } from "../core/mod.ts";
+import { kvBytesPerToken } from "../core/model/config.ts";
+import { argmax } from "../kernels/sample.ts";
+import { appendEntries, forward, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
+import { TomeError } from "../core/errors.ts";
+import { mixedText } from "./fixture_text.ts";
+import { rng } from "./helpers.ts";
+import { oracleKept } from "./engine_oracle.ts";
+import { makeTinyModels, TINY_MODELS } from "./model_fixtures.ts";
+
+const root = await Deno.makeTempDir({ prefix: "tome-engine-test-" });
+Deno.env.set("TOME_CACHE", join(root, "cache"));
+const models = await makeTinyModels(join(root, "models"));
+const loaded = new Map<string, LoadedModel>();
+async function model(name: string, positions: "original" | "compact" = "original"): Promise<LoadedModel> {
+  const key = `${name}/${positions}`;
+  if (!loaded.has(key)) loaded.set(key, await loadModel(models.get(name)!, { positions }));
+  return loaded.get(key)!;
+}
+
+/** Greedy decoding with the reference forward pass over the whole prompt at once: the oracle. */
+function referenceGreedy(m: LoadedModel, w: Weights, prompt: number[], n: number, eos: number[]): number[] {
+  const c = m.config;
+  let out = forward(c, w, prompt, prompt.map((_, i) => i));
+  let past: Past = {
+    length: prompt.length,
+    layers: out.newKeys.map((k, l) => ({ keys: k, values: out.newValues[l] })),
+  };
+  let logits = out.logits.subarray((prompt.length - 1) * c.vocab);
+  const ids: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const id = argmax(logits);
+    if (eos.includes(id)) break;
+    ids.push(id);
+    out = forward(c, w, [id], [past.length], past);
+    past = {
+      length: past.length + 1,
+      layers: past.layers.map((p, l) => ({
+        keys: appendEntries(p.keys, past.length, out.newKeys[l], 1, c.kvHeads, c.headDim),
+        values: appendEntries(p.values, past.length, out.newValues[l], 1, c.kvHeads, c.headDim),
+      })),
+    };
+    logits = out.logits;
+  }
+  return ids;
+}
+
+for (const { name } of TINY_MODELS) {
+  Deno.test(`engine: chunked prefill + decode = one unchunked greedy pass (${name})`, async (t) => {
+    const text = mixedText(21, 900);
+    for (const positions of ["original", "compact"] as const) {
+      const m = await model(name, positions);
+      const w = await loadWeights(m.checkpoint);
+      const doc = m.tokenizer.encode(text);
+      const prefix = m.tokenizer.encode("Document:");
+      const question = m.tokenizer.encode(" What is the pass code?");
+      const expected = referenceGreedy(m, w, [...prefix, ...doc, ...question], 12, m.generation.eos);
+      assert.ok(expected.length > 0);
+      for (const [policy, chunk] of [["full", 37], ["snapkv", 64], ["h2o", 1000], ["streaming", 23]] as const) {
+        await t.step(`${positions}, ${policy} (budget ≥ input), chunk ${chunk}`, async () => {
+          const state = await read(text, { model: m, policy, budget: 4096, chunk, prefix, question });
+          const ids: number[] = [];
+          let answer = "";
+          for await (
+            const piece of generate(state, {
+              suffix: question,
+              maxTokens: 12,
+              onToken: (id) => ids.push(id),
+            })
+          ) {
+            answer += piece;
+          }
+          assert.deepEqual(ids, expected);
+          assert.equal(answer, m.tokenizer.decode(expected, true));
+        });
+      }
+    }
+  });
+}
+
+const ORACLE_CASES = [
+  { policy: "streaming", patch: false },
+  { policy: "knorm", patch: false },
+  { policy: "snapkv", patch: true },
+  { policy: "snapkv", patch: false },
+  { policy: "pyramidkv", patch: true },
+  { policy: "h2o", patch: true },
+  { policy: "tova", patch: true },
+  { policy: "corm", patch: false },
+  { policy: "corm", patch: true },
+];
+
+for (const name of ["llama", "qwen3"]) {
+  Deno.test(`engine: every policy's selection equals brute force over the reference's attention (${name})`, async (t) => {
+    const m = await model(name);
+    const w = await loadWeights(m.checkpoint);
+    const r = rng(17);
+    const ids = Array.from({ length: 300 }, () => Math.floor(r() * m.config.vocab));
+    const question = Array.from({ length: 9 }, () => Math.floor(r() * m.config.vocab));
+    for (const cs of ORACLE_CASES) {
+      await t.step(`${cs.policy}${cs.patch ? " + question patch" : ""}`, async () => {
+        const opts = { policy: cs.policy, budget: 80, chunk: 48, question, patch: cs.patch, window: 16 };
+        const state = await read({ ids }, { model: m, ...opts, questionPatch: cs.patch });
+        const expected = oracleKept(m.config, w, ids, opts);
+        for (let l = 0; l < m.config.layers; l++) {
+          for (let h = 0; h < m.config.kvHeads; h++) {
+            assert.deepEqual(Array.from(state.retained(l, h)), expected[l][h], `layer ${l} head ${h}`);
+          }
+        }
+      });
+    }
+  });
+}
+
+Deno.test("meter: peak KV bytes = (budget + chunk) × bytes per token; footprint and peak fraction by their definitions", async () => {
+  const m = await model("llama");
+  const events: MeterEvent[] = [];
+  const N = 700, B = 96, c = 64;
+  const ids = Array.from({ length: N }, (_, i) => (i * 7) % m.config.vocab);
+  const state = await read({ ids }, {
+    model: m,
+    policy: "streaming",
+    budget: B,
+    chunk: c,
+    onEvent: (e) => events.push(e),
+  });
+  const perToken = kvBytesPerToken(m.config, 4);
+  const s = state.meter.summary();
+  assert.equal(s.kvPeakBytes, (B + c) * perToken);
+  assert.equal(s.kvBytes, B * perToken);
+  assert.equal(s.documentTokens, N);
+  // footprint: Σ over chunks of c(c+1)/2 + c·P, over N(N+1)/2
+  let resident = 0, P = 0, peak = 0;
+  for (let t0 = 0; t0 < N; t0 += c) {
+    const n = Math.min(c, N - t0);
+    resident += (n * (n + 1)) / 2 + n * P;
+    peak = Math.max(peak, P + n);
+    P = Math.min(B, P + n);
+  }
+  assert.ok(Math.abs(s.footprint - resident / ((N * (N + 1)) / 2)) < 1e-12);
+  assert.ok(Math.abs(s.peakFraction - peak / N) < 1e-12);
+  const chunks = events.filter((e) => e.type === "chunk");
+  assert.equal(chunks.length, Math.ceil(N / c));
+  assert.equal(chunks.at(-1)!.type === "chunk" && chunks.at(-1)!.evicted, N - B);
+});
+
+Deno.test("budgets: entries or sizes; too small or malformed budgets are usage errors", async () => {
+  const m = await model("llama");
+  const perToken = kvBytesPerToken(m.config, 2);
+  assert.equal(parseBudget("4096", m.config, 2), 4096);
+  assert.equal(parseBudget("1MiB", m.config, 2), Math.floor(2 ** 20 / perToken));
+  assert.equal(parseBudget("0.5 MB", m.config, 4), Math.floor(5e5 / kvBytesPerToken(m.config, 4)));
+  assert.throws(() => parseBudget("lots", m.config, 2), TomeError);
+  assert.throws(() => parseBudget("3 parsecs", m.config, 2), /unknown unit/);
+  assert.throws(() => parseBudget("1B", m.config, 2), /at least one entry/);
+  await assert.rejects(
+    read({ ids: [1, 2, 3] }, { model: m, policy: "snapkv", budget: 16 }),
+    /budget 16 is smaller than the entries snapkv protects/,
+  );
+  await assert.rejects(read({ ids: [1, 2, 3] }, { model: m, policy: "nope" }), /unknown policy "nope"/);
+});
+
+Deno.test({
+  name: "cleanup engine test files",
+  fn: async () => {
+    for (const m of loaded.values()) await m.session.close();
+    await Deno.remove(root, { recursive: true });
+  },
+  sanitizeResources: false,
+});
