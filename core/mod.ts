@@ -16,7 +16,7 @@ import { TomeError } from "./errors.ts";
 import type { Source } from "./input/source.ts";
 import { Meter, type MeterEvent } from "./meter/meter.ts";
 import { kvBytesPerToken } from "./model/config.ts";
-import { DEFAULT_POLICY, type Policy, policyByName } from "./policies/mod.ts";
+import { DEFAULT_POLICY, makePolicy, type Policy, type PolicyOptions } from "./policies/mod.ts";
 import { tokenize } from "./tokens/stream.ts";
 import type { SamplingOptions } from "../kernels/sample.ts";
 
@@ -24,7 +24,11 @@ export { loadModel };
 export type { FinishReason, LoadedModel, MeterEvent };
 export type { MeterSummary } from "./meter/meter.ts";
 
-/** Document tokens per prefill run unless told otherwise (see bench/engine.ts). */
+/**
+ * Document tokens per prefill run unless told otherwise. Chosen by measurement
+ * (`bench/engine.ts --part chunks`, 360M shape, snapkv at budget 1024, 2 cores):
+ * chunk 128 → 162 tok/s, 256 → 170, 512 → 184, 1024 → 176.
+ */
 export const DEFAULT_CHUNK = 512;
 /** Entries per layer and KV head unless told otherwise. */
 export const DEFAULT_BUDGET = 1024;
@@ -33,6 +37,8 @@ export interface ReadOptions {
   model: LoadedModel;
   /** Eviction policy (default snapkv). */
   policy?: string | Policy;
+  /** Options of policies that read files (duo's head mask). */
+  policyOptions?: PolicyOptions;
   /** Entries per layer and KV head, or a size such as "256MiB". */
   budget?: number | string;
   chunk?: number;
@@ -67,7 +73,15 @@ export type ReadInput = string | ReadableStream<string> | Source | { ids: ArrayL
 /** Reads text (a string, a stream of segments, or an opened input) through chunked prefill with eviction. */
 export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadState> {
   const { model } = opts;
-  const policy = typeof opts.policy === "object" ? opts.policy : policyByName(opts.policy ?? DEFAULT_POLICY);
+  const policy = typeof opts.policy === "object"
+    ? opts.policy
+    : await makePolicy(opts.policy ?? DEFAULT_POLICY, model.config, opts.policyOptions);
+  if (policy.retain && !model.graph.retainingHeads) {
+    throw new TomeError(
+      "usage",
+      `policy ${policy.name} needs the model loaded with retaining heads (--retaining-heads FILE)`,
+    );
+  }
   const bytesPerElement = model.graph.kvDtype === "float32" ? 4 : 2;
   const budget = parseBudget(opts.budget ?? DEFAULT_BUDGET, model.config, bytesPerElement);
   const chunk = opts.chunk ?? DEFAULT_CHUNK;
@@ -127,6 +141,8 @@ export interface GenerateOptions {
   eos?: number[];
   /** Called with each generated token id. */
   onToken?: (id: number) => void;
+  /** Evict while generating: entries per layer and KV head kept (default: the cache grows with the answer). */
+  decodeBudget?: number;
 }
 
 /** Generates the answer from a read document, as text pieces. */
@@ -146,5 +162,6 @@ export function generate(state: ReadState, opts: GenerateOptions): AsyncGenerato
     eos: [...new Set([...g.eos, ...(opts.eos ?? [])])],
     stop: opts.stop ?? [],
     onToken: opts.onToken,
+    decodeBudget: opts.decodeBudget,
   });
 }

@@ -16,10 +16,27 @@ interface Entry {
   value: Float32Array;
   acc: number;
   seen: number;
+  imp: number;
+}
+
+/** Locret's retaining head by plain loops: W₂·SiLU(W₁·x + b₁) + b₂. */
+function retainScore(x: number[], r: NonNullable<OracleOptions["retaining"]>[number], kv: number): number {
+  const F = x.length;
+  let out = r.b2[kv];
+  for (let j = 0; j < r.hidden; j++) {
+    let a = r.b1[j];
+    for (let i = 0; i < F; i++) a += r.w1[j * F + i] * x[i];
+    out += r.w2[kv * r.hidden + j] * (a / (1 + Math.exp(-a)));
+  }
+  return out;
 }
 
 export interface OracleOptions {
   policy: string;
+  /** duo: [layer][head] retrieval heads. */
+  retrieval?: boolean[][];
+  /** locret: the retaining heads' weights per layer. */
+  retaining?: { w1: Float32Array; b1: Float32Array; w2: Float32Array; b2: Float32Array; hidden: number }[];
   budget: number;
   chunk: number;
   question: number[];
@@ -66,12 +83,21 @@ export function oracleKept(c: ModelConfig, w: Weights, ids: number[], o: OracleO
         for (const name of Object.keys(stats)) {
           stats[name][h] = Array.from({ length: n }, (_, i) => st[name as keyof typeof st][at(i)]);
         }
+        const proj = out.projections[l];
+        const row = (a: Float32Array, j: number, width: number) => Array.from(a.subarray(j * width, (j + 1) * width));
         const fresh = Array.from({ length: cLen }, (_, j) => ({
           pos: t0 + j,
           key: out.newKeys[l].slice((h * S + j) * d, (h * S + j + 1) * d),
           value: out.newValues[l].slice((h * S + j) * d, (h * S + j + 1) * d),
           acc: 0,
           seen: 0,
+          imp: o.retaining
+            ? retainScore(
+              [...row(proj.q, j, H * d), ...row(proj.k, j, K * d), ...row(proj.v, j, K * d)],
+              o.retaining[l],
+              h,
+            )
+            : 0,
         }));
         const all = [...old.map((e) => ({ ...e })), ...fresh];
         all.forEach((e, i) => {
@@ -114,11 +140,20 @@ export function oracleKept(c: ModelConfig, w: Weights, ids: number[], o: OracleO
             scores = stats.max[h];
             recent = o.patch ? 0 : w;
             break;
+          case "locret":
+            scores = es.map((e) => e.imp);
+            recent = Math.min(64, B);
+            break;
+          case "duo":
+            scores = new Array(n).fill(0);
+            sinks = Math.min(64, B);
+            recent = B - sinks;
+            break;
           default:
             throw new Error(`no oracle for ${o.policy}`);
         }
         let keep: number[];
-        if (n <= B) keep = es.map((_, i) => i);
+        if (n <= B || o.retrieval?.[l][h]) keep = es.map((_, i) => i);
         else if (shared && o.policy === "tova") keep = shared;
         else {
           const s = Math.min(sinks, B, n), r = Math.min(recent, B - s, n - s);

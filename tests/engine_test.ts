@@ -6,6 +6,9 @@ import { kvBytesPerToken } from "../core/model/config.ts";
 import { argmax } from "../kernels/sample.ts";
 import { appendEntries, forward, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
 import { TomeError } from "../core/errors.ts";
+import { parseDuoMask } from "../core/policies/duo.ts";
+import { makeRetainingHeads } from "../core/model/make.ts";
+import { readRetainingHeads } from "../core/model/onnx/retaining.ts";
 import { mixedText } from "./fixture_text.ts";
 import { rng } from "./helpers.ts";
 import { oracleKept } from "./engine_oracle.ts";
@@ -81,7 +84,7 @@ for (const { name } of TINY_MODELS) {
   });
 }
 
-const ORACLE_CASES = [
+const ORACLE_CASES: { policy: string; patch: boolean }[] = [
   { policy: "streaming", patch: false },
   { policy: "knorm", patch: false },
   { policy: "snapkv", patch: true },
@@ -91,7 +94,13 @@ const ORACLE_CASES = [
   { policy: "tova", patch: true },
   { policy: "corm", patch: false },
   { policy: "corm", patch: true },
+  { policy: "duo", patch: false },
 ];
+
+// duo: layer 0 head 0 and layer 1 head 1 are retrieval heads at sparsity 0.5
+const maskFile = join(root, "duo_mask.tsv");
+await Deno.writeTextFile(maskFile, "# layers x kv heads\n0.91\t0.12\n0.05\t0.77\n");
+const retrieval = [[true, false], [false, true]];
 
 for (const name of ["llama", "qwen3"]) {
   Deno.test(`engine: every policy's selection equals brute force over the reference's attention (${name})`, async (t) => {
@@ -103,8 +112,16 @@ for (const name of ["llama", "qwen3"]) {
     for (const cs of ORACLE_CASES) {
       await t.step(`${cs.policy}${cs.patch ? " + question patch" : ""}`, async () => {
         const opts = { policy: cs.policy, budget: 80, chunk: 48, question, patch: cs.patch, window: 16 };
-        const state = await read({ ids }, { model: m, ...opts, questionPatch: cs.patch });
-        const expected = oracleKept(m.config, w, ids, opts);
+        const state = await read({ ids }, {
+          model: m,
+          ...opts,
+          questionPatch: cs.patch,
+          policyOptions: { mask: maskFile },
+        });
+        const expected = oracleKept(m.config, w, ids, {
+          ...opts,
+          retrieval: cs.policy === "duo" ? retrieval : undefined,
+        });
         for (let l = 0; l < m.config.layers; l++) {
           for (let h = 0; h < m.config.kvHeads; h++) {
             assert.deepEqual(Array.from(state.retained(l, h)), expected[l][h], `layer ${l} head ${h}`);
@@ -145,6 +162,61 @@ Deno.test("meter: peak KV bytes = (budget + chunk) × bytes per token; footprint
   const chunks = events.filter((e) => e.type === "chunk");
   assert.equal(chunks.length, Math.ceil(N / c));
   assert.equal(chunks.at(-1)!.type === "chunk" && chunks.at(-1)!.evicted, N - B);
+});
+
+Deno.test("engine: locret's selection (retaining heads in the graph) equals brute force", async () => {
+  const m0 = await model("qwen2");
+  const heads = join(root, "retaining.safetensors");
+  await makeRetainingHeads(heads, m0.config, { hidden: 24, seed: 5 });
+  const m = await loadModel(models.get("qwen2")!, { retainingHeads: heads });
+  loaded.set("qwen2/locret", m);
+  const w = await loadWeights(m.checkpoint);
+  const r = rng(23);
+  const ids = Array.from({ length: 260 }, () => Math.floor(r() * m.config.vocab));
+  const opts = { policy: "locret", budget: 90, chunk: 40, question: [], patch: false, window: 16 };
+  const state = await read({ ids }, { model: m, ...opts });
+  const retaining = await readRetainingHeads(heads, m.config);
+  const expected = oracleKept(m.config, w, ids, { ...opts, retaining });
+  for (let l = 0; l < m.config.layers; l++) {
+    for (let h = 0; h < m.config.kvHeads; h++) assert.deepEqual(Array.from(state.retained(l, h)), expected[l][h]);
+  }
+  await assert.rejects(
+    read({ ids }, { model: m0, policy: "locret", budget: 90 }),
+    /needs the model loaded with retaining heads/,
+  );
+});
+
+Deno.test("engine: decode-time eviction keeps the decode budget; a budget above the final length changes nothing", async () => {
+  const m = await model("mistral");
+  const ids = Array.from({ length: 200 }, (_, i) => (i * 13) % m.config.vocab);
+  const suffix = [5, 6, 7];
+  const run = async (decodeBudget?: number) => {
+    const state = await read({ ids }, { model: m, policy: "streaming", budget: 64, chunk: 50 });
+    const out: number[] = [];
+    const gen = generate(state, { suffix, maxTokens: 30, eos: [], decodeBudget, onToken: (id) => out.push(id) });
+    for await (const _ of gen) { /* drain */ }
+    return { state, out };
+  };
+  const plain = await run();
+  const roomy = await run(64 + 3 + 30);
+  assert.deepEqual(roomy.out, plain.out);
+  const tight = await run(40);
+  // StreamingLLM at every step: the 4 sinks and the most recent 36 positions (200 document + 3 suffix + 29 fed back)
+  const last = 200 + 3 + 29;
+  const expected = [0, 1, 2, 3, ...Array.from({ length: 36 }, (_, i) => last - 36 + i)];
+  for (let l = 0; l < m.config.layers; l++) {
+    for (let h = 0; h < m.config.kvHeads; h++) assert.deepEqual(Array.from(tight.state.retained(l, h)), expected);
+  }
+  assert.equal(tight.state.meter.summary().kvBytes, 40 * kvBytesPerToken(m.config, 4));
+});
+
+Deno.test("duo masks: sparsity or threshold decides retrieval heads; malformed masks are usage errors", () => {
+  const tsv = "0.9 0.1 0.5\n0.2 0.8 0.3\n";
+  assert.deepEqual(parseDuoMask(tsv, 2, 3, { sparsity: 0.5 }).retrieval, [[true, false, true], [false, true, false]]);
+  assert.deepEqual(parseDuoMask(tsv, 2, 3, { threshold: 0.6 }).retrieval, [[true, false, false], [false, true, false]]);
+  assert.deepEqual(parseDuoMask(tsv, 2, 3, { sparsity: 0 }).retrieval.flat().every((x) => x), true);
+  assert.throws(() => parseDuoMask(tsv, 3, 3, {}), /expected 3 rows of 3 numbers/);
+  assert.throws(() => parseDuoMask("1 x\n", 1, 2, {}), TomeError);
 });
 
 Deno.test("budgets: entries or sizes; too small or malformed budgets are usage errors", async () => {

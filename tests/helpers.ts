@@ -35,6 +35,7 @@ export async function tome(
     args: [
       "run",
       "--quiet",
+      "--v8-flags=--optimize-for-size",
       "--allow-read",
       "--allow-write",
       "--allow-env",

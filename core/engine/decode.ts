@@ -8,6 +8,7 @@ import { sample, type SamplingOptions } from "../../kernels/sample.ts";
 import { Detokenizer } from "../tokens/detokenize.ts";
 import type { Tokenizer } from "../tokens/tokenizer.ts";
 import type { Prefill } from "./prefill.ts";
+import { TomeError } from "../errors.ts";
 
 export interface DecodeOptions {
   /** Token ids prefilled after the document, before the answer (at least one). */
@@ -21,6 +22,8 @@ export interface DecodeOptions {
   stop: string[];
   /** Called with each generated token id (EOS not included). */
   onToken?: (id: number) => void;
+  /** Entries per layer and KV head kept while generating (default: none evicted). */
+  decodeBudget?: number;
 }
 
 /** Why generation ended. */
@@ -35,20 +38,38 @@ export async function* decode(
   if (opts.suffix.length === 0) throw new Error("decode needs at least one suffix token");
   const { store, session, meter } = prefill;
   const { layers: L, kvHeads: K } = session.config;
-  store.reserve(opts.suffix.length + opts.maxTokens);
+  const policy = prefill.opts.policy;
+  const evicting = opts.decodeBudget !== undefined && !policy.keepsAll;
+  if (evicting && opts.decodeBudget! < opts.suffix.length) {
+    throw new TomeError(
+      "usage",
+      `decode budget ${opts.decodeBudget} is smaller than the ${opts.suffix.length}-token suffix`,
+    );
+  }
+  store.reserve(opts.suffix.length + (evicting ? 1 : opts.maxTokens));
   const random = uniform(opts.seed);
   const detok = new Detokenizer(tokenizer);
   const history: number[] = [];
   const stops = new StopFilter(opts.stop);
 
-  /** Runs tokens without eviction, appending their K/V; returns the last position's logits. */
+  /**
+   * Runs tokens and keeps their K/V — appended, or (decode-time eviction, one generated token at a time)
+   * scored with the token as the observation window and evicted to the decode budget; returns the last logits.
+   */
   const feed = async (ids: number[], generated: boolean) => {
     const positions = prefill.nextPositions(ids.length);
     const before = store.entries() / (L * K);
-    const r = await session.run({ ids, positions, past: store.past(), fetch: { logits: true, kv: true } });
-    const original = Array.from({ length: ids.length }, (_, i) => prefill.position + i);
+    const evict = evicting && generated;
+    const r = await session.run({
+      ids,
+      positions,
+      past: store.past(),
+      fetch: { logits: true, kv: true, stats: evict ? policy.needs : [], retain: evict && policy.retain },
+    });
+    const original = Int32Array.from({ length: ids.length }, (_, i) => prefill.position + i);
     for (let l = 0; l < L; l++) {
-      store.append(l, { keys: r.newKeys[l], values: r.newValues[l], stride: ids.length }, ids.length, original);
+      if (evict) prefill.evict(l, ids.length, ids.length, 1, original, r, opts.decodeBudget!);
+      else store.append(l, { keys: r.newKeys[l], values: r.newValues[l], stride: ids.length }, ids.length, original);
     }
     prefill.position += ids.length;
     for (let i = 0; i < ids.length; i++) meter.token(before + i + 1, store.bytes(), generated);

@@ -25,6 +25,8 @@ export interface LayerCache {
   accumulated: Float32Array;
   /** [Hkv, capacity]: queries that have attended to the entry so far. */
   seen: Float32Array;
+  /** [Hkv, capacity]: importance given once, when the entry arrived (Locret). */
+  importance: Float32Array;
 }
 
 /** The entries one head keeps after a chunk: indices into its retained entries followed by the chunk's new ones. */
@@ -34,6 +36,7 @@ export interface HeadUpdate {
   positions: Int32Array;
   accumulated: Float32Array;
   seen: Float32Array;
+  importance: Float32Array;
 }
 
 /** The chunk's new entries as the graph returned them: [Hkv, S, d], of which the first `count` are kept candidates. */
@@ -125,6 +128,7 @@ export class KvStore {
         target.positions[at] = u.positions[keep[j]];
         target.accumulated[at] = u.accumulated[keep[j]];
         target.seen[at] = u.seen[keep[j]];
+        target.importance[at] = u.importance[keep[j]];
       }
       target.lengths[h] = keep.length;
     }
@@ -147,6 +151,7 @@ export class KvStore {
         t.positions.set(c.positions.subarray(from, from + n), to);
         t.accumulated.set(c.accumulated.subarray(from, from + n), to);
         t.seen.set(c.seen.subarray(from, from + n), to);
+        t.importance.set(c.importance.subarray(from, from + n), to);
         t.lengths[h] = n;
       }
       this.layers[l] = t;
@@ -180,6 +185,7 @@ export class KvStore {
       positions: new Int32Array(K * capacity),
       accumulated: new Float32Array(K * capacity),
       seen: new Float32Array(K * capacity),
+      importance: new Float32Array(K * capacity),
     };
   }
 }

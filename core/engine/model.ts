@@ -38,6 +38,8 @@ export interface LoadOptions {
   threads?: number;
   /** Logits for every position (perplexity evaluation) instead of the last. */
   allLogits?: boolean;
+  /** Locret retaining heads (safetensors) to build into the graph, for the locret policy. */
+  retainingHeads?: string;
 }
 
 /** Opens a checkpoint directory, builds (or finds) its graph and starts a session. */
@@ -49,6 +51,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     positions: opts.positions ?? "original",
     kvDtype: opts.kvDtype ?? "float32",
     logits: opts.allLogits ? "all" : "last",
+    ...(opts.retainingHeads ? { retainingHeads: opts.retainingHeads } : {}),
   };
   const cached = await graphFor(checkpoint, graph);
   const t0 = performance.now();

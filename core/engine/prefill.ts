@@ -42,7 +42,11 @@ export class Prefill {
   position = 0;
   readonly budgets: number[];
   readonly patch: boolean;
-  #pending: number[] = [];
+  /** Seconds spent in model runs, and in scoring, selecting and compacting. */
+  readonly timings = { run: 0, evict: 0 };
+  /** The chunk being assembled. */
+  #pending: Int32Array;
+  #filled = 0;
 
   constructor(
     readonly session: ModelSession,
@@ -54,48 +58,59 @@ export class Prefill {
     this.budgets = opts.policy.budgets?.(opts.budget, L) ?? new Array(L).fill(opts.budget);
     this.patch = opts.questionPatch ?? (opts.policy.attention && (opts.question?.length ?? 0) > 0);
     if (this.patch && !opts.question?.length) throw new Error("the question patch needs question tokens");
+    this.#pending = new Int32Array(opts.chunk);
   }
 
   /** Adds document (or prefix) tokens; runs every full chunk. */
   async push(ids: ArrayLike<number>, progress: Progress): Promise<void> {
-    for (let i = 0; i < ids.length; i++) this.#pending.push(ids[i]);
-    while (this.#pending.length >= this.opts.chunk) {
-      await this.#run(this.#pending.splice(0, this.opts.chunk), progress);
+    for (let i = 0; i < ids.length; i++) {
+      this.#pending[this.#filled++] = ids[i];
+      if (this.#filled === this.#pending.length) {
+        this.#filled = 0;
+        await this.#run(this.#pending, progress);
+      }
     }
   }
 
   /** Runs what is left. */
   async end(progress: Progress): Promise<void> {
-    if (this.#pending.length > 0) await this.#run(this.#pending.splice(0), progress);
+    if (this.#filled > 0) await this.#run(this.#pending.subarray(0, this.#filled), progress);
+    this.#filled = 0;
   }
 
   /** Positions for `n` new tokens: original positions, or (compact) from the filled slots on. */
-  nextPositions(n: number, from = this.position): number[] {
+  nextPositions(n: number, from = this.position): Int32Array {
     const base = this.session.graph.positions === "compact" ? maxLength(this.store) : from;
-    return Array.from({ length: n }, (_, i) => base + i);
+    return new Int32Array(n).map((_, i) => base + i);
   }
 
-  async #run(doc: number[], progress: Progress): Promise<void> {
+  async #run(doc: Int32Array, progress: Progress): Promise<void> {
     const { layers: L, kvHeads: K } = this.session.config;
     const c = doc.length;
     const question = this.patch ? this.opts.question! : [];
-    const ids = [...doc, ...question];
-    const S = ids.length;
+    const S = c + question.length;
+    const ids = new Int32Array(S);
+    ids.set(doc);
+    ids.set(question, c);
     const windowQueries = this.patch ? question.length : Math.min(c, this.opts.window ?? DEFAULT_WINDOW);
     const positions = this.nextPositions(S);
-    const docPositions = Array.from({ length: c }, (_, i) => this.position + i);
+    const docPositions = new Int32Array(c).map((_, i) => this.position + i);
     const before = this.store.entries() / (L * K);
     const kvBytesBefore = this.store.bytes();
     const policy = this.opts.policy;
     const needs: StatName[] = [...new Set(policy.needs)];
+    let t = performance.now();
     const result = await this.session.run({
       ids,
       positions,
       past: this.store.past(),
       windowStart: S - windowQueries,
-      fetch: { logits: false, kv: true, stats: needs },
+      fetch: { logits: false, kv: true, stats: needs, retain: policy.retain },
     });
-    for (let l = 0; l < L; l++) this.#evict(l, c, S, windowQueries, docPositions, result);
+    this.timings.run += (performance.now() - t) / 1000;
+    t = performance.now();
+    for (let l = 0; l < L; l++) this.evict(l, c, S, windowQueries, docPositions, result, this.budgets[l]);
+    this.timings.evict += (performance.now() - t) / 1000;
     this.position += c;
     this.meter.chunk({
       sequenceTokens: c,
@@ -110,17 +125,29 @@ export class Prefill {
     });
   }
 
-  /** Scores and selects layer l's entries (retained ++ the chunk's c new ones) and compacts the store. */
-  #evict(l: number, c: number, S: number, windowQueries: number, docPositions: number[], result: RunResult): void {
+  /**
+   * Scores and selects layer l's entries (retained ++ the run's first c new ones, of S) down to `budget`
+   * and compacts the store. Decode-time eviction calls it with one new token.
+   */
+  evict(
+    l: number,
+    c: number,
+    S: number,
+    windowQueries: number,
+    docPositions: Int32Array,
+    result: RunResult,
+    budget: number,
+  ): void {
     const { kvHeads: K, headDim: d } = this.session.config;
     const layer = this.store.layers[l];
     const cap = layer.capacity;
     const policy = this.opts.policy;
-    const budget = this.budgets[l];
     const base = policy.protect(budget, windowQueries, this.patch);
     const protect: Protection = { sinks: this.opts.sinks ?? base.sinks, recent: this.opts.recent ?? base.recent };
     const newKeys = result.newKeys[l];
     const all = result.stats.all?.[l];
+    const retain = result.retain?.[l];
+    if (policy.retain && !retain) throw new Error(`policy ${policy.name} needs a graph with retaining heads`);
 
     const views: ScoreView[] = [];
     const updates: HeadUpdate[] = [];
@@ -140,6 +167,9 @@ export class Prefill {
       positions.set(docPositions, P);
       const accumulated = new Float32Array(n);
       const seen = new Float32Array(n);
+      const importance = new Float32Array(n);
+      importance.set(layer.importance.subarray(h * cap, h * cap + P));
+      if (retain) importance.set(retain.subarray(h * S, h * S + c), P);
       accumulated.set(layer.accumulated.subarray(h * cap, h * cap + P));
       seen.set(layer.seen.subarray(h * cap, h * cap + P));
       for (let i = 0; i < P; i++) seen[i] += S;
@@ -170,17 +200,19 @@ export class Prefill {
         layerStat: (name) => views.map((v) => v.stat(name)),
         accumulated,
         seen,
+        importance,
         keyNorms: () => keyNorms(layer.keys, h * cap, P, newKeys, h * S, c, d),
         windowQueries,
       };
       views.push(view);
-      updates.push({ keep: new Int32Array(0), positions, accumulated, seen });
+      updates.push({ keep: new Int32Array(0), positions, accumulated, seen, importance });
     }
     for (let h = 0; h < K; h++) {
       const v = views[h];
-      if (policy.keepsAll) updates[h].keep = Int32Array.from({ length: v.n }, (_, i) => i);
+      const headBudget = policy.headBudget?.(l, h, budget) ?? budget;
+      if (policy.keepsAll || v.n <= headBudget) updates[h].keep = Int32Array.from({ length: v.n }, (_, i) => i);
       else if (policy.sharedAcrossHeads && h > 0) updates[h].keep = updates[0].keep;
-      else updates[h].keep = select(policy.score(v), v.n, budget, protect);
+      else updates[h].keep = select(policy.score(v), v.n, headBudget, protect);
     }
     this.store.commit(l, updates, { keys: newKeys, values: result.newValues[l], stride: S });
   }

@@ -19,15 +19,26 @@ export function cacheRoot(): string {
 /** The cache key of a graph: the checkpoint's identity (where, which files, how big, when written, its config) and the options. */
 export async function graphKey(ckpt: Checkpoint, opts: GraphOptions): Promise<string> {
   const config = await Deno.readTextFile(join(ckpt.dir, "config.json"));
+  const extra = opts.retainingHeads ? await fileIdentity(opts.retainingHeads) : null;
   const identity = JSON.stringify({
     version: GRAPH_VERSION,
     dir: await Deno.realPath(ckpt.dir),
     files: ckpt.files,
     config,
     opts,
+    extra,
   });
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(identity));
   return [...new Uint8Array(digest).slice(0, 12)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function fileIdentity(path: string) {
+  try {
+    const st = await Deno.stat(path);
+    return { path: await Deno.realPath(path), size: st.size, mtime: st.mtime?.getTime() ?? 0 };
+  } catch (err) {
+    throw fsError(err, path, "retaining heads file");
+  }
 }
 
 /** Where a cached graph lives. */

@@ -7,7 +7,8 @@ import { join } from "node:path";
 import { normals, seedFor, uniform } from "../../kernels/random.ts";
 import { fsError, TomeError } from "../errors.ts";
 import { loadTokenizer } from "../tokens/tokenizer.ts";
-import { type Arch, parseConfig } from "./config.ts";
+import { type Arch, type ModelConfig, parseConfig } from "./config.ts";
+import { retainingNames } from "./onnx/retaining.ts";
 import { expectedTensors } from "./checkpoint.ts";
 import { type TensorToWrite, writeSafetensors } from "./safetensors.ts";
 
@@ -124,6 +125,35 @@ export async function makeRandomModel(out: string, spec: RandomModelSpec): Promi
       if (!(err instanceof Deno.errors.NotFound)) throw fsError(err, join(spec.tokenizer, f), "tokenizer file");
     }
   }
+}
+
+/**
+ * Deterministic random Locret retaining heads for a model (tests; trained heads
+ * come from the Locret authors' training script): see `onnx/retaining.ts` for the format.
+ */
+export async function makeRetainingHeads(
+  path: string,
+  c: ModelConfig,
+  opts: { hidden?: number; seed?: number } = {},
+): Promise<void> {
+  const hidden = opts.hidden ?? 32;
+  const F = c.heads * c.headDim + 2 * c.kvHeads * c.headDim;
+  const tensors: TensorToWrite[] = [];
+  for (let l = 0; l < c.layers; l++) {
+    const n = retainingNames(l);
+    const r = (name: string, shape: number[], std: number) => ({
+      name,
+      shape,
+      data: () => normals(uniform(seedFor(opts.seed ?? 0, name)), shape.reduce((a, b) => a * b, 1), std),
+    });
+    tensors.push(
+      r(n.w1, [hidden, F], 1 / Math.sqrt(F)),
+      r(n.b1, [hidden], 0.1),
+      r(n.w2, [c.kvHeads, hidden], 1 / Math.sqrt(hidden)),
+      r(n.b2, [c.kvHeads], 0.1),
+    );
+  }
+  await writeSafetensors(path, tensors, "F32", { format: "tome-retaining-heads" });
 }
 
 /**

@@ -92,6 +92,8 @@ export interface ForwardOutput {
   newValues: Float32Array[];
   /** Per layer attention probabilities [heads, S, P + S] (zero where causally masked). */
   probs: Float32Array[];
+  /** Per layer the q, k, v projections [S, ·] before norms and RoPE (what Locret's retaining heads read). */
+  projections: { q: Float32Array; k: Float32Array; v: Float32Array }[];
 }
 
 /** y[s] = W x[s] + b for each of S rows: x [S, n], W [m, n] → [S, m]. */
@@ -155,6 +157,7 @@ export function forward(
   const newKeys: Float32Array[] = [];
   const newValues: Float32Array[] = [];
   const probs: Float32Array[] = [];
+  const projections: ForwardOutput["projections"] = [];
   for (let l = 0; l < c.layers; l++) {
     const lw = w.layers[l];
     // attention: RMSNorm → q, k, v projections → (Qwen3) per-head q/k RMSNorm → RoPE
@@ -162,6 +165,7 @@ export function forward(
     const q = linear(xb, lw.wq, lw.bq, S, D, H * d);
     let k = linear(xb, lw.wk, lw.bk, S, D, K * d);
     const v = linear(xb, lw.wv, lw.bv, S, D, K * d);
+    projections.push({ q: q.slice(), k: k.slice(), v });
     if (lw.qNorm && lw.kNorm) {
       q.set(rmsnorm(q, lw.qNorm, S * H, d, c.rmsEps));
       k = rmsnorm(k, lw.kNorm, S * K, d, c.rmsEps);
@@ -224,7 +228,7 @@ export function forward(
     for (let i = 0; i < x.length; i++) x[i] += down[i];
   }
   x = rmsnorm(x, w.norm, S, D, c.rmsEps);
-  return { logits: linear(x, w.lmHead, undefined, S, D, V), newKeys, newValues, probs };
+  return { logits: linear(x, w.lmHead, undefined, S, D, V), newKeys, newValues, probs, projections };
 }
 
 /** [S, heads, d] → [heads, S, d] */

@@ -41,8 +41,8 @@ export interface RunRequest {
   past: PastKv;
   /** First query of the observation window (default: the last query). */
   windowStart?: number;
-  /** What to fetch: logits (default true), new K/V (default true), which statistics (default none). */
-  fetch?: { logits?: boolean; kv?: boolean; stats?: StatName[] };
+  /** What to fetch: logits (default true), new K/V (default true), which statistics (default none), retaining-head scores. */
+  fetch?: { logits?: boolean; kv?: boolean; stats?: StatName[]; retain?: boolean };
 }
 
 export interface RunResult {
@@ -53,12 +53,21 @@ export interface RunResult {
   newValues: KvArray[];
   /** Per statistic, per layer [Hkv, P + S]. */
   stats: Partial<Record<StatName, Float32Array[]>>;
+  /** Locret graphs: per layer the retaining heads' score of each new token, [Hkv, S]. */
+  retain?: Float32Array[];
 }
 
 export interface SessionOptions {
   /** Intra-op threads (default: onnxruntime's choice). */
   threads?: number;
   executionProviders?: string[];
+}
+
+/** int64 tensor data without intermediate arrays (this runs for every chunk and token). */
+function int64(values: ArrayLike<number>): BigInt64Array {
+  const out = new BigInt64Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = BigInt(values[i]);
+  return out;
 }
 
 const STAT_OUTPUT: Record<StatName, (l: number) => string> = {
@@ -98,8 +107,8 @@ export class ModelSession {
     const T = this.ort.Tensor;
     const kvType = this.graph.kvDtype;
     const feeds: Record<string, Ort.Tensor> = {
-      input_ids: new T("int64", BigInt64Array.from(Array.from(req.ids, BigInt)), [1, S]),
-      positions: new T("int64", BigInt64Array.from(Array.from(req.positions, BigInt)), [1, S]),
+      input_ids: new T("int64", int64(req.ids), [1, S]),
+      positions: new T("int64", int64(req.positions), [1, S]),
       window_start: new T("int64", BigInt64Array.of(BigInt(req.windowStart ?? S - 1)), [1]),
     };
     for (let l = 0; l < layers; l++) {
@@ -114,12 +123,13 @@ export class ModelSession {
       feeds[io.pastValue(l)] = new T(kvType, req.past.values[l], [1, K, cap, d]);
     }
     if (req.past.lengths.length !== layers * K) throw new Error(`past lengths: expected ${layers * K} values`);
-    feeds.past_lengths = new T("int64", BigInt64Array.from(Array.from(req.past.lengths, BigInt)), [layers, K]);
+    feeds.past_lengths = new T("int64", int64(req.past.lengths), [layers, K]);
     const want = req.fetch ?? {};
     const fetches: string[] = [];
     if (want.logits ?? true) fetches.push("logits");
     if (want.kv ?? true) { for (let l = 0; l < layers; l++) fetches.push(io.newKey(l), io.newValue(l)); }
     for (const s of want.stats ?? []) for (let l = 0; l < layers; l++) fetches.push(STAT_OUTPUT[s](l));
+    if (want.retain) { for (let l = 0; l < layers; l++) fetches.push(io.retain(l)); }
     const out = await this.session.run(feeds, fetches);
     const result: RunResult = { newKeys: [], newValues: [], stats: {} };
     if (out.logits) result.logits = out.logits.data as Float32Array;
@@ -132,6 +142,7 @@ export class ModelSession {
     for (const s of want.stats ?? []) {
       result.stats[s] = Array.from({ length: layers }, (_, l) => out[STAT_OUTPUT[s](l)].data as Float32Array);
     }
+    if (want.retain) result.retain = Array.from({ length: layers }, (_, l) => out[io.retain(l)].data as Float32Array);
     return result;
   }
 

@@ -25,6 +25,8 @@ export interface ScoreView {
   accumulated: Float32Array;
   /** Number of queries that have attended to each entry so far. */
   seen: Float32Array;
+  /** Importance each entry was given when it arrived (Locret's retaining heads). */
+  importance: Float32Array;
   /** ‖k_i‖₂ of each entry's key (as cached). */
   keyNorms(): Float32Array;
   /** Number of observation-window queries this chunk. */
@@ -47,12 +49,16 @@ export interface Policy {
   needs: StatName[];
   /** Scores with attention, so the question patch applies. */
   attention: boolean;
+  /** Reads the graph's retaining-head scores (the model must be loaded with retaining heads). */
+  retain?: boolean;
   /** Protection given the layer's budget and the chunk's window. */
   protect(budget: number, windowQueries: number, questionPatch: boolean): Protection;
   /** Importance of each of the view's n entries; higher is kept. */
   score(view: ScoreView): Float32Array;
   /** Per-layer budgets from the mean budget (default: the same for every layer). */
   budgets?(budget: number, layers: number): number[];
+  /** One KV head's budget from its layer's (Infinity keeps everything; default: the layer's). */
+  headBudget?(layer: number, head: number, budget: number): number;
   /** Keeps everything: no selection at all. */
   keepsAll?: boolean;
   /** Every KV head of a layer keeps the same entries (scores are per layer). */

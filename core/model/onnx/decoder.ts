@@ -19,6 +19,7 @@
  *   attn_all_L             f32 [1, Hkv, P_L+S] … from all S queries
  *   attn_max_L             f32 [1, Hkv, P_L+S] max over window queries of the mass on each entry
  *   attn_last_L            f32 [1, Hkv, P_L+S] … from the last query
+ *   retain_L               f32 [1, Hkv, S]   with `retainingHeads`: Locret's importance of each new token
  * (masked slots receive 0).
  * Every statistic is summed over the query heads of each KV head's group.
  *
@@ -44,6 +45,7 @@ import { layerTensorNames, loadTensor } from "../checkpoint.ts";
 import type { PositionMode } from "../reference.ts";
 import { inverseFrequencies } from "../rope.ts";
 import { attend, attentionShapes, shape } from "./attention.ts";
+import { readRetainingHeads, retainingHead } from "./retaining.ts";
 import { float, Graph } from "./graph.ts";
 
 /** Options that change the graph (and so the cache key). */
@@ -52,6 +54,8 @@ export interface GraphOptions {
   kvDtype: "float32" | "float16";
   weightDtype: "float32" | "float16";
   logits: "last" | "all";
+  /** Locret retaining heads (a safetensors file): adds the `retain_L` outputs. */
+  retainingHeads?: string;
 }
 
 export const DEFAULT_GRAPH_OPTIONS: GraphOptions = {
@@ -74,6 +78,7 @@ export const io = {
   attnAll: (l: number) => `attn_all_${l}`,
   attnMax: (l: number) => `attn_max_${l}`,
   attnLast: (l: number) => `attn_last_${l}`,
+  retain: (l: number) => `retain_${l}`,
 };
 
 /**
@@ -155,6 +160,8 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
 
   const lastStart = g.op("Unsqueeze", [SminusOne, g.ints([0])]);
 
+  const retaining = opts.retainingHeads ? await readRetainingHeads(opts.retainingHeads, c) : null;
+
   // embed
   const embed = g.weight(
     "model.embed_tokens.weight",
@@ -177,13 +184,17 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
         const y = g.op("MatMul", [xb, await linearWeight(w, out, D)]);
         return has ? g.op("Add", [y, await vector(b)]) : y;
       };
-      let q = g.op("Transpose", [g.op("Reshape", [await proj(n.wq, n.bq, H * d, c.qkvBias), qHeads])], {
+      const qFlat = await proj(n.wq, n.bq, H * d, c.qkvBias);
+      const kFlat = await proj(n.wk, n.bk, K * d, c.qkvBias);
+      const vFlat = await proj(n.wv, n.bv, K * d, c.qkvBias);
+      if (retaining) retainingHead(g, retaining[l], qFlat, kFlat, vFlat, io.retain(l));
+      let q = g.op("Transpose", [g.op("Reshape", [qFlat, qHeads])], {
         perm: [0, 2, 1, 3],
       });
-      let k = g.op("Transpose", [g.op("Reshape", [await proj(n.wk, n.bk, K * d, c.qkvBias), kvHeads])], {
+      let k = g.op("Transpose", [g.op("Reshape", [kFlat, kvHeads])], {
         perm: [0, 2, 1, 3],
       });
-      const v = g.op("Transpose", [g.op("Reshape", [await proj(n.wv, n.bv, K * d, c.qkvBias), kvHeads])], {
+      const v = g.op("Transpose", [g.op("Reshape", [vFlat, kvHeads])], {
         perm: [0, 2, 1, 3],
       });
       if (c.qkNorm) {
@@ -253,4 +264,5 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
     }
   }
   g.output("logits", "float32", [1, opts.logits === "last" ? 1 : "S", V]);
+  if (retaining) { for (let l = 0; l < c.layers; l++) g.output(io.retain(l), "float32", [1, K, "S"]); }
 }
