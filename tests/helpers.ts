@@ -69,17 +69,8 @@ export async function tempDir(
   return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
 }
 
-/** A deterministic pseudo-random generator (mulberry32), for fixtures and segment plans. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A deterministic pseudo-random generator, for fixtures and segment plans. */
+export { uniform as rng } from "../kernels/random.ts";
 
 /** Splits `bytes` into a stream of pieces whose sizes come from `size()`. */
 export function byteStream(bytes: Uint8Array, size: () => number): ReadableStream<Uint8Array> {

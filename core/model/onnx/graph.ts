@@ -107,36 +107,21 @@ export class Graph {
 
   /** A small int64 constant (shared between uses). */
   ints(values: number[], dims: number[] = [values.length]): string {
-    const key = `i64:${dims}:${values}`;
-    let name = this.#constants.get(key);
-    if (!name) {
-      name = `const_i64_${this.#constants.size}`;
-      this.initializers.push(
-        onnx.TensorProto.create({
-          name,
-          dims,
-          dataType: ONNX_TYPE.int64,
-          rawData: bytesOf(BigInt64Array.from(values.map(BigInt))),
-        }),
-      );
-      this.#constants.set(key, name);
-    }
-    return name;
+    return this.#constant("int64", values, dims, () => BigInt64Array.from(values.map(BigInt)));
   }
 
   /** A small float32 constant (shared between uses). */
   floats(values: number[], dims: number[] = [values.length]): string {
-    const key = `f32:${dims}:${values}`;
+    return this.#constant("float32", values, dims, () => Float32Array.from(values));
+  }
+
+  #constant(type: ElemType, values: number[], dims: number[], data: () => Float32Array | BigInt64Array): string {
+    const key = `${type}:${dims}:${values}`;
     let name = this.#constants.get(key);
     if (!name) {
-      name = `const_f32_${this.#constants.size}`;
+      name = `const_${type}_${this.#constants.size}`;
       this.initializers.push(
-        onnx.TensorProto.create({
-          name,
-          dims,
-          dataType: ONNX_TYPE.float32,
-          rawData: bytesOf(Float32Array.from(values)),
-        }),
+        onnx.TensorProto.create({ name, dims, dataType: ONNX_TYPE[type], rawData: bytesOf(data()) }),
       );
       this.#constants.set(key, name);
     }
