@@ -1,7 +1,10 @@
 import { Command, CommanderError } from "commander";
 import denoJson from "../deno.json" with { type: "json" };
 import { EXIT, TomeError } from "../core/errors.ts";
+import { askCommand } from "./commands/ask.ts";
+import { codeCommand } from "./commands/code.ts";
 import { inspectCommand } from "./commands/inspect.ts";
+import { summarizeCommand } from "./commands/summarize.ts";
 import { makeModelCommand } from "./commands/make_model.ts";
 import { tokensCommand } from "./commands/tokens.ts";
 import { StdoutClosed } from "./output.ts";
@@ -16,6 +19,9 @@ export function program(): Command {
     .version(denoJson.version, "-V, --version")
     .exitOverride()
     .configureOutput({ outputError: oneLine });
+  askCommand(p);
+  summarizeCommand(p);
+  codeCommand(p);
   tokensCommand(p);
   inspectCommand(p);
   makeModelCommand(p);

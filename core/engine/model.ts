@@ -40,6 +40,8 @@ export interface LoadOptions {
   allLogits?: boolean;
   /** Locret retaining heads (safetensors) to build into the graph, for the locret policy. */
   retainingHeads?: string;
+  /** onnxruntime execution providers (default: cpu). */
+  executionProviders?: string[];
 }
 
 /** Opens a checkpoint directory, builds (or finds) its graph and starts a session. */
@@ -55,7 +57,10 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   };
   const cached = await graphFor(checkpoint, graph);
   const t0 = performance.now();
-  const session = await ModelSession.open(checkpoint.config, graph, cached.path, { threads: opts.threads });
+  const session = await ModelSession.open(checkpoint.config, graph, cached.path, {
+    threads: opts.threads,
+    executionProviders: opts.executionProviders,
+  });
   return {
     dir,
     checkpoint,

@@ -6,6 +6,7 @@
 import type { ModelConfig } from "./config.ts";
 import { type GraphOptions, io } from "./onnx/decoder.ts";
 import { type Ort, ort } from "./ort.ts";
+import { TomeError } from "../errors.ts";
 
 /** KV data as the graph takes it: float32, or float16 bit patterns. */
 export type KvArray = Float32Array | Uint16Array;
@@ -93,11 +94,19 @@ export class ModelSession {
     opts: SessionOptions = {},
   ): Promise<ModelSession> {
     const o = await ort();
-    const session = await o.InferenceSession.create(path, {
-      executionProviders: opts.executionProviders ?? ["cpu"],
-      graphOptimizationLevel: "all",
-      ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
-    });
+    const providers = opts.executionProviders ?? ["cpu"];
+    let session: Ort.InferenceSession;
+    try {
+      session = await o.InferenceSession.create(path, {
+        executionProviders: providers,
+        graphOptimizationLevel: "all",
+        ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
+      });
+    } catch (err) {
+      if (providers[0] === "cpu") throw err;
+      const msg = (err instanceof Error ? err.message : String(err)).split("\n")[0];
+      throw new TomeError("device", `onnxruntime could not start on ${providers[0]}: ${msg} (try --device cpu)`);
+    }
     return new ModelSession(config, graph, o, session);
   }
 

@@ -1,0 +1,96 @@
+/**
+ * Where the graph runs. `auto` picks CUDA when onnxruntime-node's CUDA
+ * provider is installed, else WebGPU when a hardware adapter exists, else the
+ * CPU, and says which; an explicit device that is not available is an error
+ * naming how to get it.
+ */
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { TomeError } from "../errors.ts";
+
+export type DeviceRequest = "auto" | "cpu" | "webgpu" | "cuda";
+export const DEVICES: DeviceRequest[] = ["auto", "cpu", "webgpu", "cuda"];
+
+export interface DeviceChoice {
+  device: "cpu" | "webgpu" | "cuda";
+  /** onnxruntime execution providers, in order of preference. */
+  providers: string[];
+  /** One line on why this device. */
+  reason: string;
+}
+
+const CUDA_HINT =
+  "reinstall onnxruntime-node with ONNXRUNTIME_NODE_INSTALL=cuda12 (it downloads the CUDA provider from NuGet: needs internet, CUDA 12 and cuDNN 9)";
+const WEBGPU_HINT = "WebGPU needs a Vulkan driver for the GPU (Mesa 25's lavapipe works, slowly, in software)";
+
+/** The onnxruntime-node native folder for this platform. */
+function ortBinFolder(): string | null {
+  try {
+    const main = createRequire(import.meta.url).resolve("onnxruntime-node");
+    return join(
+      dirname(main),
+      "..",
+      "bin",
+      "napi-v6",
+      Deno.build.os === "windows" ? "win32" : Deno.build.os,
+      Deno.build.arch === "x86_64" ? "x64" : "arm64",
+    );
+  } catch {
+    return null;
+  }
+}
+
+/** True when onnxruntime-node's CUDA execution provider library is installed. */
+export function cudaInstalled(): boolean {
+  const bin = ortBinFolder();
+  if (!bin) return false;
+  const lib = Deno.build.os === "windows" ? "onnxruntime_providers_cuda.dll" : "libonnxruntime_providers_cuda.so";
+  try {
+    return Deno.statSync(join(bin, lib)).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** The WebGPU adapter's description, whether it is a software one, or null when there is none. */
+export async function webgpuAdapter(): Promise<{ description: string; software: boolean } | null> {
+  // deno-lint-ignore no-explicit-any
+  const gpu = (navigator as any).gpu;
+  if (!gpu?.requestAdapter) return null;
+  try {
+    const adapter = await gpu.requestAdapter();
+    if (!adapter) return null;
+    const description = String(adapter.info?.description ?? adapter.info?.device ?? "");
+    const software = adapter.isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader|software/i.test(description);
+    return { description, software };
+  } catch {
+    return null;
+  }
+}
+
+export async function chooseDevice(requested: DeviceRequest): Promise<DeviceChoice> {
+  if (requested === "cpu") return { device: "cpu", providers: ["cpu"], reason: "asked for" };
+  if (requested === "cuda") {
+    if (!cudaInstalled()) {
+      throw new TomeError("device", `--device cuda: the CUDA execution provider is not installed; ${CUDA_HINT}`);
+    }
+    return { device: "cuda", providers: ["cuda", "cpu"], reason: "asked for" };
+  }
+  const adapter = await webgpuAdapter();
+  if (requested === "webgpu") {
+    if (!adapter) throw new TomeError("device", `--device webgpu: no WebGPU adapter found; ${WEBGPU_HINT}`);
+    return {
+      device: "webgpu",
+      providers: ["webgpu", "cpu"],
+      reason: `asked for (${adapter.description || "adapter"})`,
+    };
+  }
+  if (cudaInstalled()) return { device: "cuda", providers: ["cuda", "cpu"], reason: "CUDA provider installed" };
+  if (adapter && !adapter.software) {
+    return { device: "webgpu", providers: ["webgpu", "cpu"], reason: `WebGPU adapter: ${adapter.description}` };
+  }
+  const why = adapter
+    ? `only a software WebGPU adapter (${adapter.description})`
+    : "no CUDA provider, no WebGPU adapter";
+  return { device: "cpu", providers: ["cpu"], reason: why };
+}

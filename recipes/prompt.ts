@@ -1,0 +1,82 @@
+/**
+ * Prompt framing: the document sits inside the user turn of the model's chat
+ * template (`tokenizer_config.json`, rendered with @huggingface/jinja), between
+ * a header and the request. The tokens before the document are the prefix; the
+ * request and the template's tail (up to the assistant's turn) are the suffix,
+ * known before reading — so they ride along each chunk as the question patch.
+ */
+import { Template } from "@huggingface/jinja";
+import { TomeError } from "../core/errors.ts";
+import type { Tokenizer } from "../core/tokens/tokenizer.ts";
+
+/** What a recipe asks. */
+export interface Framing {
+  /** System prompt (omitted when the template has no system role and none is given). */
+  system?: string;
+  /** Text before the document, inside the user turn. */
+  header: string;
+  /** The question or instruction, after the document. */
+  request: string;
+}
+
+/** Token ids around the document. */
+export interface Prompt {
+  prefix: number[];
+  /** The request and the template's tail: prefilled after the document, and the observation window. */
+  suffix: number[];
+  /** The rendered text, with `{document}` where the document goes (for --verbose and tests). */
+  text: string;
+  /** Whether the chat template was used (false: a plain prompt for base models). */
+  chat: boolean;
+}
+
+const DOCUMENT = "\u0000tome-document\u0000";
+
+/** Renders the framing with the tokenizer's chat template (or a plain prompt) and tokenizes both sides of the document. */
+export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: number | null = null): Prompt {
+  const template = tokenizer.config.chat_template;
+  const content = `${framing.header}\n\n${DOCUMENT}\n\n${framing.request}`;
+  let text: string;
+  let chat = false;
+  if (typeof template === "string" && template.length > 0) {
+    const messages = [
+      ...(framing.system ? [{ role: "system", content: framing.system }] : []),
+      { role: "user", content },
+    ];
+    try {
+      text = new Template(template).render({
+        messages,
+        add_generation_prompt: true,
+        bos_token: tokenText(tokenizer.config.bos_token),
+        eos_token: tokenText(tokenizer.config.eos_token),
+      });
+    } catch (err) {
+      throw new TomeError(
+        "modelInvalid",
+        `chat template of ${tokenizer.dir} failed to render: ${(err as Error).message}`,
+      );
+    }
+    chat = true;
+  } else {
+    const bos = bosTokenId !== null ? tokenizer.idToToken(bosTokenId) ?? "" : "";
+    text = `${bos}${framing.system ? `${framing.system}\n\n` : ""}${content}\n\nAnswer:`;
+  }
+  const at = text.indexOf(DOCUMENT);
+  if (at < 0 || text.indexOf(DOCUMENT, at + 1) >= 0) {
+    throw new TomeError("modelInvalid", `chat template of ${tokenizer.dir} does not place the user message once`);
+  }
+  return {
+    prefix: tokenizer.encode(text.slice(0, at)),
+    suffix: tokenizer.encode(text.slice(at + DOCUMENT.length)),
+    text: text.replace(DOCUMENT, "{document}"),
+    chat,
+  };
+}
+
+function tokenText(v: unknown): string {
+  if (typeof v === "string") return v;
+  if (v && typeof v === "object" && typeof (v as { content?: unknown }).content === "string") {
+    return (v as { content: string }).content;
+  }
+  return "";
+}
