@@ -23,7 +23,7 @@ const PLAIN_EVERY_MS = 5000;
 export class Display {
   #lines = 0;
   #lastDraw = 0;
-  #lastPlain = 0;
+  #lastPlain = -Infinity;
   #last: MeterEvent | null = null;
 
   constructor(

@@ -10,6 +10,7 @@ import { generate, loadModel, read } from "../core/mod.ts";
 import { parseBudget } from "../core/engine/budget.ts";
 import { kvBytesPerToken, readConfig } from "../core/model/config.ts";
 import { chooseDevice } from "../core/model/device.ts";
+import { makePolicy } from "../core/policies/mod.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
@@ -60,6 +61,11 @@ export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags):
   const budget = parseBudget(flags.budget, config, kvDtype === "float32" ? 4 : 2);
   const tokenBytes = kvBytesPerToken(config, kvDtype === "float32" ? 4 : 2);
   if (flags.policy === "full") refuseFullIfTooLarge(source, tokenBytes);
+  const policy = await makePolicy(flags.policy, config, {
+    mask: flags.duoMask,
+    sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1),
+  });
+  if (policy.retain && !flags.retainingHeads) throw usage(`--policy ${policy.name} needs --retaining-heads FILE`);
 
   const tLoad = performance.now();
   const model = await loadModel(dir, {
@@ -96,8 +102,7 @@ export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags):
     };
     state = await read(source, {
       model,
-      policy: flags.policy,
-      policyOptions: { mask: flags.duoMask, sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1) },
+      policy,
       budget,
       chunk: intFlag(flags.chunk, "--chunk"),
       prefix: prompt.prefix,

@@ -110,6 +110,7 @@ export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadSta
   }
   const source = typeof input === "object" && "stats" in input ? input : null;
   const progress = () => ({ bytes: source?.stats.bytes ?? 0, totalBytes: source?.totalBytes ?? null });
+  meter.framing(opts.prefix?.length ?? 0);
   if (opts.prefix?.length) await prefill.push(opts.prefix, progress());
   if (typeof input === "object" && "ids" in input) {
     await prefill.push(input.ids, progress());

@@ -75,6 +75,7 @@ export class Meter {
   #docTokens = 0;
   #generated = 0;
   #promptTokens = 0;
+  #framing = 0;
   #resident = 0;
   #peakEntries = 0;
   #kvPeak = 0;
@@ -117,12 +118,13 @@ export class Meter {
     this.#chunks++;
     const seconds = (performance.now() - this.#started) / 1000;
     this.#prefillSeconds = seconds;
-    const rate = this.#docTokens / Math.max(seconds, 1e-9);
+    const documentTokens = Math.max(0, this.#docTokens - this.#framing);
+    const rate = documentTokens / Math.max(seconds, 1e-9);
     const m = rss();
     const e: ChunkEvent = {
       type: "chunk",
       chunk: this.#chunks,
-      tokens: this.#docTokens,
+      tokens: documentTokens,
       bytes: o.bytes,
       totalBytes: o.totalBytes,
       kept: o.after,
@@ -162,6 +164,11 @@ export class Meter {
     });
   }
 
+  /** The first `n` tokens fed are prompt framing (a template's head), not document. */
+  framing(n: number): void {
+    this.#framing = n;
+  }
+
   /** Tokens generated so far (a sampled token counts even when the run ends before it is fed back). */
   emitted(n: number): void {
     this.#generated = n;
@@ -171,7 +178,7 @@ export class Meter {
     const decodeSeconds = this.#decodeStarted ? (performance.now() - this.#decodeStarted) / 1000 : 0;
     return {
       promptTokens: this.#promptTokens,
-      documentTokens: this.#docTokens,
+      documentTokens: Math.max(0, this.#docTokens - this.#framing),
       generatedTokens: this.#generated,
       kvBytes: this.#kvNow,
       kvPeakBytes: this.#kvPeak,
