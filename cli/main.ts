@@ -3,6 +3,7 @@ import denoJson from "../deno.json" with { type: "json" };
 import { EXIT, TomeError } from "../core/errors.ts";
 import { askCommand } from "./commands/ask.ts";
 import { codeCommand } from "./commands/code.ts";
+import { estimateCommand } from "./commands/estimate.ts";
 import { inspectCommand } from "./commands/inspect.ts";
 import { summarizeCommand } from "./commands/summarize.ts";
 import { makeModelCommand } from "./commands/make_model.ts";
@@ -22,6 +23,7 @@ export function program(): Command {
   askCommand(p);
   summarizeCommand(p);
   codeCommand(p);
+  estimateCommand(p);
   tokensCommand(p);
   inspectCommand(p);
   makeModelCommand(p);

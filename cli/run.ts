@@ -5,11 +5,12 @@
 import { join } from "node:path";
 import { EXIT, TomeError } from "../core/errors.ts";
 import { openSource, type Source } from "../core/input/source.ts";
-import { type MeterEvent, type MeterSummary, type ReadState } from "../core/mod.ts";
+import { type LoadedModel, type MeterEvent, type MeterSummary, type ReadState } from "../core/mod.ts";
 import { generate, loadModel, read } from "../core/mod.ts";
+import type { Policy } from "../core/policies/mod.ts";
 import { parseBudget } from "../core/engine/budget.ts";
-import { kvBytesPerToken, readConfig } from "../core/model/config.ts";
-import { chooseDevice } from "../core/model/device.ts";
+import { kvBytesPerToken, type ModelConfig, readConfig } from "../core/model/config.ts";
+import { chooseDevice, type DeviceChoice } from "../core/model/device.ts";
 import { makePolicy } from "../core/policies/mod.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
@@ -35,9 +36,24 @@ export function modelDir(flags: { model?: string }): string {
   return dir;
 }
 
-/** Runs one recipe over one input and prints the answer (or --json). Returns the exit code. */
-export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags): Promise<number> {
-  const started = performance.now();
+/** Everything decided before the model loads: input, config, device, positions, budget, policy, display. */
+export interface Prepared {
+  dir: string;
+  source: Source;
+  config: ModelConfig;
+  device: DeviceChoice;
+  positions: "original" | "compact";
+  kvDtype: "float32" | "float16";
+  budget: number;
+  tokenBytes: number;
+  policy: Policy;
+  maxTokens: number;
+  mode: DisplayMode;
+  say: (msg: string) => void;
+}
+
+/** Opens the input first (bad input fails before any model work) and settles every option. */
+export async function prepareRun(input: string, flags: RunFlags, defaultMaxTokens: number): Promise<Prepared> {
   const dir = modelDir(flags);
   const source = await openSource(input);
   const config = await readConfig(dir);
@@ -48,9 +64,7 @@ export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags):
     : flags.progress
     ? "plain"
     : "quiet";
-  const say = (msg: string) => mode !== "quiet" && note(msg);
-
-  const maxTokens = intFlag(flags.maxTokens, "--max-tokens") ?? recipe.maxTokens;
+  const maxTokens = intFlag(flags.maxTokens, "--max-tokens") ?? defaultMaxTokens;
   const positions = flags.positions !== "auto"
     ? flags.positions
     : source.totalBytes !== null && source.totalBytes + POSITION_MARGIN + maxTokens <= config.maxPositions
@@ -58,31 +72,48 @@ export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags):
     : "compact";
   const device = await chooseDevice(flags.device);
   const kvDtype = flags.kvDtype === "f32" ? "float32" : "float16";
-  const budget = parseBudget(flags.budget, config, kvDtype === "float32" ? 4 : 2);
-  const tokenBytes = kvBytesPerToken(config, kvDtype === "float32" ? 4 : 2);
+  const bytesPerElement = kvDtype === "float32" ? 4 : 2;
+  const budget = parseBudget(flags.budget, config, bytesPerElement);
+  const tokenBytes = kvBytesPerToken(config, bytesPerElement);
   if (flags.policy === "full") refuseFullIfTooLarge(source, tokenBytes);
   const policy = await makePolicy(flags.policy, config, {
     mask: flags.duoMask,
     sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1),
   });
   if (policy.retain && !flags.retainingHeads) throw usage(`--policy ${policy.name} needs --retaining-heads FILE`);
+  const say = (msg: string) => {
+    if (mode !== "quiet") note(msg);
+  };
+  return { dir, source, config, device, positions, kvDtype, budget, tokenBytes, policy, maxTokens, mode, say };
+}
 
-  const tLoad = performance.now();
-  const model = await loadModel(dir, {
-    positions,
-    kvDtype,
+/** Loads the model as prepared, and says what runs where. */
+export async function loadPrepared(p: Prepared, flags: RunFlags): Promise<LoadedModel> {
+  const model = await loadModel(p.dir, {
+    positions: p.positions,
+    kvDtype: p.kvDtype,
     threads: intFlag(flags.threads, "--threads"),
-    executionProviders: device.providers,
+    executionProviders: p.device.providers,
     retainingHeads: flags.retainingHeads,
   });
-  const loadSeconds = (performance.now() - tLoad) / 1000;
-  say(
-    `${model.config.arch} ${formatCount(model.config.layers)} layers on ${device.device} (${device.reason}); ${
+  p.say(
+    `${model.config.arch} ${model.config.layers} layers on ${p.device.device} (${p.device.reason}); ${
       model.built ? `graph built in ${model.buildSeconds.toFixed(1)}s` : "cached graph"
-    }; ${flags.policy}, budget ${budget} (${
-      formatBytes(budget * tokenBytes)
-    }), chunk ${flags.chunk}, ${positions} positions`,
+    }; ${p.policy.name}, budget ${p.budget} (${
+      formatBytes(p.budget * p.tokenBytes)
+    }), chunk ${flags.chunk}, ${p.positions} positions`,
   );
+  return model;
+}
+
+/** Runs one recipe over one input and prints the answer (or --json). Returns the exit code. */
+export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags): Promise<number> {
+  const started = performance.now();
+  const prepared = await prepareRun(input, flags, recipe.maxTokens);
+  const { dir, source, device, positions, budget, tokenBytes, policy, maxTokens, mode } = prepared;
+  const tLoad = performance.now();
+  const model = await loadPrepared(prepared, flags);
+  const loadSeconds = (performance.now() - tLoad) / 1000;
 
   const prompt = buildPrompt(model.tokenizer, recipe.framing, model.config.bosTokenId);
   const display = new Display(mode, { budget, tokenBytes, totalBytes: source.totalBytes });
@@ -155,7 +186,7 @@ export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags):
           recipe: recipe.name,
           model: dir,
           device: device.device,
-          policy: flags.policy,
+          policy: policy.name,
           budget,
           chunk: state.chunk,
           positions,

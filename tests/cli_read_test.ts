@@ -103,6 +103,21 @@ Deno.test("tome summarize and tome code run; code sees the file headers; --metri
   assert.equal(events.filter((e) => e.type === "token").length, j.generated_tokens - 1); // the last token is not fed back
 });
 
+Deno.test("tome estimate: exact token count and peak KV of the real run, without reading it through the model", async () => {
+  const q = "What is the pass code of Natasha?";
+  const args = ["-m", model, "--max-tokens", "6", "--budget", "200", "--chunk", "96"];
+  const e = await tome(["estimate", doc, ...args, "--question", q, "--json"], { env });
+  assert.equal(e.code, 0, e.stderr);
+  const est = JSON.parse(e.stdout);
+  const run = JSON.parse((await tome(["ask", q, doc, ...args, "--json"], { env })).stdout);
+  assert.equal(est.tokens, run.tokens_read);
+  assert.equal(est.predicted.kv_peak_bytes, run.kv_peak_bytes);
+  assert.equal(est.predicted.kv_full_bytes, run.kv_full_bytes);
+  assert.ok(est.predicted.peak_rss_bytes > 0 && est.predicted.seconds.total > 0);
+  const text = await tome(["estimate", doc, ...args], { env });
+  assert.match(text.stdout, /^KV peak\s+[\d.]+ \w+ \(\d+ bytes; reading/m);
+});
+
 Deno.test("tome ask under a real terminal: two redrawn lines, cleared before the answer", async () => {
   const deno = Deno.execPath();
   const cmd = [

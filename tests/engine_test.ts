@@ -7,6 +7,8 @@ import { argmax } from "../kernels/sample.ts";
 import { appendEntries, forward, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
 import { TomeError } from "../core/errors.ts";
 import { parseDuoMask } from "../core/policies/duo.ts";
+import { makePolicy } from "../core/policies/mod.ts";
+import { predictKv } from "../core/engine/estimate.ts";
 import { makeRetainingHeads } from "../core/model/make.ts";
 import { readRetainingHeads } from "../core/model/onnx/retaining.ts";
 import { mixedText } from "./fixture_text.ts";
@@ -208,6 +210,54 @@ Deno.test("engine: decode-time eviction keeps the decode budget; a budget above 
     for (let h = 0; h < m.config.kvHeads; h++) assert.deepEqual(Array.from(tight.state.retained(l, h)), expected);
   }
   assert.equal(tight.state.meter.summary().kvBytes, 40 * kvBytesPerToken(m.config, 4));
+});
+
+Deno.test("estimate: predicted KV peak, after-read and full-cache bytes equal the meter's, for every kind of budget", async () => {
+  const m = await model("llama");
+  const ids = Array.from({ length: 333 }, (_, i) => (i * 11) % m.config.vocab);
+  const prefix = [1, 2, 3], suffix = [4, 5, 6, 7, 8];
+  const cases = [
+    { policy: "snapkv", budget: 70, chunk: 40, patch: true, maxTokens: 5 },
+    { policy: "pyramidkv", budget: 70, chunk: 40, patch: true, maxTokens: 90 },
+    { policy: "duo", budget: 70, chunk: 64, patch: false, maxTokens: 12 },
+    { policy: "full", budget: 70, chunk: 100, patch: false, maxTokens: 7 },
+    { policy: "streaming", budget: 80, chunk: 30, patch: false, maxTokens: 40, decodeBudget: 85 },
+  ];
+  for (const cs of cases) {
+    const policy = await makePolicy(cs.policy, m.config, { mask: maskFile });
+    const state = await read({ ids }, {
+      model: m,
+      policy,
+      budget: cs.budget,
+      chunk: cs.chunk,
+      prefix,
+      question: suffix,
+      questionPatch: cs.patch,
+    });
+    const afterRead = state.meter.summary().kvBytes;
+    for await (
+      const _ of generate(state, { suffix, maxTokens: cs.maxTokens, eos: [], decodeBudget: cs.decodeBudget })
+    ) { /* drain */ }
+    const s = state.meter.summary();
+    const p = predictKv({
+      config: m.config,
+      policy,
+      budget: cs.budget,
+      bytesPerElement: 4,
+      prefixTokens: prefix.length,
+      documentTokens: ids.length,
+      chunk: cs.chunk,
+      patchTokens: cs.patch ? suffix.length : 0,
+      suffixTokens: suffix.length,
+      maxTokens: cs.maxTokens,
+      decodeBudget: cs.decodeBudget,
+    });
+    assert.deepEqual(
+      [p.peakBytes, p.afterReadBytes, p.fullBytes],
+      [s.kvPeakBytes, afterRead, s.fullKvBytes],
+      `${cs.policy}: predicted vs measured (peak, after read, full)`,
+    );
+  }
 });
 
 Deno.test("duo masks: sparsity or threshold decides retrieval heads; malformed masks are usage errors", () => {
