@@ -3,6 +3,7 @@ import denoJson from "../deno.json" with { type: "json" };
 import { EXIT, TomeError } from "../core/errors.ts";
 import { askCommand } from "./commands/ask.ts";
 import { codeCommand } from "./commands/code.ts";
+import { completionsCommand } from "./commands/completions.ts";
 import { estimateCommand } from "./commands/estimate.ts";
 import { inspectCommand } from "./commands/inspect.ts";
 import { summarizeCommand } from "./commands/summarize.ts";
@@ -27,6 +28,7 @@ export function program(): Command {
   tokensCommand(p);
   inspectCommand(p);
   makeModelCommand(p);
+  completionsCommand(p);
   for (const c of p.commands) c.exitOverride().configureOutput({ outputError: oneLine });
   return p;
 }
