@@ -55,7 +55,7 @@ export class Display {
 
   /** The progress and memory lines for a chunk event. */
   lines(e: Extract<MeterEvent, { type: "chunk" }>): [string, string] {
-    const pct = e.totalBytes ? Math.min(100, (100 * e.bytes) / e.totalBytes) : null;
+    const pct = e.fraction !== null ? 100 * e.fraction : null;
     const bar = pct === null ? "" : `${progressBar(pct, 20)} ${pct.toFixed(0).padStart(3)}% `;
     const eta = e.etaSeconds !== null ? ` · ETA ${formatSeconds(e.etaSeconds)}` : "";
     const budgetBytes = this.ctx.budget * this.ctx.tokenBytes;

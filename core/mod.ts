@@ -109,7 +109,8 @@ export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadSta
     }
   }
   const source = typeof input === "object" && "stats" in input ? input : null;
-  const progress = () => ({ bytes: source?.stats.bytes ?? 0, totalBytes: source?.totalBytes ?? null });
+  let tokenized = 0;
+  const progress = () => ({ bytes: source?.stats.bytes ?? 0, totalBytes: source?.totalBytes ?? null, tokenized });
   meter.framing(opts.prefix?.length ?? 0);
   if (opts.prefix?.length) await prefill.push(opts.prefix, progress());
   if (typeof input === "object" && "ids" in input) {
@@ -120,7 +121,10 @@ export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadSta
       : source
       ? source.text
       : (input as ReadableStream<string>);
-    for await (const ids of text.pipeThrough(tokenize(model.tokenizer))) await prefill.push(ids, progress());
+    for await (const ids of text.pipeThrough(tokenize(model.tokenizer))) {
+      tokenized += ids.length;
+      await prefill.push(ids, progress());
+    }
   }
   await prefill.end(progress());
   const retained = (l: number, h: number) => {

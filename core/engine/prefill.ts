@@ -33,8 +33,11 @@ export const DEFAULT_WINDOW = 32;
 
 /** Where the input stands, for the meter. */
 export interface Progress {
+  /** Input bytes consumed by the tokenizer so far, and in all when known. */
   bytes: number;
   totalBytes: number | null;
+  /** Tokens the tokenizer has produced so far (ahead of those the model has read). */
+  tokenized: number;
 }
 
 export class Prefill {
@@ -122,6 +125,7 @@ export class Prefill {
       kvBytesAfter: this.store.bytes(),
       bytes: progress.bytes,
       totalBytes: progress.totalBytes,
+      tokenized: progress.tokenized,
     });
   }
 

@@ -22,6 +22,8 @@ export interface ChunkEvent {
   /** Input bytes read so far, and in all when known. */
   bytes: number;
   totalBytes: number | null;
+  /** Share of the input read through the model, when its size is known (tokens read over the estimated total). */
+  fraction: number | null;
   /** Entries retained per layer and head (mean) after this chunk's eviction. */
   kept: number;
   /** Entries evicted so far (mean per layer and head). */
@@ -105,6 +107,8 @@ export class Meter {
     kvBytesAfter: number;
     bytes: number;
     totalBytes: number | null;
+    /** Tokens produced by the tokenizer so far (it runs ahead of the model). */
+    tokenized: number;
   }): ChunkEvent {
     const c = o.sequenceTokens;
     this.#resident += (c * (c + 1)) / 2 + c * o.before;
@@ -120,6 +124,9 @@ export class Meter {
     this.#prefillSeconds = seconds;
     const documentTokens = Math.max(0, this.#docTokens - this.#framing);
     const rate = documentTokens / Math.max(seconds, 1e-9);
+    // the input's total tokens, estimated from the tokens per byte seen so far
+    const expected = o.totalBytes && o.bytes > 0 ? Math.max(o.tokenized, (o.tokenized * o.totalBytes) / o.bytes) : null;
+    const fraction = expected ? Math.min(1, documentTokens / expected) : null;
     const m = rss();
     const e: ChunkEvent = {
       type: "chunk",
@@ -127,6 +134,7 @@ export class Meter {
       tokens: documentTokens,
       bytes: o.bytes,
       totalBytes: o.totalBytes,
+      fraction,
       kept: o.after,
       evicted: Math.max(0, this.#tokens - o.after),
       kvBytes: this.#kvNow,
@@ -136,7 +144,7 @@ export class Meter {
       rssBytes: m.now,
       rssPeakBytes: m.peak,
       tokensPerSecond: rate,
-      etaSeconds: o.totalBytes && o.bytes > 0 ? (seconds * (o.totalBytes - o.bytes)) / o.bytes : null,
+      etaSeconds: fraction ? (seconds * (1 - fraction)) / fraction : null,
       seconds,
     };
     this.onEvent(e);

@@ -89,8 +89,6 @@ export async function chooseDevice(requested: DeviceRequest): Promise<DeviceChoi
   if (adapter && !adapter.software) {
     return { device: "webgpu", providers: ["webgpu", "cpu"], reason: `WebGPU adapter: ${adapter.description}` };
   }
-  const why = adapter
-    ? `only a software WebGPU adapter (${adapter.description})`
-    : "no CUDA provider, no WebGPU adapter";
+  const why = adapter ? "no CUDA provider; the WebGPU adapter is software" : "no CUDA provider, no WebGPU adapter";
   return { device: "cpu", providers: ["cpu"], reason: why };
 }
