@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Ajv } from "ajv";
 import schema from "./schemas/answer.schema.json" with { type: "json" };
+import estimateSchema from "./schemas/estimate.schema.json" with { type: "json" };
 import { EXIT } from "../core/errors.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { mixedText } from "./fixture_text.ts";
@@ -25,7 +26,9 @@ if (made.code !== 0) throw new Error(made.stderr);
 const doc = join(root, "doc.txt");
 const text = mixedText(31, 40_000) + "\nThe pass code of Natasha is 48213.\n" + mixedText(32, 20_000);
 await Deno.writeTextFile(doc, text);
-const validate = new Ajv({ allErrors: true }).compile(schema);
+const ajv = new Ajv({ allErrors: true });
+const validate = ajv.compile(schema);
+const validateEstimate = ajv.compile(estimateSchema);
 const base = ["-m", model, "--max-tokens", "16"];
 
 Deno.test("tome ask: the answer on stdout, the report on stderr; stdin gives the same answer", async () => {
@@ -87,6 +90,11 @@ Deno.test("tome summarize and tome code run; code sees the file headers; --metri
   const s = await tome(["summarize", doc, ...base, "--style", "bullets", "--words", "50", "--json"], { env });
   assert.equal(s.code, 0, s.stderr);
   assert.equal(JSON.parse(s.stdout).recipe, "summarize");
+  const sPiped = await tome(["summarize", "-", ...base, "--style", "bullets", "--words", "50", "--json"], {
+    env,
+    stdin: text,
+  });
+  assert.equal(JSON.parse(sPiped.stdout).answer, JSON.parse(s.stdout).answer);
   const src = join(root, "src");
   await Deno.mkdir(join(src, "lib"), { recursive: true });
   await Deno.writeTextFile(join(src, "main.ts"), "import { run } from './lib/run.ts';\nrun();\n");
@@ -109,13 +117,19 @@ Deno.test("tome estimate: exact token count and peak KV of the real run, without
   const e = await tome(["estimate", doc, ...args, "--question", q, "--json"], { env });
   assert.equal(e.code, 0, e.stderr);
   const est = JSON.parse(e.stdout);
+  const valid: boolean = validateEstimate(est);
+  assert.ok(valid, JSON.stringify(validateEstimate.errors));
   const run = JSON.parse((await tome(["ask", q, doc, ...args, "--json"], { env })).stdout);
   assert.equal(est.tokens, run.tokens_read);
   assert.equal(est.predicted.kv_peak_bytes, run.kv_peak_bytes);
   assert.equal(est.predicted.kv_full_bytes, run.kv_full_bytes);
   assert.ok(est.predicted.peak_rss_bytes > 0 && est.predicted.seconds.total > 0);
-  const text = await tome(["estimate", doc, ...args], { env });
-  assert.match(text.stdout, /^KV peak\s+[\d.]+ \w+ \(\d+ bytes; reading/m);
+  const piped = JSON.parse(
+    (await tome(["estimate", "-", ...args, "--question", q, "--json"], { env, stdin: text })).stdout,
+  );
+  assert.equal(piped.predicted.kv_peak_bytes, est.predicted.kv_peak_bytes);
+  const plain = await tome(["estimate", doc, ...args], { env });
+  assert.match(plain.stdout, /^KV peak\s+[\d.]+ \w+ \(\d+ bytes; reading/m);
 });
 
 Deno.test("tome ask under a real terminal: two redrawn lines, cleared before the answer", async () => {
