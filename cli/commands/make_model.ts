@@ -3,6 +3,7 @@ import { dirname, join } from "node:path";
 import { TomeError } from "../../core/errors.ts";
 import { type Arch, ARCHS } from "../../core/model/config.ts";
 import { makeRandomModel, type ModelShape, SIZES } from "../../core/model/make.ts";
+import { makeRetrievalModel } from "../../core/model/retrieval.ts";
 import { note, usage } from "../output.ts";
 
 interface MakeOptions {
@@ -27,7 +28,12 @@ export function makeModelCommand(program: Command): void {
     .description(
       "write a test checkpoint (config.json, model.safetensors, tokenizer) with deterministic random weights",
     )
-    .addArgument(new Argument("<kind>", "what to make").choices(["tiny"]))
+    .addArgument(
+      new Argument("<kind>", "tiny (random weights) or retrieval (constructed to look facts up)").choices([
+        "tiny",
+        "retrieval",
+      ]),
+    )
     .requiredOption("-o, --out <dir>", "directory to write (must not exist or be empty, unless --force)")
     .option("-t, --tokenizer <dir>", "tokenizer files to copy; the vocabulary size is taken from them")
     .addOption(new Option("--arch <arch>", "architecture").choices([...ARCHS]).default("llama"))
@@ -46,9 +52,10 @@ export function makeModelCommand(program: Command): void {
       `
 Example:
   tome make-model tiny --arch qwen3 --out /tmp/tiny-qwen3 --tokenizer ../shared/fixtures/smollm2-tokenizer
-  tome make-model tiny --size 360m --out /tmp/random-360m -t ../shared/fixtures/smollm2-tokenizer`,
+  tome make-model tiny --size 360m --out /tmp/random-360m -t ../shared/fixtures/smollm2-tokenizer
+  tome make-model retrieval --out /tmp/retrieval -t ../shared/fixtures/smollm2-tokenizer`,
     )
-    .action(async (_kind: string, opts: MakeOptions) => {
+    .action(async (kind: string, opts: MakeOptions) => {
       if (!opts.tokenizer) throw usage("make-model needs --tokenizer DIR (a directory with tokenizer.json)");
       const shape: ModelShape = { ...SIZES[opts.size] };
       for (const key of ["hidden", "layers", "heads", "kvHeads", "intermediate"] as const) {
@@ -60,14 +67,17 @@ Example:
       // written beside the target and renamed into place: never a half-written checkpoint
       const tmp = await Deno.makeTempDir({ dir: dirname(opts.out), prefix: ".tome-make-" });
       try {
-        await makeRandomModel(tmp, {
-          arch: opts.arch,
-          shape,
-          seed,
-          dtype: opts.dtype === "f32" ? "F32" : "BF16",
-          tokenizer: opts.tokenizer,
-          llama3Rope: opts.llama3Rope,
-        });
+        if (kind === "retrieval") await makeRetrievalModel(tmp, { tokenizer: opts.tokenizer, seed });
+        else {
+          await makeRandomModel(tmp, {
+            arch: opts.arch,
+            shape,
+            seed,
+            dtype: opts.dtype === "f32" ? "F32" : "BF16",
+            tokenizer: opts.tokenizer,
+            llama3Rope: opts.llama3Rope,
+          });
+        }
         await Deno.chmod(tmp, 0o755);
         await Deno.remove(opts.out, { recursive: true }).catch(() => {});
         await Deno.rename(tmp, opts.out);
@@ -75,7 +85,11 @@ Example:
         await Deno.remove(tmp, { recursive: true }).catch(() => {});
         throw err;
       }
-      note(`wrote ${opts.arch} ${opts.size} (${shape.layers} layers, hidden ${shape.hidden}) to ${join(opts.out)}`);
+      note(
+        kind === "retrieval"
+          ? `wrote the retrieval model (2 layers, constructed induction circuit) to ${opts.out}`
+          : `wrote ${opts.arch} ${opts.size} (${shape.layers} layers, hidden ${shape.hidden}) to ${opts.out}`,
+      );
     });
 }
 
