@@ -1,5 +1,5 @@
 import { Argument, type Command, Option } from "commander";
-import { dirname, join } from "node:path";
+import { dirname } from "node:path";
 import { TomeError } from "../../core/errors.ts";
 import { type Arch, ARCHS } from "../../core/model/config.ts";
 import { makeRandomModel, type ModelShape, SIZES } from "../../core/model/make.ts";
