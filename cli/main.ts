@@ -5,6 +5,7 @@ import { askCommand } from "./commands/ask.ts";
 import { codeCommand } from "./commands/code.ts";
 import { completionsCommand } from "./commands/completions.ts";
 import { estimateCommand } from "./commands/estimate.ts";
+import { evalCommand } from "./commands/eval.ts";
 import { inspectCommand } from "./commands/inspect.ts";
 import { summarizeCommand } from "./commands/summarize.ts";
 import { makeModelCommand } from "./commands/make_model.ts";
@@ -25,6 +26,7 @@ export function program(): Command {
   summarizeCommand(p);
   codeCommand(p);
   estimateCommand(p);
+  evalCommand(p);
   tokensCommand(p);
   inspectCommand(p);
   makeModelCommand(p);

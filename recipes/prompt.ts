@@ -17,6 +17,8 @@ export interface Framing {
   header: string;
   /** The question or instruction, after the document. */
   request: string;
+  /** For models without a chat template (completion models): what follows the document instead (default: request + "Answer:"). */
+  plainRequest?: string;
 }
 
 /** Token ids around the document. */
@@ -59,7 +61,8 @@ export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: 
     chat = true;
   } else {
     const bos = bosTokenId !== null ? tokenizer.idToToken(bosTokenId) ?? "" : "";
-    text = `${bos}${framing.system ? `${framing.system}\n\n` : ""}${content}\n\nAnswer:`;
+    const request = framing.plainRequest ?? `${framing.request}\nAnswer:`;
+    text = `${bos}${framing.system ? `${framing.system}\n\n` : ""}${framing.header}\n\n${DOCUMENT}\n\n${request}`;
   }
   const at = text.indexOf(DOCUMENT);
   if (at < 0 || text.indexOf(DOCUMENT, at + 1) >= 0) {

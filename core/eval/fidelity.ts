@@ -1,0 +1,117 @@
+/**
+ * Fidelity: how far eviction moves the model's next-token distributions where
+ * it matters — at the answer positions of needle-in-a-haystack prompts. The
+ * question and the true answer are teacher-forced after the document, read
+ * once with the full cache and once per policy and budget; the KL divergence
+ * KL(full ‖ evicted) is averaged over the answer positions.
+ */
+import { buildPrompt } from "../../recipes/prompt.ts";
+import { askFraming } from "../../recipes/ask.ts";
+import { loadModel, read } from "../mod.ts";
+import { klDivergence, teacherForce } from "../engine/score.ts";
+import { makePolicy, type PolicyOptions } from "../policies/mod.ts";
+import { haystack } from "./haystack.ts";
+
+export interface FidelityOptions {
+  model: string;
+  policies: string[];
+  budgets: number[];
+  lengths: number[];
+  depths: number[];
+  needles: number;
+  corpus: string;
+  seed: number;
+  chunk: number;
+  kvDtype: "float32" | "float16";
+  executionProviders?: string[];
+  threads?: number;
+  policyOptions?: PolicyOptions;
+}
+
+export interface FidelityRow {
+  policy: string;
+  budget: number | null;
+  length: number;
+  depth: number;
+  trial: number;
+  /** Mean KL(full ‖ evicted) in nats over the answer positions. */
+  kl: number;
+  /** Whether the most likely token agrees with the full cache's at every answer position. */
+  top1_agree: boolean;
+  footprint: number;
+}
+
+export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityRow> {
+  const open = (allLogits: boolean) =>
+    loadModel(o.model, {
+      positions: "compact",
+      kvDtype: o.kvDtype,
+      allLogits,
+      executionProviders: o.executionProviders,
+      threads: o.threads,
+    });
+  const model = await open(false);
+  const scorer = await open(true);
+  const chat = typeof model.tokenizer.config.chat_template === "string";
+  const argmax = (x: Float32Array) => x.reduce((b, v, i) => (v > x[b] ? i : b), 0);
+  try {
+    for (const length of o.lengths) {
+      for (const depth of o.depths) {
+        for (let trial = 0; trial < o.needles; trial++) {
+          const h = haystack(
+            o.corpus,
+            model.tokenizer,
+            length,
+            depth,
+            o.seed * 1_000_003 + length * 7919 + Math.round(depth * 1000) * 31 + trial,
+          );
+          const prompt = buildPrompt(
+            model.tokenizer,
+            askFraming(chat ? h.needle.question : h.needle.prefix),
+            model.config.bosTokenId,
+          );
+          const answer = model.tokenizer.encode(` ${h.needle.code}`);
+          const forced = [...prompt.suffix, ...answer];
+          const first = prompt.suffix.length - 1; // the row predicting the answer's first token
+          const rows = async (policy: Awaited<ReturnType<typeof makePolicy>>, budget: number | null) => {
+            const state = await read(h.text, {
+              model,
+              policy,
+              budget: budget ?? 1,
+              chunk: o.chunk,
+              prefix: prompt.prefix,
+              question: prompt.suffix,
+            });
+            const kept: Float32Array[] = [];
+            await teacherForce(state.prefill, scorer.session, forced, o.chunk, (row, i) => {
+              if (i >= first && i < forced.length - 1) kept.push(row.slice());
+            });
+            return { kept, footprint: state.meter.summary().footprint };
+          };
+          const full = await rows(await makePolicy("full", model.config), null);
+          for (const name of o.policies) {
+            const policy = await makePolicy(name, model.config, o.policyOptions);
+            if (policy.keepsAll) continue;
+            for (const budget of o.budgets) {
+              const ev = await rows(policy, budget);
+              const kls = ev.kept.map((q, i) => klDivergence(full.kept[i], q));
+              yield {
+                policy: name,
+                budget,
+                length,
+                depth,
+                trial,
+                kl: kls.reduce((a, b) => a + b, 0) / kls.length,
+                top1_agree: ev.kept.every((q, i) => argmax(q) === argmax(full.kept[i])),
+                footprint: ev.footprint,
+              };
+            }
+          }
+        }
+      }
+    }
+  } finally {
+    await model.session.close();
+    await scorer.session.close();
+  }
+}

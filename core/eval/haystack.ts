@@ -1,0 +1,108 @@
+/**
+ * Needle-in-a-haystack inputs: slices of a corpus of a given token length with
+ * a fact ("The pass code of Natasha is 48213.") placed at a depth, and the
+ * question that asks for it.
+ */
+import { uniform } from "../../kernels/random.ts";
+import type { Tokenizer } from "../tokens/tokenizer.ts";
+
+/** Names needles are about. */
+export const NAMES = [
+  "Natasha",
+  "Pierre",
+  "Andrei",
+  "Sonya",
+  "Nikolai",
+  "Marya",
+  "Boris",
+  "Helene",
+  "Anatole",
+  "Vasili",
+  "Denisov",
+  "Dolokhov",
+  "Petya",
+  "Vera",
+  "Julie",
+  "Kutuzov",
+  "Bagration",
+  "Berg",
+  "Anna",
+  "Platon",
+];
+
+export interface Needle {
+  name: string;
+  code: string;
+  /** The sentence placed in the haystack. */
+  fact: string;
+  /** What a completion model continues ("The pass code of Natasha is"). */
+  prefix: string;
+  /** What a chat model is asked. */
+  question: string;
+}
+
+export function needle(name: string, code: string): Needle {
+  return {
+    name,
+    code,
+    fact: `The pass code of ${name} is ${code}.`,
+    prefix: `The pass code of ${name} is`,
+    question: `What is the pass code of ${name}? Reply with the five digits only.`,
+  };
+}
+
+export interface Haystack {
+  text: string;
+  needle: Needle;
+  /** Requested length in tokens, and the depth asked for and actually placed (0–1). */
+  length: number;
+  depth: number;
+  placed: number;
+}
+
+/**
+ * A slice of `corpus` of about `length` tokens starting at a seeded offset,
+ * with the needle inserted at the sentence boundary nearest to `depth`.
+ */
+export function haystack(
+  corpus: string,
+  tok: Pick<Tokenizer, "encode">,
+  length: number,
+  depth: number,
+  seed: number,
+): Haystack {
+  const r = uniform(seed);
+  const name = NAMES[Math.floor(r() * NAMES.length)];
+  const code = String(10000 + Math.floor(r() * 90000));
+  const n = needle(name, code);
+  // about 4 characters per token; measure on a sample, then cut
+  const sample = corpus.slice(0, Math.min(corpus.length, 20000));
+  const perToken = sample.length / Math.max(1, tok.encode(sample).length);
+  const chars = Math.ceil(length * perToken);
+  const start = chars >= corpus.length ? 0 : Math.floor(r() * (corpus.length - chars));
+  let text = corpus.slice(start, start + chars);
+  while (text.length < chars) text += "\n" + corpus.slice(0, chars - text.length);
+  // the needle goes after the sentence end nearest to the depth
+  const target = Math.floor(text.length * depth);
+  let at = target;
+  if (depth <= 0) at = 0;
+  else if (depth >= 1) at = text.length;
+  else {
+    const before = text.lastIndexOf(". ", target);
+    const after = text.indexOf(". ", target);
+    const best = [before, after].filter((i) => i >= 0).sort((a, b) => Math.abs(a - target) - Math.abs(b - target))[0];
+    at = best === undefined ? target : best + 2;
+  }
+  const joined = `${text.slice(0, at)}${at > 0 && !/\s$/.test(text.slice(0, at)) ? " " : ""}${n.fact} ${
+    text.slice(at)
+  }`;
+  return { text: joined, needle: n, length, depth, placed: at / Math.max(1, text.length) };
+}
+
+/** The first five digits of an answer, and how it scores against the code. */
+export function scoreAnswer(answer: string, code: string): { digits: string; exact: boolean; partial: number } {
+  const digits = answer.replace(/\D/g, "").slice(0, code.length);
+  let same = 0;
+  for (let i = 0; i < code.length; i++) if (digits[i] === code[i]) same++;
+  return { digits, exact: digits === code, partial: same / code.length };
+}

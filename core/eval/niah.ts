@@ -1,0 +1,190 @@
+/**
+ * Needle in a haystack, the way tome is used: the question is known before
+ * reading (the question patch rides along each chunk), the document is read
+ * through chunked prefill with eviction, and the answer is decoded greedily.
+ * The same harness runs on any model: completion models continue the needle's
+ * prefix, chat models are asked the question.
+ */
+import { buildPrompt } from "../../recipes/prompt.ts";
+import { askFraming } from "../../recipes/ask.ts";
+import { generate, type LoadedModel, loadModel, read } from "../mod.ts";
+import { makePolicy, type PolicyOptions } from "../policies/mod.ts";
+import { haystack, scoreAnswer } from "./haystack.ts";
+
+export interface NiahOptions {
+  model: string;
+  policies: string[];
+  /** Budgets (entries per layer and head); `full` runs once, whatever the budgets. */
+  budgets: number[];
+  lengths: number[];
+  depths: number[];
+  /** Trials per (length, depth) cell, each a different slice, name and code. */
+  needles: number;
+  corpus: string;
+  seed: number;
+  chunk: number;
+  kvDtype: "float32" | "float16";
+  positions: "original" | "compact" | "auto";
+  executionProviders?: string[];
+  threads?: number;
+  policyOptions?: PolicyOptions;
+  retainingHeads?: string;
+}
+
+/** One trial. */
+export interface NiahRow {
+  policy: string;
+  budget: number | null;
+  length: number;
+  tokens: number;
+  depth: number;
+  placed: number;
+  trial: number;
+  positions: "original" | "compact";
+  code: string;
+  answer: string;
+  exact: boolean;
+  partial: number;
+  kv_peak_bytes: number;
+  kv_full_bytes: number;
+  footprint: number;
+  peak_fraction: number;
+  seconds: number;
+}
+
+/** Completion models get a few tokens, chat models room to say the number. */
+const MAX_TOKENS = { completion: 8, chat: 24 };
+
+/** Runs every (length, depth, trial) × (policy, budget) and yields each result as it completes. */
+export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
+  const models = new Map<string, LoadedModel>();
+  const modelFor = async (positions: "original" | "compact") => {
+    let m = models.get(positions);
+    if (!m) {
+      m = await loadModel(o.model, {
+        positions,
+        kvDtype: o.kvDtype,
+        threads: o.threads,
+        executionProviders: o.executionProviders,
+        retainingHeads: o.retainingHeads,
+      });
+      models.set(positions, m);
+    }
+    return m;
+  };
+  try {
+    const probe = await modelFor(o.positions === "compact" ? "compact" : "original");
+    const chat = typeof probe.tokenizer.config.chat_template === "string";
+    for (const length of o.lengths) {
+      const positions = o.positions !== "auto"
+        ? o.positions
+        : length + 256 <= probe.config.maxPositions
+        ? "original"
+        : "compact";
+      const model = await modelFor(positions);
+      for (const depth of o.depths) {
+        for (let trial = 0; trial < o.needles; trial++) {
+          const seed = o.seed * 1_000_003 + length * 7919 + Math.round(depth * 1000) * 31 + trial;
+          const h = haystack(o.corpus, model.tokenizer, length, depth, seed);
+          const prompt = buildPrompt(
+            model.tokenizer,
+            askFraming(chat ? h.needle.question : h.needle.prefix),
+            model.config.bosTokenId,
+          );
+          for (const name of o.policies) {
+            const policy = await makePolicy(name, model.config, o.policyOptions);
+            for (const budget of policy.keepsAll ? [null] : o.budgets) {
+              const t0 = performance.now();
+              const state = await read(h.text, {
+                model,
+                policy,
+                budget: budget ?? 1,
+                chunk: o.chunk,
+                prefix: prompt.prefix,
+                question: prompt.suffix,
+              });
+              let answer = "";
+              const maxTokens = chat ? MAX_TOKENS.chat : MAX_TOKENS.completion;
+              for await (
+                const piece of generate(state, { suffix: prompt.suffix, maxTokens, sampling: { temperature: 0 } })
+              ) {
+                answer += piece;
+              }
+              const s = state.meter.summary();
+              const score = scoreAnswer(answer, h.needle.code);
+              yield {
+                policy: name,
+                budget,
+                length,
+                tokens: s.documentTokens,
+                depth,
+                placed: h.placed,
+                trial,
+                positions,
+                code: h.needle.code,
+                answer,
+                exact: score.exact,
+                partial: score.partial,
+                kv_peak_bytes: s.kvPeakBytes,
+                kv_full_bytes: s.fullKvBytes,
+                footprint: s.footprint,
+                peak_fraction: s.peakFraction,
+                seconds: (performance.now() - t0) / 1000,
+              };
+            }
+          }
+        }
+      }
+    }
+  } finally {
+    for (const m of models.values()) await m.session.close();
+  }
+}
+
+/** Recall and footprint per (policy, budget). */
+export interface NiahSummary {
+  policy: string;
+  budget: number | null;
+  trials: number;
+  recall: number;
+  partial: number;
+  footprint: number;
+  peak_fraction: number;
+  kv_peak_bytes: number;
+}
+
+export function summarizeNiah(rows: NiahRow[]): NiahSummary[] {
+  const groups = new Map<string, NiahRow[]>();
+  for (const r of rows) {
+    const key = `${r.policy}\u0000${r.budget}`;
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  return [...groups.values()].map((g) => ({
+    policy: g[0].policy,
+    budget: g[0].budget,
+    trials: g.length,
+    recall: mean(g.map((r) => (r.exact ? 1 : 0))),
+    partial: mean(g.map((r) => r.partial)),
+    footprint: mean(g.map((r) => r.footprint)),
+    peak_fraction: mean(g.map((r) => r.peak_fraction)),
+    kv_peak_bytes: Math.max(...g.map((r) => r.kv_peak_bytes)),
+  }));
+}
+
+/**
+ * Critical KV footprint (arXiv 2506.17121): per policy, the smallest mean
+ * footprint at which it keeps ≥ 90% of the full cache's score; null when no
+ * budget reaches it.
+ */
+export function criticalFootprint(summary: NiahSummary[], fullScore: number, share = 0.9): Map<string, number | null> {
+  const out = new Map<string, number | null>();
+  for (const s of summary) {
+    if (!out.has(s.policy)) out.set(s.policy, null);
+    if (s.recall >= share * fullScore) {
+      const best = out.get(s.policy);
+      if (best === null || best === undefined || s.footprint < best) out.set(s.policy, s.footprint);
+    }
+  }
+  return out;
+}
