@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The retrieval model's evaluation (issue: "Proving quality"), as committed in README.md.
+#   bash bench/eval.sh            # all parts, about 1.5 h on 2 cores
+#   bash bench/eval.sh recall     # one part: recall | policies | curve | book
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=bench/results/eval
+export TOME_CACHE="$PWD/bench/results/eval/cache"
+TOME="deno run --quiet --v8-flags=--optimize-for-size -A cli/main.ts"
+MODEL=$OUT/retrieval
+mkdir -p $OUT
+[ -f $MODEL/config.json ] || $TOME make-model retrieval --out $MODEL --tokenizer ../shared/fixtures/smollm2-tokenizer
+# DuoAttention head mask for the retrieval model: layer 1 (offset heads) streams, layer 2 (matching) retrieves
+printf '0.0\n1.0\n' > $OUT/duo_mask.tsv
+DEPTHS=0,10,20,30,40,50,60,70,80,90,100
+part() { [ $# -eq 0 ] || [ "$1" = all ] || [ "$1" = "$2" ]; }
+if part "${1:-all}" recall; then
+  $TOME eval niah -m $MODEL --policy full --lengths 2048,8192,32768 --depths $DEPTHS --needles 3 --out $OUT/recall --json > $OUT/recall.json
+fi
+if part "${1:-all}" policies; then
+  $TOME eval niah -m $MODEL --policy snapkv,streaming --budget 1024 --lengths 32768 --depths $DEPTHS --out $OUT/policies --json > $OUT/policies.json
+fi
+if part "${1:-all}" curve; then
+  $TOME eval curve -m $MODEL --policy snapkv,pyramidkv,h2o,tova,corm,knorm,streaming,duo --duo-mask $OUT/duo_mask.tsv \
+    --budget 256,512,1024,2048 --lengths 32768 --depths 0,25,50,75,100 --out $OUT/curve > $OUT/curve.txt
+fi
+if part "${1:-all}" book; then
+  $TOME eval niah -m $MODEL --policy snapkv --budget 4096 --positions compact --lengths 789000 --depths 0,25,50,75,100 \
+    --out $OUT/book --json > $OUT/book.json
+fi
