@@ -35,7 +35,10 @@ export function makeModelCommand(program: Command): void {
       ]),
     )
     .requiredOption("-o, --out <dir>", "directory to write (must not exist or be empty, unless --force)")
-    .option("-t, --tokenizer <dir>", "tokenizer files to copy; the vocabulary size is taken from them")
+    .option(
+      "-t, --tokenizer <dir>",
+      "tokenizer files to copy, the vocabulary size taken from them (retrieval: default, learn one from the project's text)",
+    )
     .addOption(new Option("--arch <arch>", "architecture").choices([...ARCHS]).default("llama"))
     .addOption(new Option("--size <size>", "shape preset").choices(Object.keys(SIZES)).default("tiny"))
     .option("--hidden <n>", "override the preset's hidden size")
@@ -56,7 +59,9 @@ Example:
   tome make-model retrieval --out /tmp/retrieval -t ../shared/fixtures/smollm2-tokenizer`,
     )
     .action(async (kind: string, opts: MakeOptions) => {
-      if (!opts.tokenizer) throw usage("make-model needs --tokenizer DIR (a directory with tokenizer.json)");
+      if (!opts.tokenizer && kind !== "retrieval") {
+        throw usage("make-model tiny needs --tokenizer DIR (a directory with tokenizer.json)");
+      }
       const shape: ModelShape = { ...SIZES[opts.size] };
       for (const key of ["hidden", "layers", "heads", "kvHeads", "intermediate"] as const) {
         if (opts[key] !== undefined) shape[key] = positiveInt(opts[key], `--${key.replace("kvHeads", "kv-heads")}`);
@@ -74,7 +79,7 @@ Example:
             shape,
             seed,
             dtype: opts.dtype === "f32" ? "F32" : "BF16",
-            tokenizer: opts.tokenizer,
+            tokenizer: opts.tokenizer!,
             llama3Rope: opts.llama3Rope,
           });
         }

@@ -35,6 +35,8 @@ import { join } from "node:path";
 import { normals, seedFor, uniform } from "../../kernels/random.ts";
 import { fsError } from "../errors.ts";
 import { loadTokenizer } from "../tokens/tokenizer.ts";
+import { trainBpe } from "../tokens/train.ts";
+import { projectText } from "../eval/corpus.ts";
 import type { ModelConfig } from "./config.ts";
 import { type TensorToWrite, writeSafetensors } from "./safetensors.ts";
 import { inverseFrequencies } from "./rope.ts";
@@ -186,9 +188,31 @@ export function retrievalWeights(c: ModelConfig, seed = 0): Map<string, { shape:
   return w;
 }
 
-/** Writes the retrieval model: config, weights, and the tokenizer (chat template removed: a completion model). */
-export async function makeRetrievalModel(out: string, opts: { tokenizer: string; seed?: number }): Promise<void> {
-  const tok = await loadTokenizer(opts.tokenizer);
+/** Vocabulary of the tokenizer learned when none is given. */
+export const TRAINED_VOCAB = 4096;
+
+/**
+ * Writes the retrieval model: config, weights, and the tokenizer (chat template
+ * removed: a completion model). Without `tokenizer`, a byte-level BPE is learned
+ * from the project's own text and written beside the weights.
+ */
+export async function makeRetrievalModel(out: string, opts: { tokenizer?: string; seed?: number }): Promise<void> {
+  try {
+    await Deno.mkdir(out, { recursive: true });
+  } catch (err) {
+    throw fsError(err, out, "output directory");
+  }
+  let tokenizerDir = opts.tokenizer;
+  if (!tokenizerDir) {
+    const trained = trainBpe(await projectText(), TRAINED_VOCAB);
+    await Deno.writeTextFile(join(out, "tokenizer.json"), JSON.stringify(trained.tokenizerJson));
+    await Deno.writeTextFile(
+      join(out, "tokenizer_config.json"),
+      JSON.stringify(trained.tokenizerConfig, null, 2) + "\n",
+    );
+    tokenizerDir = out;
+  }
+  const tok = await loadTokenizer(tokenizerDir);
   const id = (key: string) => {
     const v = tok.config[key];
     const text = typeof v === "string" ? v : (v as { content?: string } | undefined)?.content;
@@ -197,11 +221,6 @@ export async function makeRetrievalModel(out: string, opts: { tokenizer: string;
   const configJson = retrievalConfig(tok.vocabSize, id("bos_token"), id("eos_token"));
   const { parseConfig } = await import("./config.ts");
   const config = parseConfig(configJson);
-  try {
-    await Deno.mkdir(out, { recursive: true });
-  } catch (err) {
-    throw fsError(err, out, "output directory");
-  }
   const weights = retrievalWeights(config, opts.seed ?? 0);
   const tensors: TensorToWrite[] = [...weights].map(([name, t]) => ({ name, shape: t.shape, data: t.data }));
   await writeSafetensors(join(out, "model.safetensors"), tensors, "F32", { format: "pt", tome: "retrieval" });
@@ -214,8 +233,10 @@ export async function makeRetrievalModel(out: string, opts: { tokenizer: string;
       2,
     ) + "\n",
   );
-  await Deno.copyFile(join(opts.tokenizer, "tokenizer.json"), join(out, "tokenizer.json"));
-  await Deno.chmod(join(out, "tokenizer.json"), 0o644);
-  const { chat_template: _, ...tokenizerConfig } = tok.config;
-  await Deno.writeTextFile(join(out, "tokenizer_config.json"), JSON.stringify(tokenizerConfig, null, 2) + "\n");
+  if (tokenizerDir !== out) {
+    await Deno.copyFile(join(tokenizerDir, "tokenizer.json"), join(out, "tokenizer.json"));
+    await Deno.chmod(join(out, "tokenizer.json"), 0o644);
+    const { chat_template: _, ...tokenizerConfig } = tok.config;
+    await Deno.writeTextFile(join(out, "tokenizer_config.json"), JSON.stringify(tokenizerConfig, null, 2) + "\n");
+  }
 }
