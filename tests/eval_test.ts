@@ -1,0 +1,189 @@
+/**
+ * The retrieval model retrieves through the real loader, builder and engine;
+ * the tokenizer the project learns is a usable tokenizer; `tome eval` runs
+ * unchanged on a random model.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { projectText } from "../core/eval/corpus.ts";
+import { haystack, scoreAnswer } from "../core/eval/haystack.ts";
+import { criticalFootprint, runNiah, summarizeNiah } from "../core/eval/niah.ts";
+import { makeRetrievalModel } from "../core/model/retrieval.ts";
+import { IncrementalEncoder } from "../core/tokens/stream.ts";
+import { loadTokenizer } from "../core/tokens/tokenizer.ts";
+import { trainBpe } from "../core/tokens/train.ts";
+import { mixedText } from "./fixture_text.ts";
+import { CORPUS, hasShared, SMOLLM2_TOKENIZER, tome } from "./helpers.ts";
+
+const root = await Deno.makeTempDir({ prefix: "tome-eval-test-" });
+Deno.env.set("TOME_CACHE", join(root, "cache"));
+
+Deno.test("trainBpe: deterministic, round-trips any text, and streams exactly", async () => {
+  const text = await projectText(300_000, 3);
+  const a = trainBpe(text, 1200);
+  const b = trainBpe(text, 1200);
+  assert.deepEqual(a.tokenizerJson, b.tokenizerJson);
+  assert.equal(a.vocabSize, 1200);
+  const dir = join(root, "bpe");
+  await Deno.mkdir(dir);
+  await Deno.writeTextFile(join(dir, "tokenizer.json"), JSON.stringify(a.tokenizerJson));
+  await Deno.writeTextFile(join(dir, "tokenizer_config.json"), JSON.stringify(a.tokenizerConfig));
+  const tok = await loadTokenizer(dir);
+  const sample = mixedText(4, 20_000);
+  const ids = tok.encode(sample);
+  assert.equal(tok.decode(ids), sample);
+  assert.ok(ids.every((id) => id < 1200));
+  assert.ok(tok.encode(text).length < text.length / 2, "merges compress the text they were learned from");
+  const enc = new IncrementalEncoder(tok, { flushChars: 500, margin: 64, context: 32 });
+  const streamed: number[] = [];
+  for (let i = 0; i < sample.length; i += 333) streamed.push(...enc.push(sample.slice(i, i + 333)));
+  streamed.push(...enc.end());
+  assert.deepEqual(streamed, ids);
+  assert.deepEqual(tok.encode("12345").length, 5, "digits are single tokens");
+});
+
+Deno.test("scoring: exact and partial matches of a five-digit code", () => {
+  assert.deepEqual(scoreAnswer(" 48213.", "48213"), { digits: "48213", exact: true, partial: 1 });
+  assert.deepEqual(scoreAnswer("It is 48 2 99", "48213"), { digits: "48299", exact: false, partial: 0.6 });
+  assert.deepEqual(scoreAnswer("no idea", "48213").exact, false);
+  const summary = [
+    { policy: "a", budget: 64, trials: 1, recall: 0.5, partial: 0, footprint: 0.1, peak_fraction: 0, kv_peak_bytes: 0 },
+    {
+      policy: "a",
+      budget: 128,
+      trials: 1,
+      recall: 0.95,
+      partial: 0,
+      footprint: 0.2,
+      peak_fraction: 0,
+      kv_peak_bytes: 0,
+    },
+    { policy: "a", budget: 256, trials: 1, recall: 1, partial: 0, footprint: 0.4, peak_fraction: 0, kv_peak_bytes: 0 },
+    {
+      policy: "b",
+      budget: 256,
+      trials: 1,
+      recall: 0.2,
+      partial: 0,
+      footprint: 0.4,
+      peak_fraction: 0,
+      kv_peak_bytes: 0,
+    },
+  ];
+  const c = criticalFootprint(summary, 1);
+  assert.equal(c.get("a"), 0.2);
+  assert.equal(c.get("b"), null);
+});
+
+for (const kind of ["trained tokenizer", "SmolLM2 tokenizer"]) {
+  Deno.test({
+    name:
+      `retrieval model (${kind}): the full cache and snapkv find the needle at every depth; streaming only in its window`,
+    ignore: kind === "SmolLM2 tokenizer" && !hasShared,
+    async fn() {
+      const model = join(root, kind.split(" ")[0]);
+      await makeRetrievalModel(model, { tokenizer: kind === "SmolLM2 tokenizer" ? SMOLLM2_TOKENIZER : undefined });
+      const corpus = hasShared
+        ? await Deno.readTextFile(join(CORPUS, "war_and_peace.txt"))
+        : await projectText(1_000_000, 5);
+      const rows = [];
+      for await (
+        const r of runNiah({
+          model,
+          policies: ["full", "snapkv", "streaming"],
+          budgets: [256],
+          lengths: [2048],
+          depths: [0, 0.3, 0.6, 1],
+          needles: 2,
+          corpus,
+          seed: 11,
+          chunk: 256,
+          kvDtype: "float16",
+          positions: "auto",
+        })
+      ) rows.push(r);
+      const s = Object.fromEntries(summarizeNiah(rows).map((x) => [x.policy, x]));
+      assert.equal(s.full.recall, 1, JSON.stringify(rows.filter((r) => !r.exact && r.policy === "full")));
+      assert.equal(s.snapkv.recall, 1);
+      // streaming keeps 4 sinks and the last 252 entries: only the needle at depth 100% is inside
+      const streaming = rows.filter((r) => r.policy === "streaming");
+      assert.deepEqual(streaming.map((r) => r.exact), streaming.map((r) => r.depth === 1));
+      assert.ok(s.snapkv.footprint < 0.4 && s.full.footprint === 1);
+    },
+  });
+}
+
+Deno.test("haystacks: about the requested length, the needle near the requested depth", async () => {
+  const tok = await loadTokenizer(hasShared ? SMOLLM2_TOKENIZER : join(root, "trained"));
+  const corpus = await projectText(500_000, 9);
+  for (const depth of [0, 0.5, 1]) {
+    const h = haystack(corpus, tok, 4000, depth, depth * 10);
+    const n = tok.encode(h.text).length;
+    assert.ok(n > 3000 && n < 5000, `${n} tokens`);
+    assert.equal(h.text.split(h.needle.fact).length, 2, "the fact appears once");
+    assert.ok(Math.abs(h.placed - depth) < 0.05, `placed at ${h.placed}`);
+  }
+});
+
+Deno.test("tome eval runs unchanged on a random make-model checkpoint: niah, curve, ppl, fidelity", async () => {
+  const tok = hasShared ? SMOLLM2_TOKENIZER : join(root, "trained");
+  const tiny = join(root, "tiny");
+  const env = { TOME_CACHE: join(root, "cache") };
+  assert.equal((await tome(["make-model", "tiny", "--out", tiny, "-t", tok], { env })).code, 0);
+  const out = join(root, "eval-out");
+  const corpus = join(root, "corpus.txt");
+  await Deno.writeTextFile(corpus, await projectText(200_000, 1));
+  const common = ["-m", tiny, "--corpus", corpus, "--out", out, "--quiet"];
+  const niah = await tome(["eval", "niah", ...common, "--lengths", "512", "--depths", "0,100", "--budget", "128"], {
+    env,
+  });
+  assert.equal(niah.code, 0, niah.stderr);
+  assert.match(niah.stdout, /^policy\s+budget\s+trials\s+recall/m);
+  assert.match(niah.stdout, /^snapkv\s+128\s+2\s+/m);
+  for (const f of ["niah-heatmap.svg", "niah-heatmap.png", "results.jsonl"]) {
+    assert.ok((await Deno.stat(join(out, f))).size > 0, f);
+  }
+  const png = await Deno.readFile(join(out, "niah-heatmap.png"));
+  assert.deepEqual(Array.from(png.subarray(1, 4)), [0x50, 0x4e, 0x47]); // "PNG"
+  const lines = (await Deno.readTextFile(join(out, "results.jsonl"))).trim().split("\n").map((l) => JSON.parse(l));
+  assert.equal(lines.length, 6); // 2 depths × (full + snapkv + streaming)
+  assert.ok(lines.every((l) => l.kind === "niah" && typeof l.result.footprint === "number"));
+  const curve = await tome([
+    "eval",
+    "curve",
+    ...common,
+    "--lengths",
+    "512",
+    "--depths",
+    "50",
+    "--budget",
+    "64,256",
+    "--policy",
+    "snapkv,h2o",
+    "--json",
+  ], { env });
+  assert.equal(curve.code, 0, curve.stderr);
+  const c = JSON.parse(curve.stdout);
+  assert.deepEqual(Object.keys(c.critical).sort(), ["full", "h2o", "snapkv"]);
+  const ppl = await tome(["eval", "ppl", ...common, "--text", corpus, "--last", "64", "--budget", "128", "--json"], {
+    env,
+  });
+  assert.equal(ppl.code, 0, ppl.stderr);
+  assert.ok(JSON.parse(ppl.stdout).rows.every((r: { ppl: number }) => Number.isFinite(r.ppl) && r.ppl > 1));
+  const fid = await tome([
+    "eval",
+    "fidelity",
+    ...common,
+    "--lengths",
+    "512",
+    "--depths",
+    "50",
+    "--budget",
+    "128",
+    "--json",
+  ], { env });
+  assert.equal(fid.code, 0, fid.stderr);
+  assert.ok(JSON.parse(fid.stdout).rows.every((r: { kl: number }) => r.kl >= 0));
+});
+
+Deno.test({ name: "cleanup eval test files", fn: () => Deno.remove(root, { recursive: true }) });
