@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The retrieval model's evaluation (issue: "Proving quality"), as committed in README.md.
 #   bash bench/eval.sh            # all parts, about 1.5 h on 2 cores
-#   bash bench/eval.sh recall     # one part: recall | policies | curve | book
+#   bash bench/eval.sh recall     # one part: recall | policies | curve | locret | book
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=bench/results/eval
@@ -23,6 +23,12 @@ fi
 if part "${1:-all}" curve; then
   $TOME eval curve -m $MODEL --policy snapkv,pyramidkv,h2o,tova,corm,knorm,streaming,duo --duo-mask $OUT/duo_mask.tsv \
     --budget 256,512,1024,2048 --lengths 32768 --depths 0,25,50,75,100 --out $OUT/curve > $OUT/curve.txt
+fi
+if part "${1:-all}" locret; then
+  # Locret with random (untrained) retaining heads: what the policy does without its training
+  deno run --quiet -A bench/retaining_heads.ts $MODEL $OUT/retaining_heads.safetensors
+  $TOME eval curve -m $MODEL --policy locret --retaining-heads $OUT/retaining_heads.safetensors \
+    --budget 256,512,1024,2048 --lengths 32768 --depths 0,25,50,75,100 --out $OUT/locret > $OUT/locret.txt
 fi
 if part "${1:-all}" book; then
   $TOME eval niah -m $MODEL --policy snapkv --budget 4096 --positions compact --lengths 789000 --depths 0,25,50,75,100 \

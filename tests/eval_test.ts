@@ -8,6 +8,8 @@ import { join } from "node:path";
 import { projectText } from "../core/eval/corpus.ts";
 import { haystack, scoreAnswer } from "../core/eval/haystack.ts";
 import { criticalFootprint, runNiah, summarizeNiah } from "../core/eval/niah.ts";
+import { readConfig } from "../core/model/config.ts";
+import { makeRetainingHeads } from "../core/model/make.ts";
 import { makeRetrievalModel } from "../core/model/retrieval.ts";
 import { IncrementalEncoder } from "../core/tokens/stream.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
@@ -113,15 +115,21 @@ for (const kind of ["trained tokenizer", "SmolLM2 tokenizer"]) {
   });
 }
 
-Deno.test("haystacks: about the requested length, the needle near the requested depth", async () => {
+Deno.test("haystacks: the requested length in tokens, the needle near the requested depth", async () => {
   const tok = await loadTokenizer(hasShared ? SMOLLM2_TOKENIZER : join(root, "trained"));
   const corpus = await projectText(500_000, 9);
-  for (const depth of [0, 0.5, 1]) {
-    const h = haystack(corpus, tok, 4000, depth, depth * 10);
-    const n = tok.encode(h.text).length;
-    assert.ok(n > 3000 && n < 5000, `${n} tokens`);
-    assert.equal(h.text.split(h.needle.fact).length, 2, "the fact appears once");
-    assert.ok(Math.abs(h.placed - depth) < 0.05, `placed at ${h.placed}`);
+  // a corpus whose first part tokenizes far denser than the rest: the length is found on the slice itself
+  const uneven = "0 1 2 3 4 5 6 7 8 9 ".repeat(1500) + corpus;
+  for (
+    const [text, length] of [[corpus, 4000], [corpus, 300], [uneven, 20_000], [corpus.slice(0, 5000), 4000]] as const
+  ) {
+    for (const depth of [0, 0.5, 1]) {
+      const h = haystack(text, tok, length, depth, depth * 10 + length);
+      const n = tok.encode(h.text).length;
+      assert.ok(Math.abs(n - length) <= Math.max(4, 0.005 * length), `${n} tokens for ${length}`);
+      assert.equal(h.text.split(h.needle.fact).length, 2, "the fact appears once");
+      assert.ok(Math.abs(h.placed - depth) < 0.05, `placed at ${h.placed} for ${length}`);
+    }
   }
 });
 
@@ -167,11 +175,17 @@ Deno.test("tome eval runs unchanged on a random make-model checkpoint: niah, cur
   assert.deepEqual(Object.keys(c.critical).sort(), ["full", "h2o", "snapkv"]);
   const short = join(root, "short.txt");
   await Deno.writeTextFile(short, (await Deno.readTextFile(corpus)).slice(0, 12_000));
-  const ppl = await tome(["eval", "ppl", ...common, "--text", short, "--last", "64", "--budget", "128", "--json"], {
-    env,
-  });
+  const pplArgs = ["eval", "ppl", ...common, "--text", short, "--last", "64", "--budget", "128", "--json"];
+  const noHeads = await tome([...pplArgs, "--policy", "full,locret"], { env });
+  assert.equal(noHeads.code, 2);
+  assert.match(noHeads.stderr, /^tome: --policy locret needs --retaining-heads FILE\n$/);
+  const heads = join(root, "retaining.safetensors");
+  await makeRetainingHeads(heads, await readConfig(tiny));
+  const ppl = await tome([...pplArgs, "--policy", "full,snapkv,locret", "--retaining-heads", heads], { env });
   assert.equal(ppl.code, 0, ppl.stderr);
-  assert.ok(JSON.parse(ppl.stdout).rows.every((r: { ppl: number }) => Number.isFinite(r.ppl) && r.ppl > 1));
+  const pplRows = JSON.parse(ppl.stdout).rows;
+  assert.deepEqual(pplRows.map((r: { policy: string }) => r.policy), ["full", "snapkv", "locret"]);
+  assert.ok(pplRows.every((r: { ppl: number }) => Number.isFinite(r.ppl) && r.ppl > 1));
   const fid = await tome([
     "eval",
     "fidelity",

@@ -87,6 +87,7 @@ function policies(flags: EvalFlags): string[] {
     if (!ALL_POLICIES.includes(n)) {
       throw usage(`--policy: unknown policy "${n}" (one of: ${ALL_POLICIES.join(", ")})`);
     }
+    if (n === "locret" && !flags.retainingHeads) throw usage("--policy locret needs --retaining-heads FILE");
   }
   return names;
 }

@@ -7,25 +7,18 @@
  */
 import { buildPrompt } from "../../recipes/prompt.ts";
 import { askFraming } from "../../recipes/ask.ts";
-import { loadModel, read } from "../mod.ts";
+import { read } from "../mod.ts";
 import { klDivergence, teacherForce } from "../engine/score.ts";
-import { makePolicy, type PolicyOptions } from "../policies/mod.ts";
+import { makePolicy } from "../policies/mod.ts";
 import { haystack } from "./haystack.ts";
+import { type EvalOptions, openModel } from "./options.ts";
 
-export interface FidelityOptions {
-  model: string;
-  policies: string[];
-  budgets: number[];
+export interface FidelityOptions extends EvalOptions {
   lengths: number[];
   depths: number[];
   needles: number;
   corpus: string;
   seed: number;
-  chunk: number;
-  kvDtype: "float32" | "float16";
-  executionProviders?: string[];
-  threads?: number;
-  policyOptions?: PolicyOptions;
 }
 
 export interface FidelityRow {
@@ -42,16 +35,10 @@ export interface FidelityRow {
 }
 
 export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityRow> {
-  const open = (allLogits: boolean) =>
-    loadModel(o.model, {
-      positions: "compact",
-      kvDtype: o.kvDtype,
-      allLogits,
-      executionProviders: o.executionProviders,
-      threads: o.threads,
-    });
-  const model = await open(false);
-  const scorer = await open(true);
+  // compact positions: with nothing evicted they equal the original ones, so the
+  // full cache and every policy are compared under one graph at any length
+  const model = await openModel(o, "compact");
+  const scorer = await openModel(o, "compact", true);
   const chat = typeof model.tokenizer.config.chat_template === "string";
   const argmax = (x: Float32Array) => x.reduce((b, v, i) => (v > x[b] ? i : b), 0);
   try {

@@ -61,8 +61,9 @@ export interface Haystack {
 }
 
 /**
- * A slice of `corpus` of about `length` tokens starting at a seeded offset,
- * with the needle inserted at the sentence boundary nearest to `depth`.
+ * A slice of `corpus` of `length` tokens (within 0.2%, needle included)
+ * starting at a seeded offset, with the needle inserted at the sentence
+ * or line boundary nearest to `depth`. A corpus shorter than `length` is repeated.
  */
 export function haystack(
   corpus: string,
@@ -75,23 +76,40 @@ export function haystack(
   const name = NAMES[Math.floor(r() * NAMES.length)];
   const code = String(10000 + Math.floor(r() * 90000));
   const n = needle(name, code);
-  // about 4 characters per token; measure on a sample, then cut
+  const offset = r();
+  const want = Math.max(1, length - tok.encode(` ${n.fact} `).length);
+  const cut = (chars: number) => {
+    if (chars >= corpus.length) {
+      let text = corpus;
+      while (text.length < chars) text += "\n" + corpus.slice(0, chars - text.length - 1);
+      return text;
+    }
+    const start = Math.floor(offset * (corpus.length - chars));
+    return corpus.slice(start, start + chars);
+  };
+  // chars per token varies along a corpus: refine the slice's length on the slice itself
   const sample = corpus.slice(0, Math.min(corpus.length, 20000));
-  const perToken = sample.length / Math.max(1, tok.encode(sample).length);
-  const chars = Math.ceil(length * perToken);
-  const start = chars >= corpus.length ? 0 : Math.floor(r() * (corpus.length - chars));
-  let text = corpus.slice(start, start + chars);
-  while (text.length < chars) text += "\n" + corpus.slice(0, chars - text.length);
-  // the needle goes after the sentence end nearest to the depth
+  let chars = Math.ceil(want * sample.length / Math.max(1, tok.encode(sample).length));
+  let text = cut(chars);
+  for (let i = 0; i < 6; i++) {
+    const got = tok.encode(text).length;
+    if (Math.abs(got - want) <= Math.max(2, 0.002 * want)) break;
+    chars = Math.max(1, Math.round(chars * want / Math.max(1, got)));
+    text = cut(chars);
+  }
   const target = Math.floor(text.length * depth);
   let at = target;
   if (depth <= 0) at = 0;
   else if (depth >= 1) at = text.length;
   else {
-    const before = text.lastIndexOf(". ", target);
-    const after = text.indexOf(". ", target);
-    const best = [before, after].filter((i) => i >= 0).sort((a, b) => Math.abs(a - target) - Math.abs(b - target))[0];
-    at = best === undefined ? target : best + 2;
+    // the nearest sentence end, else line end, within 1% of the text; else the depth itself
+    const near = (sep: string) => {
+      const i = [text.lastIndexOf(sep, target), text.indexOf(sep, target)]
+        .filter((i) => i >= 0 && Math.abs(i - target) <= 0.01 * text.length)
+        .sort((a, b) => Math.abs(a - target) - Math.abs(b - target))[0];
+      return i === undefined ? undefined : i + sep.length;
+    };
+    at = near(". ") ?? near("\n") ?? target;
   }
   const joined = `${text.slice(0, at)}${at > 0 && !/\s$/.test(text.slice(0, at)) ? " " : ""}${n.fact} ${
     text.slice(at)

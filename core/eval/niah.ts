@@ -7,28 +7,19 @@
  */
 import { buildPrompt } from "../../recipes/prompt.ts";
 import { askFraming } from "../../recipes/ask.ts";
-import { generate, type LoadedModel, loadModel, read } from "../mod.ts";
-import { makePolicy, type PolicyOptions } from "../policies/mod.ts";
+import { generate, type LoadedModel, read } from "../mod.ts";
+import { makePolicy } from "../policies/mod.ts";
 import { haystack, scoreAnswer } from "./haystack.ts";
+import { type EvalOptions, openModel, positionsFor } from "./options.ts";
 
-export interface NiahOptions {
-  model: string;
-  policies: string[];
-  /** Budgets (entries per layer and head); `full` runs once, whatever the budgets. */
-  budgets: number[];
+export interface NiahOptions extends EvalOptions {
   lengths: number[];
   depths: number[];
   /** Trials per (length, depth) cell, each a different slice, name and code. */
   needles: number;
   corpus: string;
   seed: number;
-  chunk: number;
-  kvDtype: "float32" | "float16";
   positions: "original" | "compact" | "auto";
-  executionProviders?: string[];
-  threads?: number;
-  policyOptions?: PolicyOptions;
-  retainingHeads?: string;
 }
 
 /** One trial. */
@@ -61,13 +52,7 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
   const modelFor = async (positions: "original" | "compact") => {
     let m = models.get(positions);
     if (!m) {
-      m = await loadModel(o.model, {
-        positions,
-        kvDtype: o.kvDtype,
-        threads: o.threads,
-        executionProviders: o.executionProviders,
-        retainingHeads: o.retainingHeads,
-      });
+      m = await openModel(o, positions);
       models.set(positions, m);
     }
     return m;
@@ -76,11 +61,8 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
     const probe = await modelFor(o.positions === "compact" ? "compact" : "original");
     const chat = typeof probe.tokenizer.config.chat_template === "string";
     for (const length of o.lengths) {
-      const positions = o.positions !== "auto"
-        ? o.positions
-        : length + 256 <= probe.config.maxPositions
-        ? "original"
-        : "compact";
+      // the haystack's length is approximate and the question follows it
+      const positions = positionsFor(o.positions, length + 256, probe.config.maxPositions);
       const model = await modelFor(positions);
       for (const depth of o.depths) {
         for (let trial = 0; trial < o.needles; trial++) {

@@ -4,23 +4,16 @@
  * prefix. The prefix is read as tome reads documents (chunked, evicting); the
  * last N tokens are then teacher-forced without eviction.
  */
-import { type LoadedModel, loadModel, read } from "../mod.ts";
+import { type LoadedModel, read } from "../mod.ts";
 import { logProb, teacherForce } from "../engine/score.ts";
-import { makePolicy, type PolicyOptions } from "../policies/mod.ts";
+import { makePolicy } from "../policies/mod.ts";
+import { type EvalOptions, openModel, positionsFor } from "./options.ts";
 
-export interface PplOptions {
-  model: string;
+export interface PplOptions extends EvalOptions {
   text: string;
-  policies: string[];
-  budgets: number[];
   /** Tokens scored at the end of the text. */
   last: number;
-  chunk: number;
-  kvDtype: "float32" | "float16";
   positions: "original" | "compact" | "auto";
-  executionProviders?: string[];
-  threads?: number;
-  policyOptions?: PolicyOptions;
 }
 
 export interface PplRow {
@@ -37,29 +30,13 @@ export interface PplRow {
 }
 
 export async function* runPpl(o: PplOptions): AsyncGenerator<PplRow> {
-  const probe = await loadModel(o.model, {
-    kvDtype: o.kvDtype,
-    executionProviders: o.executionProviders,
-    threads: o.threads,
-  });
+  const probe = await openModel(o, "original");
   const ids = probe.tokenizer.encode(o.text);
   await probe.session.close();
   if (ids.length < o.last + 2) throw new Error(`the text has ${ids.length} tokens; --last ${o.last} needs more`);
-  const positions = o.positions !== "auto"
-    ? o.positions
-    : ids.length + 8 <= probe.config.maxPositions
-    ? "original"
-    : "compact";
-  const load = (allLogits: boolean) =>
-    loadModel(o.model, {
-      positions,
-      kvDtype: o.kvDtype,
-      allLogits,
-      executionProviders: o.executionProviders,
-      threads: o.threads,
-    });
-  const model: LoadedModel = await load(false);
-  const scorer: LoadedModel = await load(true);
+  const positions = positionsFor(o.positions, ids.length, probe.config.maxPositions);
+  const model: LoadedModel = await openModel(o, positions);
+  const scorer: LoadedModel = await openModel(o, positions, true);
   try {
     // the prefix's last token is held back: its logits predict the first scored token
     const cut = ids.length - o.last - 1;

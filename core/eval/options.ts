@@ -1,0 +1,45 @@
+/**
+ * What every evaluation shares: the model, the policies and budgets it sweeps,
+ * and how the model is opened for them.
+ */
+import { type LoadedModel, loadModel } from "../mod.ts";
+import type { PolicyOptions } from "../policies/mod.ts";
+
+export interface EvalOptions {
+  model: string;
+  policies: string[];
+  /** Budgets (entries per layer and head); policies that keep everything run once, whatever the budgets. */
+  budgets: number[];
+  chunk: number;
+  kvDtype: "float32" | "float16";
+  executionProviders?: string[];
+  threads?: number;
+  policyOptions?: PolicyOptions;
+  /** Locret retaining heads, built into every graph the evaluation opens. */
+  retainingHeads?: string;
+}
+
+/** Opens the evaluation's model in a position mode; `allLogits` for teacher-forced scoring. */
+export function openModel(
+  o: EvalOptions,
+  positions: "original" | "compact",
+  allLogits = false,
+): Promise<LoadedModel> {
+  return loadModel(o.model, {
+    positions,
+    kvDtype: o.kvDtype,
+    allLogits,
+    threads: o.threads,
+    executionProviders: o.executionProviders,
+    retainingHeads: o.retainingHeads,
+  });
+}
+
+/** `auto` is original positions when `tokens` (the caller counts in its margin) fit the model's context. */
+export function positionsFor(
+  mode: "original" | "compact" | "auto",
+  tokens: number,
+  maxPositions: number,
+): "original" | "compact" {
+  return mode !== "auto" ? mode : tokens <= maxPositions ? "original" : "compact";
+}
