@@ -69,8 +69,8 @@ export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: 
     throw new TomeError("modelInvalid", `chat template of ${tokenizer.dir} does not place the user message once`);
   }
   return {
-    prefix: tokenizer.encode(text.slice(0, at)),
-    suffix: tokenizer.encode(text.slice(at + DOCUMENT.length)),
+    prefix: tokenizer.encodePrompt(text.slice(0, at)),
+    suffix: tokenizer.encodePrompt(text.slice(at + DOCUMENT.length)),
     text: text.replace(DOCUMENT, "{document}"),
     chat,
   };

@@ -4,8 +4,14 @@ import { fsError, TomeError } from "../errors.ts";
 
 /** A loaded tokenizer: the Hugging Face `tokenizer.json` pipeline plus its config. */
 export interface Tokenizer {
-  /** Token ids of `text`, with no special tokens added (text is text, not a prompt). */
+  /**
+   * Token ids of document text: no special tokens added, and special-token
+   * strings in it ("<|im_end|>") are plain text, so a document cannot end the
+   * user's turn or the answer.
+   */
   encode(text: string): number[];
+  /** Token ids of a rendered prompt (chat template): special-token strings are special tokens. */
+  encodePrompt(text: string): number[];
   /** Text of `ids` (special tokens kept unless `skipSpecial`). */
   decode(ids: ArrayLike<number>, skipSpecial?: boolean): string;
   /** The token string of one id, e.g. `"Ġworld"`, or undefined. */
@@ -49,9 +55,15 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
     if (!(err instanceof Deno.errors.NotFound)) throw err;
   }
   let hf: HfTokenizer;
+  let plain: HfTokenizer;
   try {
     hf = new HfTokenizer(json, config);
     hf.encode("tome", { add_special_tokens: false });
+    // the same pipeline without its special added tokens, for document text
+    const added = Array.isArray(json.added_tokens) ? json.added_tokens as { special?: boolean }[] : [];
+    plain = added.some((t) => t.special)
+      ? new HfTokenizer({ ...json, added_tokens: added.filter((t) => !t.special) }, config)
+      : hf;
   } catch (err) {
     const msg = err instanceof Error ? err.message : String(err);
     throw new TomeError("tokenizerInvalid", `tokenizer.json in ${dir} is not a usable tokenizer: ${msg}`);
@@ -60,7 +72,8 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
   let vocabSize = 0;
   for (const id of vocab.values()) vocabSize = Math.max(vocabSize, id + 1);
   return {
-    encode: (s) => hf.encode(s, { add_special_tokens: false }).ids,
+    encode: (s) => plain.encode(s, { add_special_tokens: false }).ids,
+    encodePrompt: (s) => hf.encode(s, { add_special_tokens: false }).ids,
     decode: (ids, skipSpecial = false) =>
       ids.length === 0 ? "" : hf.decode(Array.from(ids), {
         skip_special_tokens: skipSpecial,
