@@ -199,7 +199,14 @@ Deno.test("tome eval runs unchanged on a random make-model checkpoint: niah, cur
     "--json",
   ], { env });
   assert.equal(fid.code, 0, fid.stderr);
-  assert.ok(JSON.parse(fid.stdout).rows.every((r: { kl: number }) => r.kl >= 0));
+  const fidRows: { kl: number; footprint: number; peak_fraction: number }[] = JSON.parse(fid.stdout).rows;
+  assert.ok(fidRows.length > 0 && fidRows.every((r) => r.kl >= 0));
+  // a 512-token haystack fits in one chunk: eviction comes after it, and the question patch's entries can
+  // lift the peak above the full cache's (which reads without the patch)
+  assert.ok(
+    fidRows.every((r) => r.footprint > 0 && r.footprint <= 1 && r.peak_fraction > 0.9),
+    JSON.stringify(fidRows),
+  );
 });
 
 Deno.test({ name: "cleanup eval test files", fn: () => Deno.remove(root, { recursive: true }) });

@@ -369,7 +369,7 @@ export function evalCommand(program: Command): void {
         groups.set(`${r.policy}\u0000${r.budget}`, [...(groups.get(`${r.policy}\u0000${r.budget}`) ?? []), r]);
       }
       await writeStdout(table(
-        ["policy", "budget", "trials", "mean KL (nats)", "top-1 agreement", "KV footprint"],
+        ["policy", "budget", "trials", "mean KL (nats)", "top-1 agreement", "KV footprint", "peak KV fraction"],
         [...groups.values()].map((g) => [
           g[0].policy,
           g[0].budget ?? "—",
@@ -377,6 +377,7 @@ export function evalCommand(program: Command): void {
           (g.reduce((a, r) => a + r.kl, 0) / g.length).toFixed(4),
           pct(g.filter((r) => r.top1_agree).length / g.length),
           pct(g.reduce((a, r) => a + r.footprint, 0) / g.length),
+          pct(g.reduce((a, r) => a + r.peak_fraction, 0) / g.length),
         ]),
       ));
     });

@@ -10,7 +10,7 @@ import { askFraming } from "../../recipes/ask.ts";
 import { read } from "../mod.ts";
 import { klDivergence, teacherForce } from "../engine/score.ts";
 import { makePolicy } from "../policies/mod.ts";
-import { haystack } from "./haystack.ts";
+import { haystack, trialSeed } from "./haystack.ts";
 import { type EvalOptions, openModel } from "./options.ts";
 
 export interface FidelityOptions extends EvalOptions {
@@ -32,6 +32,7 @@ export interface FidelityRow {
   /** Whether the most likely token agrees with the full cache's at every answer position. */
   top1_agree: boolean;
   footprint: number;
+  peak_fraction: number;
 }
 
 export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityRow> {
@@ -45,13 +46,7 @@ export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityR
     for (const length of o.lengths) {
       for (const depth of o.depths) {
         for (let trial = 0; trial < o.needles; trial++) {
-          const h = haystack(
-            o.corpus,
-            model.tokenizer,
-            length,
-            depth,
-            o.seed * 1_000_003 + length * 7919 + Math.round(depth * 1000) * 31 + trial,
-          );
+          const h = haystack(o.corpus, model.tokenizer, length, depth, trialSeed(o.seed, length, depth, trial));
           const prompt = buildPrompt(
             model.tokenizer,
             askFraming(chat ? h.needle.question : h.needle.prefix),
@@ -73,7 +68,8 @@ export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityR
             await teacherForce(state.prefill, scorer.session, forced, o.chunk, (row, i) => {
               if (i >= first && i < forced.length - 1) kept.push(row.slice());
             });
-            return { kept, footprint: state.meter.summary().footprint };
+            const s = state.meter.summary();
+            return { kept, footprint: s.footprint, peakFraction: s.peakFraction };
           };
           const full = await rows(await makePolicy("full", model.config), null);
           for (const name of o.policies) {
@@ -91,6 +87,7 @@ export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityR
                 kl: kls.reduce((a, b) => a + b, 0) / kls.length,
                 top1_agree: ev.kept.every((q, i) => argmax(q) === argmax(full.kept[i])),
                 footprint: ev.footprint,
+                peak_fraction: ev.peakFraction,
               };
             }
           }

@@ -117,6 +117,11 @@ export function haystack(
   return { text: joined, needle: n, length, depth, placed: at / Math.max(1, text.length) };
 }
 
+/** The seed of one trial: every (length, depth, trial) cell gets its own slice, name and code. */
+export function trialSeed(seed: number, length: number, depth: number, trial: number): number {
+  return seed * 1_000_003 + length * 7919 + Math.round(depth * 1000) * 31 + trial;
+}
+
 /** The first five digits of an answer, and how it scores against the code. */
 export function scoreAnswer(answer: string, code: string): { digits: string; exact: boolean; partial: number } {
   const digits = answer.replace(/\D/g, "").slice(0, code.length);

@@ -9,7 +9,7 @@ import { buildPrompt } from "../../recipes/prompt.ts";
 import { askFraming } from "../../recipes/ask.ts";
 import { generate, type LoadedModel, read } from "../mod.ts";
 import { makePolicy } from "../policies/mod.ts";
-import { haystack, scoreAnswer } from "./haystack.ts";
+import { haystack, scoreAnswer, trialSeed } from "./haystack.ts";
 import { type EvalOptions, openModel, positionsFor } from "./options.ts";
 
 export interface NiahOptions extends EvalOptions {
@@ -66,8 +66,7 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
       const model = await modelFor(positions);
       for (const depth of o.depths) {
         for (let trial = 0; trial < o.needles; trial++) {
-          const seed = o.seed * 1_000_003 + length * 7919 + Math.round(depth * 1000) * 31 + trial;
-          const h = haystack(o.corpus, model.tokenizer, length, depth, seed);
+          const h = haystack(o.corpus, model.tokenizer, length, depth, trialSeed(o.seed, length, depth, trial));
           const prompt = buildPrompt(
             model.tokenizer,
             askFraming(chat ? h.needle.question : h.needle.prefix),
