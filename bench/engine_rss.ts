@@ -11,7 +11,7 @@ import { generate, loadModel, read } from "../core/mod.ts";
 import { openSource } from "../core/input/source.ts";
 import { makeRandomModel, SIZES } from "../core/model/make.ts";
 import { rss } from "../core/meter/rss.ts";
-import { report, type Row } from "./report.ts";
+import { DENO_RUN, report, type Row } from "./report.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -70,12 +70,8 @@ await Deno.writeFile(short, bytes.subarray(0, 211_000));
 const rows: Row[] = [];
 for (const [label, path] of [["50K tokens", short], ["whole book", book]]) {
   const out = await new Deno.Command(Deno.execPath(), {
-    // as `deno task tome` runs: V8 in its memory-saving mode
     args: [
-      "run",
-      "--quiet",
-      "-A",
-      "--v8-flags=--optimize-for-size",
+      ...DENO_RUN,
       import.meta.filename!,
       "--child",
       path,

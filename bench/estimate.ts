@@ -8,7 +8,7 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { makeRandomModel, SIZES } from "../core/model/make.ts";
-import { report, type Row } from "./report.ts";
+import { DENO_RUN, report, type Row } from "./report.ts";
 
 const { values: args } = parseArgs({ options: { "skip-360m": { type: "boolean" } } });
 const root = join(import.meta.dirname!, "results", "estimate");
@@ -21,10 +21,7 @@ await Deno.mkdir(root, { recursive: true });
 async function tome(argv: string[]): Promise<Record<string, unknown>> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
-      "run",
-      "--quiet",
-      "-A",
-      "--v8-flags=--optimize-for-size",
+      ...DENO_RUN,
       join(import.meta.dirname!, "..", "cli", "main.ts"),
       ...argv,
     ],

@@ -1,5 +1,8 @@
 import { join } from "node:path";
 
+/** `deno run` arguments for child processes measured as `deno task tome` runs: V8 in its memory-saving mode. */
+export const DENO_RUN = ["run", "--quiet", "-A", "--v8-flags=--optimize-for-size"];
+
 /** One row of a benchmark table: column name → value. */
 export type Row = Record<string, string | number | boolean | null>;
 

@@ -88,3 +88,8 @@ export function numberFlag(v: string | undefined, flag: string, lo: number, hi: 
   if (!Number.isFinite(n) || n < lo || n > hi) throw usage(`${flag} must be a number in [${lo}, ${hi}], got ${v}`);
   return n;
 }
+
+/** A policy that reads retaining-head scores (locret) needs `--retaining-heads FILE`, or a usage error. */
+export function requireRetainingHeads(policy: { name: string; retain?: boolean }, file: string | undefined): void {
+  if (policy.retain && !file) throw usage(`--policy ${policy.name} needs --retaining-heads FILE`);
+}

@@ -15,7 +15,7 @@ import { makePolicy } from "../core/policies/mod.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
-import { intFlag, numberFlag, type RunFlags } from "./options.ts";
+import { intFlag, numberFlag, requireRetainingHeads, type RunFlags } from "./options.ts";
 import { formatBytes, formatCount } from "./progress.ts";
 import { note, round, StdoutClosed, usage, writeStdout } from "./output.ts";
 
@@ -80,7 +80,7 @@ export async function prepareRun(input: string, flags: RunFlags, defaultMaxToken
     mask: flags.duoMask,
     sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1),
   });
-  if (policy.retain && !flags.retainingHeads) throw usage(`--policy ${policy.name} needs --retaining-heads FILE`);
+  requireRetainingHeads(policy, flags.retainingHeads);
   const say = (msg: string) => {
     if (mode !== "quiet") note(msg);
   };

@@ -14,7 +14,7 @@ import { FILE_POLICIES, POLICIES } from "../../core/policies/mod.ts";
 import { fsError } from "../../core/errors.ts";
 import { curve, heatmap, render } from "../plot.ts";
 import { formatBytes } from "../progress.ts";
-import { intFlag, numberFlag } from "../options.ts";
+import { intFlag, numberFlag, requireRetainingHeads } from "../options.ts";
 import { note, usage, writeStdout } from "../output.ts";
 import { modelDir } from "../run.ts";
 
@@ -87,7 +87,7 @@ function policies(flags: EvalFlags): string[] {
     if (!ALL_POLICIES.includes(n)) {
       throw usage(`--policy: unknown policy "${n}" (one of: ${ALL_POLICIES.join(", ")})`);
     }
-    if (n === "locret" && !flags.retainingHeads) throw usage("--policy locret needs --retaining-heads FILE");
+    requireRetainingHeads(POLICIES[n] ?? { name: n }, flags.retainingHeads);
   }
   return names;
 }

@@ -5,12 +5,11 @@
  * once with the full cache and once per policy and budget; the KL divergence
  * KL(full ‖ evicted) is averaged over the answer positions.
  */
-import { buildPrompt } from "../../recipes/prompt.ts";
-import { askFraming } from "../../recipes/ask.ts";
 import { read } from "../mod.ts";
 import { klDivergence, teacherForce } from "../engine/score.ts";
-import { makePolicy } from "../policies/mod.ts";
+import { makePolicy, type Policy, policyByName } from "../policies/mod.ts";
 import { haystack, trialSeed } from "./haystack.ts";
+import { needlePrompt } from "./niah.ts";
 import { type EvalOptions, openModel } from "./options.ts";
 
 export interface FidelityOptions extends EvalOptions {
@@ -40,22 +39,18 @@ export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityR
   // full cache and every policy are compared under one graph at any length
   const model = await openModel(o, "compact");
   const scorer = await openModel(o, "compact", true);
-  const chat = typeof model.tokenizer.config.chat_template === "string";
+  const policies = await Promise.all(o.policies.map((n) => makePolicy(n, model.config, o.policyOptions)));
   const argmax = (x: Float32Array) => x.reduce((b, v, i) => (v > x[b] ? i : b), 0);
   try {
     for (const length of o.lengths) {
       for (const depth of o.depths) {
         for (let trial = 0; trial < o.needles; trial++) {
           const h = haystack(o.corpus, model.tokenizer, length, depth, trialSeed(o.seed, length, depth, trial));
-          const prompt = buildPrompt(
-            model.tokenizer,
-            askFraming(chat ? h.needle.question : h.needle.prefix),
-            model.config.bosTokenId,
-          );
+          const prompt = needlePrompt(model, h);
           const answer = model.tokenizer.encode(` ${h.needle.code}`);
           const forced = [...prompt.suffix, ...answer];
           const first = prompt.suffix.length - 1; // the row predicting the answer's first token
-          const rows = async (policy: Awaited<ReturnType<typeof makePolicy>>, budget: number | null) => {
+          const rows = async (policy: Policy, budget: number | null) => {
             const state = await read(h.text, {
               model,
               policy,
@@ -71,15 +66,14 @@ export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityR
             const s = state.meter.summary();
             return { kept, footprint: s.footprint, peakFraction: s.peakFraction };
           };
-          const full = await rows(await makePolicy("full", model.config), null);
-          for (const name of o.policies) {
-            const policy = await makePolicy(name, model.config, o.policyOptions);
+          const full = await rows(policyByName("full"), null);
+          for (const policy of policies) {
             if (policy.keepsAll) continue;
             for (const budget of o.budgets) {
               const ev = await rows(policy, budget);
               const kls = ev.kept.map((q, i) => klDivergence(full.kept[i], q));
               yield {
-                policy: name,
+                policy: policy.name,
                 budget,
                 length,
                 depth,

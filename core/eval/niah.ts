@@ -5,11 +5,11 @@
  * The same harness runs on any model: completion models continue the needle's
  * prefix, chat models are asked the question.
  */
-import { buildPrompt } from "../../recipes/prompt.ts";
+import { buildPrompt, type Prompt } from "../../recipes/prompt.ts";
 import { askFraming } from "../../recipes/ask.ts";
 import { generate, type LoadedModel, read } from "../mod.ts";
 import { makePolicy } from "../policies/mod.ts";
-import { haystack, scoreAnswer, trialSeed } from "./haystack.ts";
+import { type Haystack, haystack, scoreAnswer, trialSeed } from "./haystack.ts";
 import { type EvalOptions, openModel, positionsFor } from "./options.ts";
 
 export interface NiahOptions extends EvalOptions {
@@ -46,6 +46,17 @@ export interface NiahRow {
 /** Completion models get a few tokens, chat models room to say the number. */
 const MAX_TOKENS = { completion: 8, chat: 24 };
 
+const isChat = (model: LoadedModel) => typeof model.tokenizer.config.chat_template === "string";
+
+/** The prompt around a haystack: chat models are asked the question, completion models continue the needle's prefix. */
+export function needlePrompt(model: LoadedModel, h: Haystack): Prompt {
+  return buildPrompt(
+    model.tokenizer,
+    askFraming(isChat(model) ? h.needle.question : h.needle.prefix),
+    model.config.bosTokenId,
+  );
+}
+
 /** Runs every (length, depth, trial) × (policy, budget) and yields each result as it completes. */
 export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
   const models = new Map<string, LoadedModel>();
@@ -59,21 +70,16 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
   };
   try {
     const probe = await modelFor(o.positions === "compact" ? "compact" : "original");
-    const chat = typeof probe.tokenizer.config.chat_template === "string";
+    const policies = await Promise.all(o.policies.map((n) => makePolicy(n, probe.config, o.policyOptions)));
     for (const length of o.lengths) {
-      // the haystack's length is approximate and the question follows it
+      // the question and the answer follow the haystack
       const positions = positionsFor(o.positions, length + 256, probe.config.maxPositions);
       const model = await modelFor(positions);
       for (const depth of o.depths) {
         for (let trial = 0; trial < o.needles; trial++) {
           const h = haystack(o.corpus, model.tokenizer, length, depth, trialSeed(o.seed, length, depth, trial));
-          const prompt = buildPrompt(
-            model.tokenizer,
-            askFraming(chat ? h.needle.question : h.needle.prefix),
-            model.config.bosTokenId,
-          );
-          for (const name of o.policies) {
-            const policy = await makePolicy(name, model.config, o.policyOptions);
+          const prompt = needlePrompt(model, h);
+          for (const policy of policies) {
             for (const budget of policy.keepsAll ? [null] : o.budgets) {
               const t0 = performance.now();
               const state = await read(h.text, {
@@ -85,7 +91,7 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
                 question: prompt.suffix,
               });
               let answer = "";
-              const maxTokens = chat ? MAX_TOKENS.chat : MAX_TOKENS.completion;
+              const maxTokens = isChat(model) ? MAX_TOKENS.chat : MAX_TOKENS.completion;
               for await (
                 const piece of generate(state, { suffix: prompt.suffix, maxTokens, sampling: { temperature: 0 } })
               ) {
@@ -94,7 +100,7 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
               const s = state.meter.summary();
               const score = scoreAnswer(answer, h.needle.code);
               yield {
-                policy: name,
+                policy: policy.name,
                 budget,
                 length,
                 tokens: s.documentTokens,
