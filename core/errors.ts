@@ -22,7 +22,10 @@ export const EXIT = {
   tooLarge: 11,
   device: 12,
   output: 13,
+  cacheDamaged: 14,
+  stateInvalid: 15,
   interrupted: 130,
+  terminated: 143,
 } as const;
 
 /** The name of an exit code, e.g. `"notFound"`. */
