@@ -11,6 +11,7 @@
  *
  *   deno run -A bench/attention.ts [--chunk 512] [--past 4096] [--threads N]
  */
+import { type StatNames, STATS } from "../core/model/onnx/stats.ts";
 import { parseArgs } from "node:util";
 import { attend, attentionShapes } from "../core/model/onnx/attention.ts";
 import { Graph } from "../core/model/onnx/graph.ts";
@@ -62,7 +63,7 @@ function build(variant: Variant): Uint8Array {
   } else {
     const windowStart = g.op("Unsqueeze", [g.op("Sub", [S0, g.ints([32], [])]), g.ints([0])]);
     const shapes = attentionShapes(g, S0, H, K, d, windowStart);
-    const names = { window: "attn_window", all: "attn_all", max: "attn_max", last: "attn_last" };
+    const names = Object.fromEntries(STATS.map((s) => [s, `attn_${s}`])) as StatNames;
     const { out, stats } = attend(g, shapes, heads(qIn, H), heads(kIn, K), heads(vIn, K), pastK, pastV, "", names);
     g.op("Identity", [variant === "tome" ? g.after(out, stats) : out], {}, { out: "out" });
     if (variant === "tome") { for (const n of Object.values(names)) g.output(n, "float32", [1, K, "T"]); }

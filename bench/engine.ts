@@ -56,7 +56,7 @@ const label = `${args.size} (${model.config.layers} layers, hidden ${model.confi
 if (parts.includes("fraction")) {
   const n = Number(args.tokens);
   const [state, seconds] = await timedRead(n, "snapkv", 1024);
-  const t = state.prefill.timings;
+  const t = state.sequence.timings;
   rows.push({
     part: "eviction share of prefill",
     model: label,

@@ -9,7 +9,7 @@
 import { join } from "node:path";
 import { cacheRoot } from "../core/model/cache.ts";
 import { makeRetrievalModel } from "../core/model/retrieval.ts";
-import { loadCorpus } from "../core/eval/corpus.ts";
+import { loadCorpus } from "../core/input/corpus.ts";
 import { haystack } from "../core/eval/haystack.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { main } from "./main.ts";

@@ -2,7 +2,9 @@
 import { type Command, Option } from "commander";
 import { DEFAULT_BUDGET, DEFAULT_CHUNK } from "../core/mod.ts";
 import { DEVICES } from "../core/model/device.ts";
-import { DEFAULT_POLICY, FILE_POLICIES, POLICIES } from "../core/policies/mod.ts";
+import { DEFAULT_POLICY, FILE_POLICIES, POLICIES, PYRAMID_PREFIX } from "../core/policies/mod.ts";
+import { dirname, join, resolve } from "node:path";
+import { TomeError } from "../core/errors.ts";
 import { usage } from "./output.ts";
 
 /** Parsed common flags (commander's camelCase names). */
@@ -41,11 +43,7 @@ export function addRunOptions(cmd: Command): Command {
       String(DEFAULT_BUDGET),
     )
     .option("--chunk <n>", "tokens per prefill step", String(DEFAULT_CHUNK))
-    .addOption(
-      new Option("--policy <name>", "eviction policy").choices([...Object.keys(POLICIES), ...FILE_POLICIES]).default(
-        DEFAULT_POLICY,
-      ),
-    )
+    .addOption(policyOption())
     .addOption(
       new Option("--positions <mode>", "original positions (input must fit the context), compact, or auto").choices([
         "original",
@@ -73,6 +71,24 @@ export function addRunOptions(cmd: Command): Command {
     .option("--retaining-heads <file>", "locret: retaining heads (safetensors)");
 }
 
+/** `--policy NAME`: one of the policies, or `pyramid:NAME` (PyramidKV's schedule over a scored policy). */
+export function policyOption(description = "eviction policy"): Option {
+  const names = [...Object.keys(POLICIES), ...FILE_POLICIES];
+  // the choices are listed (help, completions); the parser also takes pyramid:NAME and comma lists
+  return new Option("--policy <name>", `${description}, or pyramid:NAME`)
+    .choices(names)
+    .default(DEFAULT_POLICY)
+    .argParser((v: string) => {
+      for (const one of v.split(",")) {
+        const base = one.startsWith(PYRAMID_PREFIX) ? one.slice(PYRAMID_PREFIX.length) : one;
+        if (!names.includes(base)) {
+          throw usage(`--policy: unknown policy "${one}" (one of: ${names.join(", ")}, or pyramid:NAME)`);
+        }
+      }
+      return v;
+    });
+}
+
 /** A positive integer flag, or a usage error. */
 export function intFlag(v: string | undefined, flag: string, min = 1): number | undefined {
   if (v === undefined) return undefined;
@@ -89,7 +105,22 @@ export function numberFlag(v: string | undefined, flag: string, lo: number, hi: 
   return n;
 }
 
-/** A policy that reads retaining-head scores (locret) needs `--retaining-heads FILE`, or a usage error. */
-export function requireRetainingHeads(policy: { name: string; retain?: boolean }, file: string | undefined): void {
-  if (policy.retain && !file) throw usage(`--policy ${policy.name} needs --retaining-heads FILE`);
+/** A file the run will write: its directory must exist and be writable, and it must not be a directory (usage, exit 13). */
+export async function checkWritable(path: string, flag: string): Promise<void> {
+  const dir = dirname(resolve(path));
+  try {
+    const st = await Deno.stat(path).catch((err) => {
+      if (err instanceof Deno.errors.NotFound) return null;
+      throw err;
+    });
+    if (st?.isDirectory) throw new TomeError("output", `${flag} ${path} is a directory`);
+    const d = await Deno.stat(dir);
+    if (!d.isDirectory) throw new TomeError("output", `${flag} ${path}: ${dir} is not a directory`);
+    const probe = join(dir, `.tome-write-probe-${Deno.pid}`);
+    await Deno.writeFile(probe, new Uint8Array(0), { createNew: true });
+    await Deno.remove(probe);
+  } catch (err) {
+    if (err instanceof TomeError) throw err;
+    throw new TomeError("output", `${flag} ${path} cannot be written: ${(err as Error).message}`);
+  }
 }

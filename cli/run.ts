@@ -5,17 +5,15 @@
 import { join } from "node:path";
 import { EXIT, TomeError } from "../core/errors.ts";
 import { openSource, type Source } from "../core/input/source.ts";
-import { type LoadedModel, type MeterEvent, type MeterSummary, type ReadState } from "../core/mod.ts";
-import { generate, loadModel, read } from "../core/mod.ts";
-import type { Policy } from "../core/policies/mod.ts";
-import { parseBudget } from "../core/engine/budget.ts";
-import { kvBytesPerToken, type ModelConfig, readConfig } from "../core/model/config.ts";
+import { type LoadedModel, type MeterEvent, type MeterSummary, type ResolvedRun } from "../core/mod.ts";
+import { generate, loadModel, read, resolveRun } from "../core/mod.ts";
+import { type ModelConfig, readConfig } from "../core/model/config.ts";
 import { chooseDevice, type DeviceChoice } from "../core/model/device.ts";
-import { makePolicy } from "../core/policies/mod.ts";
+import { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
-import { intFlag, numberFlag, requireRetainingHeads, type RunFlags } from "./options.ts";
+import { checkWritable, intFlag, numberFlag, type RunFlags } from "./options.ts";
 import { formatBytes, formatCount } from "./progress.ts";
 import { note, round, StdoutClosed, usage, writeStdout } from "./output.ts";
 
@@ -36,27 +34,38 @@ export function modelDir(flags: { model?: string }): string {
   return dir;
 }
 
-/** Everything decided before the model loads: input, config, device, positions, budget, policy, display. */
+/** Everything decided before the model loads: input, config, device, the resolved run, sampling, display. */
 export interface Prepared {
   dir: string;
   source: Source;
   config: ModelConfig;
   device: DeviceChoice;
-  positions: "original" | "compact";
-  kvDtype: "float32" | "float16";
-  budget: number;
-  tokenBytes: number;
-  policy: Policy;
+  run: ResolvedRun;
   maxTokens: number;
+  sampling: { temperature?: number; topP?: number };
+  seed: number;
+  threads?: number;
   mode: DisplayMode;
   say: (msg: string) => void;
 }
 
-/** Opens the input first (bad input fails before any model work) and settles every option. */
+/**
+ * Checks every option and opens the input (bad input fails before any model
+ * work): flags first, then the input, the model's config and the policy.
+ */
 export async function prepareRun(input: string, flags: RunFlags, defaultMaxTokens: number): Promise<Prepared> {
   const dir = modelDir(flags);
-  const source = await openSource(input);
-  const config = await readConfig(dir);
+  const maxTokens = intFlag(flags.maxTokens, "--max-tokens") ?? defaultMaxTokens;
+  const sampling = {
+    temperature: numberFlag(flags.temperature, "--temperature", 0, 100),
+    topP: numberFlag(flags.topP, "--top-p", 0, 1),
+  };
+  const seed = intFlag(flags.seed, "--seed", 0)!;
+  const threads = intFlag(flags.threads, "--threads");
+  const chunk = intFlag(flags.chunk, "--chunk");
+  const decodeBudget = intFlag(flags.decodeBudget, "--decode-budget");
+  const sparsity = numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1);
+  if (flags.metrics) await checkWritable(flags.metrics, "--metrics");
   const mode: DisplayMode = flags.quiet
     ? "quiet"
     : flags.progress && Deno.stderr.isTerminal()
@@ -64,93 +73,81 @@ export async function prepareRun(input: string, flags: RunFlags, defaultMaxToken
     : flags.progress
     ? "plain"
     : "quiet";
-  const maxTokens = intFlag(flags.maxTokens, "--max-tokens") ?? defaultMaxTokens;
-  const positions = flags.positions !== "auto"
-    ? flags.positions
-    : source.totalBytes !== null && source.totalBytes + POSITION_MARGIN + maxTokens <= config.maxPositions
-    ? "original"
-    : "compact";
+  const source = await openSource(input);
+  const config = await readConfig(dir);
   const device = await chooseDevice(flags.device);
-  const kvDtype = flags.kvDtype === "f32" ? "float32" : "float16";
-  const bytesPerElement = kvDtype === "float32" ? 4 : 2;
-  const budget = parseBudget(flags.budget, config, bytesPerElement);
-  const tokenBytes = kvBytesPerToken(config, bytesPerElement);
-  if (flags.policy === "full") refuseFullIfTooLarge(source, tokenBytes);
-  const policy = await makePolicy(flags.policy, config, {
-    mask: flags.duoMask,
-    sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1),
-  });
-  requireRetainingHeads(policy, flags.retainingHeads);
+  const run = await resolveRun(config, {
+    policy: flags.policy,
+    policyOptions: { mask: flags.duoMask, sparsity },
+    budget: flags.budget,
+    chunk,
+    positions: flags.positions,
+    kvDtype: flags.kvDtype === "f32" ? "float32" : "float16",
+    decodeBudget,
+    questionPatch: flags.questionPatch,
+    retainingHeads: flags.retainingHeads,
+  }, { bytes: source.totalBytes, extraTokens: POSITION_MARGIN + maxTokens });
+  if (run.policy.keepsAll) refuseFullIfTooLarge(source, run.tokenBytes);
   const say = (msg: string) => {
     if (mode !== "quiet") note(msg);
   };
-  return { dir, source, config, device, positions, kvDtype, budget, tokenBytes, policy, maxTokens, mode, say };
+  return { dir, source, config, device, run, maxTokens, sampling, seed, threads, mode, say };
 }
 
 /** Loads the model as prepared, and says what runs where. */
 export async function loadPrepared(p: Prepared, flags: RunFlags): Promise<LoadedModel> {
+  const { run } = p;
   const model = await loadModel(p.dir, {
-    positions: p.positions,
-    kvDtype: p.kvDtype,
-    threads: intFlag(flags.threads, "--threads"),
+    positions: run.positions,
+    kvDtype: run.kvDtype,
+    threads: p.threads,
     executionProviders: p.device.providers,
     retainingHeads: flags.retainingHeads,
   });
   p.say(
     `${model.config.arch} ${model.config.layers} layers on ${p.device.device} (${p.device.reason}); ${
       model.built ? `graph built in ${model.buildSeconds.toFixed(1)}s` : "cached graph"
-    }; ${p.policy.name}, budget ${p.budget} (${
-      formatBytes(p.budget * p.tokenBytes)
-    }), chunk ${flags.chunk}, ${p.positions} positions`,
+    }; ${run.policy.name}, budget ${run.budget} (${
+      formatBytes(run.budget * run.tokenBytes)
+    }), chunk ${run.chunk}, ${run.positions} positions`,
   );
   return model;
 }
 
-/** Runs one recipe over one input and prints the answer (or --json). Returns the exit code. */
-export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags): Promise<number> {
+/** Runs one recipe over one input and prints the answer (or --json); errors are thrown as {@link TomeError}. */
+export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags): Promise<void> {
   const started = performance.now();
   const prepared = await prepareRun(input, flags, recipe.maxTokens);
-  const { dir, source, device, positions, budget, tokenBytes, policy, maxTokens, mode } = prepared;
+  const { dir, source, device, run, maxTokens, mode } = prepared;
   const tLoad = performance.now();
   const model = await loadPrepared(prepared, flags);
   const loadSeconds = (performance.now() - tLoad) / 1000;
 
   const prompt = buildPrompt(model.tokenizer, recipe.framing, model.config.bosTokenId);
-  const display = new Display(mode, { budget, tokenBytes, totalBytes: source.totalBytes });
+  const display = new Display(mode, { budget: run.budget, tokenBytes: run.tokenBytes, totalBytes: source.totalBytes });
   const metrics = flags.metrics ? await MetricsFile.open(flags.metrics) : null;
-  let state: ReadState | null = null;
-  const onInterrupt = () => {
-    const summary = state?.meter.summary() ?? partialSummary(display.last, tokenBytes);
-    display.report(summary, { interrupted: true });
+  const meter = new Meter(run.tokenBytes, (e: MeterEvent) => {
+    display.event(e);
+    metrics?.write(e);
+  });
+  const stop = (code: number) => () => {
+    display.report(meter.summary(), { interrupted: true });
     metrics?.close(true);
-    Deno.exit(EXIT.interrupted);
+    Deno.exit(code);
   };
-  Deno.addSignalListener("SIGINT", onInterrupt);
+  const onInt = stop(EXIT.interrupted), onTerm = stop(EXIT.terminated);
+  Deno.addSignalListener("SIGINT", onInt);
+  Deno.addSignalListener("SIGTERM", onTerm);
   try {
-    const onEvent = (e: MeterEvent) => {
-      display.event(e);
-      metrics?.write(e);
-    };
-    state = await read(source, {
-      model,
-      policy,
-      budget,
-      chunk: intFlag(flags.chunk, "--chunk"),
-      prefix: prompt.prefix,
-      question: prompt.suffix,
-      questionPatch: flags.questionPatch ? undefined : false,
-      onEvent,
-    });
+    const state = await read(source, { model, run, prefix: prompt.prefix, question: prompt.suffix, meter });
     display.clear();
     let answer = "";
-    const temperature = numberFlag(flags.temperature, "--temperature", 0, 100) ?? recipe.temperature;
-    const topP = numberFlag(flags.topP, "--top-p", 0, 1);
+    const { temperature, topP } = prepared.sampling;
     const stream = generate(state, {
       suffix: prompt.suffix,
       maxTokens,
-      sampling: { temperature, ...(topP !== undefined ? { topP } : {}) },
-      seed: intFlag(flags.seed, "--seed", 0),
-      decodeBudget: intFlag(flags.decodeBudget, "--decode-budget"),
+      sampling: { temperature: temperature ?? recipe.temperature, ...(topP !== undefined ? { topP } : {}) },
+      seed: prepared.seed,
     });
     let finish = "length";
     try {
@@ -167,7 +164,7 @@ export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags):
     } catch (err) {
       if (!(err instanceof StdoutClosed)) throw err;
       metrics?.close(true);
-      return EXIT.ok; // the reader went away (`| head`): stop quietly
+      return; // the reader went away (`| head`): stop quietly
     }
     const summary = state.meter.summary();
     const totalSeconds = (performance.now() - started) / 1000;
@@ -186,10 +183,10 @@ export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags):
           recipe: recipe.name,
           model: dir,
           device: device.device,
-          policy: policy.name,
-          budget,
-          chunk: state.chunk,
-          positions,
+          policy: run.policy.name,
+          budget: run.budget,
+          chunk: run.chunk,
+          positions: run.positions,
           kvDtype: flags.kvDtype,
           summary,
           source,
@@ -198,13 +195,13 @@ export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags):
       );
     }
     metrics?.close(true);
-    return EXIT.ok;
   } catch (err) {
     display.clear();
     metrics?.close(false);
     throw err;
   } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
+    Deno.removeSignalListener("SIGINT", onInt);
+    Deno.removeSignalListener("SIGTERM", onTerm);
     await model.session.close();
   }
 }
@@ -273,25 +270,6 @@ function refuseFullIfTooLarge(source: Source, tokenBytes: number): void {
       } available; use an evicting policy, e.g. --policy snapkv --budget ${Math.min(fits, 4096)}`,
     );
   }
-}
-
-function partialSummary(last: MeterEvent | null, tokenBytes: number): MeterSummary {
-  const c = last?.type === "chunk" ? last : null;
-  return {
-    promptTokens: c?.tokens ?? 0,
-    documentTokens: c?.tokens ?? 0,
-    generatedTokens: last?.type === "token" ? last.generated : 0,
-    kvBytes: last?.kvBytes ?? 0,
-    kvPeakBytes: last?.kvPeakBytes ?? 0,
-    fullKvBytes: (c?.tokens ?? 0) * tokenBytes,
-    footprint: c?.footprint ?? 0,
-    peakFraction: c?.peakFraction ?? 0,
-    kept: c?.kept ?? 0,
-    evicted: c?.evicted ?? 0,
-    rssPeakBytes: rss().peak,
-    prefillSeconds: c?.seconds ?? 0,
-    decodeSeconds: 0,
-  };
 }
 
 /** NDJSON of meter events, written beside the target and renamed into place when the run ends. */

@@ -10,55 +10,40 @@
 import { decode, type FinishReason } from "./engine/decode.ts";
 import { KvStore } from "./engine/kv_store.ts";
 import { type LoadedModel, loadModel } from "./engine/model.ts";
-import { DEFAULT_WINDOW, Prefill } from "./engine/prefill.ts";
-import { parseBudget } from "./engine/budget.ts";
-import { TomeError } from "./errors.ts";
+import { Prefill } from "./engine/prefill.ts";
+import { checkPlan } from "./engine/plan.ts";
+import { type ResolvedRun, resolveRun, type RunOptions } from "./engine/resolve.ts";
+import { Sequence } from "./engine/sequence.ts";
 import type { Source } from "./input/source.ts";
 import { Meter, type MeterEvent } from "./meter/meter.ts";
-import { kvBytesPerToken } from "./model/config.ts";
-import { DEFAULT_POLICY, makePolicy, type Policy, type PolicyOptions } from "./policies/mod.ts";
+import type { Policy } from "./policies/mod.ts";
 import { tokenize } from "./tokens/stream.ts";
 import type { SamplingOptions } from "../kernels/sample.ts";
 
-export { loadModel };
-export type { FinishReason, LoadedModel, MeterEvent };
+export { loadModel, resolveRun };
+export { DEFAULT_BUDGET, DEFAULT_CHUNK } from "./engine/resolve.ts";
+export type { FinishReason, LoadedModel, MeterEvent, ResolvedRun, RunOptions };
+export { Meter } from "./meter/meter.ts";
 export type { MeterSummary } from "./meter/meter.ts";
 
-/**
- * Document tokens per prefill run unless told otherwise. Chosen by measurement
- * (`bench/engine.ts --part chunks`, 360M shape, snapkv at budget 1024, 2 cores):
- * chunk 128 → 162 tok/s, 256 → 170, 512 → 184, 1024 → 176.
- */
-export const DEFAULT_CHUNK = 512;
-/** Entries per layer and KV head unless told otherwise. */
-export const DEFAULT_BUDGET = 1024;
-
-export interface ReadOptions {
+export interface ReadOptions extends Omit<RunOptions, "positions" | "kvDtype" | "retainingHeads"> {
   model: LoadedModel;
-  /** Eviction policy (default snapkv). */
-  policy?: string | Policy;
-  /** Options of policies that read files (duo's head mask). */
-  policyOptions?: PolicyOptions;
-  /** Entries per layer and KV head, or a size such as "256MiB". */
-  budget?: number | string;
-  chunk?: number;
+  /** A run already resolved for this model (its options above are then ignored). */
+  run?: ResolvedRun;
   /** Token ids before the document (a chat template's head). */
   prefix?: number[];
   /** The question or instruction as token ids: the observation window of the question patch. */
   question?: number[];
-  /** Ride the question along each chunk (default: when known and the policy scores with attention). */
-  questionPatch?: boolean;
-  /** Observation window when there is no question patch. */
-  window?: number;
-  sinks?: number;
-  recent?: number;
   onEvent?: (e: MeterEvent) => void;
+  /** A meter of the caller's (default: a new one reporting to `onEvent`). */
+  meter?: Meter;
 }
 
 /** A document read into a compressed cache, ready to generate from. */
 export interface ReadState {
   model: LoadedModel;
-  prefill: Prefill;
+  run: ResolvedRun;
+  sequence: Sequence;
   meter: Meter;
   policy: Policy;
   budget: number;
@@ -73,41 +58,20 @@ export type ReadInput = string | ReadableStream<string> | Source | { ids: ArrayL
 /** Reads text (a string, a stream of segments, or an opened input) through chunked prefill with eviction. */
 export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadState> {
   const { model } = opts;
-  const policy = typeof opts.policy === "object"
-    ? opts.policy
-    : await makePolicy(opts.policy ?? DEFAULT_POLICY, model.config, opts.policyOptions);
-  if (policy.retain && !model.graph.retainingHeads) {
-    throw new TomeError(
-      "usage",
-      `policy ${policy.name} needs the model loaded with retaining heads (--retaining-heads FILE)`,
-    );
+  const run = opts.run ?? await resolveRun(model.config, {
+    ...opts,
+    positions: model.graph.positions,
+    kvDtype: model.graph.kvDtype,
+    retainingHeads: model.graph.retainingHeads,
+  });
+  if (run.positions !== model.graph.positions || run.kvDtype !== model.graph.kvDtype) {
+    throw new Error(`the run was resolved for ${run.positions}/${run.kvDtype}, the model's graph is not`);
   }
-  const bytesPerElement = model.graph.kvDtype === "float32" ? 4 : 2;
-  const budget = parseBudget(opts.budget ?? DEFAULT_BUDGET, model.config, bytesPerElement);
-  const chunk = opts.chunk ?? DEFAULT_CHUNK;
-  if (!Number.isInteger(chunk) || chunk < 1) {
-    throw new TomeError("usage", `chunk must be a positive integer, got ${chunk}`);
-  }
-  const window = opts.window ?? DEFAULT_WINDOW;
-  const store = new KvStore(model.config, model.graph.kvDtype);
-  const meter = new Meter(kvBytesPerToken(model.config, bytesPerElement), opts.onEvent);
-  const prefill = new Prefill(model.session, store, {
-    policy,
-    budget,
-    chunk,
-    question: opts.question,
-    questionPatch: opts.questionPatch,
-    window,
-    sinks: opts.sinks,
-    recent: opts.recent,
-  }, meter);
-  if (!policy.keepsAll) {
-    const p = policy.protect(budget, prefill.patch ? opts.question!.length : window, prefill.patch);
-    const min = Math.min(...prefill.budgets);
-    if ((opts.sinks ?? p.sinks) + (opts.recent ?? p.recent) > min) {
-      throw new TomeError("usage", `budget ${min} is smaller than the entries ${policy.name} protects`);
-    }
-  }
+  const patch = run.questionPatch && (opts.question?.length ?? 0) > 0 ? opts.question! : [];
+  checkPlan(run.plan, patch.length || run.window, patch.length > 0);
+  const meter = opts.meter ?? new Meter(run.tokenBytes, opts.onEvent);
+  const sequence = new Sequence(model.session, new KvStore(model.config, run.kvDtype), meter);
+  const prefill = new Prefill(sequence, { plan: run.plan, chunk: run.chunk, patch, window: run.window });
   const source = typeof input === "object" && "stats" in input ? input : null;
   let tokenized = 0;
   const progress = () => ({ bytes: source?.stats.bytes ?? 0, totalBytes: source?.totalBytes ?? null, tokenized });
@@ -127,11 +91,16 @@ export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadSta
     }
   }
   await prefill.end(progress());
-  const retained = (l: number, h: number) => {
-    const layer = store.layers[l];
-    return layer.positions.slice(h * layer.capacity, h * layer.capacity + layer.lengths[h]);
+  return {
+    model,
+    run,
+    sequence,
+    meter,
+    policy: run.policy,
+    budget: run.budget,
+    chunk: run.chunk,
+    retained: (l, h) => sequence.retained(l, h),
   };
-  return { model, prefill, meter, policy, budget, chunk, retained };
 }
 
 export interface GenerateOptions {
@@ -146,14 +115,14 @@ export interface GenerateOptions {
   eos?: number[];
   /** Called with each generated token id. */
   onToken?: (id: number) => void;
-  /** Evict while generating: entries per layer and KV head kept (default: the cache grows with the answer). */
-  decodeBudget?: number;
+  /** Called with the logits each token is sampled from. */
+  onLogits?: (logits: Float32Array) => void;
 }
 
-/** Generates the answer from a read document, as text pieces. */
+/** Generates the answer from a read document, as text pieces; evicts while generating when the run has a decode budget. */
 export function generate(state: ReadState, opts: GenerateOptions): AsyncGenerator<string, FinishReason> {
   const g = state.model.generation;
-  return decode(state.prefill, state.model.tokenizer, {
+  return decode(state.sequence, state.run.plan, state.model.tokenizer, {
     suffix: opts.suffix,
     maxTokens: opts.maxTokens ?? g.maxNewTokens ?? 256,
     sampling: {
@@ -167,6 +136,6 @@ export function generate(state: ReadState, opts: GenerateOptions): AsyncGenerato
     eos: [...new Set([...g.eos, ...(opts.eos ?? [])])],
     stop: opts.stop ?? [],
     onToken: opts.onToken,
-    decodeBudget: opts.decodeBudget,
+    onLogits: opts.onLogits,
   });
 }

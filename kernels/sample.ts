@@ -10,8 +10,6 @@ export interface SamplingOptions {
   repetitionPenalty: number;
 }
 
-export const GREEDY: SamplingOptions = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 };
-
 /** The index of the largest value (the lowest index on ties). */
 export function argmax(x: ArrayLike<number>): number {
   let best = 0;

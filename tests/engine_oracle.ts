@@ -7,7 +7,6 @@
  */
 import type { ModelConfig } from "../core/model/config.ts";
 import { forward, type Past, type Weights } from "../core/model/reference.ts";
-import { pyramidkv } from "../core/policies/pyramidkv.ts";
 import { bruteForceStats } from "./model_fixtures.ts";
 
 interface Entry {
@@ -44,9 +43,27 @@ export interface OracleOptions {
   window: number;
 }
 
+/**
+ * PyramidKV's schedule restated from the paper (arXiv 2406.02069, β = 20): the
+ * first layer gets 2B − B/β, the last B/β, linear in between, so the mean is B;
+ * floored, the shortfall to L·B handed out one entry per layer from the first.
+ */
+export function pyramidSchedule(B: number, L: number): number[] {
+  if (L === 1) return [B];
+  const first = 2 * B - B / 20, last = B / 20;
+  const exact = Array.from({ length: L }, (_, l) => first + (last - first) * (l / (L - 1)));
+  const out = exact.map((x) => Math.floor(x));
+  const short = L * B - out.reduce((a, b) => a + b, 0);
+  for (let i = 0; i < short; i++) out[i % L] += 1;
+  return out.map((x) => Math.max(1, x));
+}
+
 export function oracleKept(c: ModelConfig, w: Weights, ids: number[], o: OracleOptions): number[][][] {
   const { layers: L, kvHeads: K, heads: H, headDim: d } = c;
-  const budgets = o.policy === "pyramidkv" ? pyramidkv.budgets!(o.budget, L) : new Array(L).fill(o.budget);
+  const budgets = o.policy === "pyramidkv" || o.policy.startsWith("pyramid:")
+    ? pyramidSchedule(o.budget, L)
+    : new Array(L).fill(o.budget);
+  const base = o.policy.startsWith("pyramid:") ? o.policy.slice("pyramid:".length) : o.policy;
   const cache: Entry[][][] = Array.from({ length: L }, () => Array.from({ length: K }, () => []));
   for (let t0 = 0; t0 < ids.length; t0 += o.chunk) {
     const doc = ids.slice(t0, t0 + o.chunk);
@@ -114,7 +131,7 @@ export function oracleKept(c: ModelConfig, w: Weights, ids: number[], o: OracleO
         const n = es.length;
         let scores: number[];
         let sinks = 0, recent = 0;
-        switch (o.policy) {
+        switch (base) {
           case "streaming":
             scores = new Array(n).fill(0);
             sinks = Math.min(4, B);

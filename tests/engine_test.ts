@@ -3,18 +3,17 @@ import { join } from "node:path";
 import { parseBudget } from "../core/engine/budget.ts";
 import { generate, type LoadedModel, loadModel, type MeterEvent, read } from "../core/mod.ts";
 import { kvBytesPerToken } from "../core/model/config.ts";
-import { argmax } from "../kernels/sample.ts";
 import { appendEntries, forward, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
 import { TomeError } from "../core/errors.ts";
 import { parseDuoMask } from "../core/policies/duo.ts";
-import { makePolicy } from "../core/policies/mod.ts";
 import { predictKv } from "../core/engine/estimate.ts";
 import { makeRetainingHeads } from "../core/model/make.ts";
 import { readRetainingHeads } from "../core/model/onnx/retaining.ts";
 import { mixedText } from "./fixture_text.ts";
 import { rng } from "./helpers.ts";
 import { oracleKept } from "./engine_oracle.ts";
-import { makeTinyModels, TINY_MODELS } from "./model_fixtures.ts";
+import { makeTinyModels, maxAbsDiff, TINY_MODELS } from "./model_fixtures.ts";
+import type { PositionMode } from "../core/model/config.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-engine-test-" });
 Deno.env.set("TOME_CACHE", join(root, "cache"));
@@ -26,35 +25,38 @@ async function model(name: string, positions: "original" | "compact" = "original
   return loaded.get(key)!;
 }
 
-/** Greedy decoding with the reference forward pass over the whole prompt at once: the oracle. */
-function referenceGreedy(m: LoadedModel, w: Weights, prompt: number[], n: number, eos: number[]): number[] {
+/** Logits and K/V of the reference forward over the whole prompt at once, then one token at a time along `ids`. */
+function referenceRun(m: LoadedModel, w: Weights, prompt: number[], ids: number[], mode: PositionMode) {
   const c = m.config;
-  let out = forward(c, w, prompt, prompt.map((_, i) => i));
+  let out = forward(c, w, prompt, prompt.map((_, i) => i), undefined, mode);
+  const promptKv = { keys: out.newKeys, values: out.newValues };
   let past: Past = {
     length: prompt.length,
     layers: out.newKeys.map((k, l) => ({ keys: k, values: out.newValues[l] })),
+    positions: Array.from({ length: prompt.length }, (_, i) => i),
   };
-  let logits = out.logits.subarray((prompt.length - 1) * c.vocab);
-  const ids: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const id = argmax(logits);
-    if (eos.includes(id)) break;
-    ids.push(id);
-    out = forward(c, w, [id], [past.length], past);
+  const logits = [out.logits.slice((prompt.length - 1) * c.vocab)];
+  for (const id of ids.slice(0, -1)) {
+    out = forward(c, w, [id], [past.length], past, mode);
     past = {
       length: past.length + 1,
       layers: past.layers.map((p, l) => ({
         keys: appendEntries(p.keys, past.length, out.newKeys[l], 1, c.kvHeads, c.headDim),
         values: appendEntries(p.values, past.length, out.newValues[l], 1, c.kvHeads, c.headDim),
       })),
+      // compact: nothing is evicted, so every slot's position is its index
+      positions: Array.from({ length: past.length + 1 }, (_, i) => i),
     };
-    logits = out.logits;
+    logits.push(out.logits.slice());
   }
-  return ids;
+  return { logits, promptKv };
 }
 
+/** Graph against reference tolerance at f32 (as in model_graph_test.ts). */
+const TOL = 1e-4;
+
 for (const { name } of TINY_MODELS) {
-  Deno.test(`engine: chunked prefill + decode = one unchunked greedy pass (${name})`, async (t) => {
+  Deno.test(`engine: chunked prefill + decode gives the logits of one unchunked pass, at every step (${name})`, async (t) => {
     const text = mixedText(21, 900);
     for (const positions of ["original", "compact"] as const) {
       const m = await model(name, positions);
@@ -62,24 +64,46 @@ for (const { name } of TINY_MODELS) {
       const doc = m.tokenizer.encode(text);
       const prefix = m.tokenizer.encode("Document:");
       const question = m.tokenizer.encode(" What is the pass code?");
-      const expected = referenceGreedy(m, w, [...prefix, ...doc, ...question], 12, m.generation.eos);
-      assert.ok(expected.length > 0);
+      const read0 = [...prefix, ...doc];
       for (const [policy, chunk] of [["full", 37], ["snapkv", 64], ["h2o", 1000], ["streaming", 23]] as const) {
         await t.step(`${positions}, ${policy} (budget ≥ input), chunk ${chunk}`, async () => {
           const state = await read(text, { model: m, policy, budget: 4096, chunk, prefix, question });
+          // the cache after reading holds every prompt token's K/V, across chunk boundaries
+          const { store } = state.sequence;
+          const K = m.config.kvHeads, d = m.config.headDim;
           const ids: number[] = [];
-          let answer = "";
+          const rows: Float32Array[] = [];
+          const kvAfterRead = store.layers.map((layer) => ({
+            keys: Float32Array.from(layer.keys as Float32Array),
+            cap: layer.capacity,
+            lengths: layer.lengths.slice(),
+          }));
           for await (
-            const piece of generate(state, {
+            const _ of generate(state, {
               suffix: question,
               maxTokens: 12,
+              eos: [],
               onToken: (id) => ids.push(id),
+              onLogits: (row) => rows.push(row.slice()),
             })
-          ) {
-            answer += piece;
+          ) { /* drain */ }
+          const ref = referenceRun(m, w, [...read0, ...question], ids, positions);
+          for (let l = 0; l < m.config.layers; l++) {
+            const got = kvAfterRead[l];
+            for (let h = 0; h < K; h++) {
+              assert.equal(got.lengths[h], read0.length, `layer ${l} head ${h}: entries after reading`);
+              const mine = got.keys.subarray(h * got.cap * d, (h * got.cap + read0.length) * d);
+              const total = read0.length + question.length;
+              const theirs = ref.promptKv.keys[l].subarray(h * total * d, (h * total + read0.length) * d);
+              const diff = maxAbsDiff(mine, theirs);
+              assert.ok(diff < TOL, `layer ${l} head ${h}: keys differ by ${diff}`);
+            }
           }
-          assert.deepEqual(ids, expected);
-          assert.equal(answer, m.tokenizer.decode(expected, true));
+          assert.equal(rows.length, ids.length);
+          for (let i = 0; i < rows.length; i++) {
+            const diff = maxAbsDiff(rows[i], ref.logits[i]);
+            assert.ok(diff < TOL, `decode step ${i}: logits differ by ${diff}`);
+          }
         });
       }
     }
@@ -92,6 +116,7 @@ const ORACLE_CASES: { policy: string; patch: boolean }[] = [
   { policy: "snapkv", patch: true },
   { policy: "snapkv", patch: false },
   { policy: "pyramidkv", patch: true },
+  { policy: "pyramid:h2o", patch: true },
   { policy: "h2o", patch: true },
   { policy: "tova", patch: true },
   { policy: "corm", patch: false },
@@ -184,7 +209,7 @@ Deno.test("engine: locret's selection (retaining heads in the graph) equals brut
   }
   await assert.rejects(
     read({ ids }, { model: m0, policy: "locret", budget: 90 }),
-    /needs the model loaded with retaining heads/,
+    /needs --retaining-heads FILE/,
   );
 });
 
@@ -193,9 +218,9 @@ Deno.test("engine: decode-time eviction keeps the decode budget; a budget above 
   const ids = Array.from({ length: 200 }, (_, i) => (i * 13) % m.config.vocab);
   const suffix = [5, 6, 7];
   const run = async (decodeBudget?: number) => {
-    const state = await read({ ids }, { model: m, policy: "streaming", budget: 64, chunk: 50 });
+    const state = await read({ ids }, { model: m, policy: "streaming", budget: 64, chunk: 50, decodeBudget });
     const out: number[] = [];
-    const gen = generate(state, { suffix, maxTokens: 30, eos: [], decodeBudget, onToken: (id) => out.push(id) });
+    const gen = generate(state, { suffix, maxTokens: 30, eos: [], onToken: (id) => out.push(id) });
     for await (const _ of gen) { /* drain */ }
     return { state, out };
   };
@@ -212,51 +237,50 @@ Deno.test("engine: decode-time eviction keeps the decode budget; a budget above 
   assert.equal(tight.state.meter.summary().kvBytes, 40 * kvBytesPerToken(m.config, 4));
 });
 
-Deno.test("estimate: predicted KV peak, after-read and full-cache bytes equal the meter's, for every kind of budget", async () => {
-  const m = await model("llama");
-  const ids = Array.from({ length: 333 }, (_, i) => (i * 11) % m.config.vocab);
+Deno.test("estimate: predicted KV peak, after-read and full-cache bytes equal the meter's, for every policy, with and without a decode budget, in both position modes", async (t) => {
   const prefix = [1, 2, 3], suffix = [4, 5, 6, 7, 8];
-  const cases = [
-    { policy: "snapkv", budget: 70, chunk: 40, patch: true, maxTokens: 5 },
-    { policy: "pyramidkv", budget: 70, chunk: 40, patch: true, maxTokens: 90 },
-    { policy: "duo", budget: 70, chunk: 64, patch: false, maxTokens: 12 },
-    { policy: "full", budget: 70, chunk: 100, patch: false, maxTokens: 7 },
-    { policy: "streaming", budget: 80, chunk: 30, patch: false, maxTokens: 40, decodeBudget: 85 },
-  ];
-  for (const cs of cases) {
-    const policy = await makePolicy(cs.policy, m.config, { mask: maskFile });
-    const state = await read({ ids }, {
-      model: m,
-      policy,
-      budget: cs.budget,
-      chunk: cs.chunk,
-      prefix,
-      question: suffix,
-      questionPatch: cs.patch,
-    });
-    const afterRead = state.meter.summary().kvBytes;
-    for await (
-      const _ of generate(state, { suffix, maxTokens: cs.maxTokens, eos: [], decodeBudget: cs.decodeBudget })
-    ) { /* drain */ }
-    const s = state.meter.summary();
-    const p = predictKv({
-      config: m.config,
-      policy,
-      budget: cs.budget,
-      bytesPerElement: 4,
-      prefixTokens: prefix.length,
-      documentTokens: ids.length,
-      chunk: cs.chunk,
-      patchTokens: cs.patch ? suffix.length : 0,
-      suffixTokens: suffix.length,
-      maxTokens: cs.maxTokens,
-      decodeBudget: cs.decodeBudget,
-    });
-    assert.deepEqual(
-      [p.peakBytes, p.afterReadBytes, p.fullBytes],
-      [s.kvPeakBytes, afterRead, s.fullKvBytes],
-      `${cs.policy}: predicted vs measured (peak, after read, full)`,
-    );
+  const policies = ["full", "streaming", "knorm", "snapkv", "pyramidkv", "pyramid:h2o", "h2o", "tova", "corm", "duo"];
+  for (const positions of ["original", "compact"] as const) {
+    const m = await model("llama", positions);
+    const ids = Array.from({ length: 333 }, (_, i) => (i * 11) % m.config.vocab);
+    for (const name of policies) {
+      for (const decodeBudget of [undefined, 75]) {
+        await t.step(`${positions}, ${name}, decode budget ${decodeBudget ?? "none"}`, async () => {
+          const chunk = name === "duo" ? 64 : 40, maxTokens = 40;
+          const patch = name !== "duo" && name !== "knorm";
+          const state = await read({ ids }, {
+            model: m,
+            policy: name,
+            policyOptions: { mask: maskFile },
+            budget: 70,
+            chunk,
+            prefix,
+            question: suffix,
+            questionPatch: patch,
+            decodeBudget,
+          });
+          const afterRead = state.meter.summary().kvBytes;
+          for await (const _ of generate(state, { suffix, maxTokens, eos: [] })) { /* drain */ }
+          const s = state.meter.summary();
+          const p = predictKv({
+            config: m.config,
+            plan: state.run.plan,
+            bytesPerElement: 4,
+            prefixTokens: prefix.length,
+            documentTokens: ids.length,
+            chunk,
+            patchTokens: state.run.questionPatch ? suffix.length : 0,
+            suffixTokens: suffix.length,
+            maxTokens,
+          });
+          assert.deepEqual(
+            [p.peakBytes, p.afterReadBytes, p.fullBytes],
+            [s.kvPeakBytes, afterRead, s.fullKvBytes],
+            "predicted vs measured (peak, after read, full)",
+          );
+        });
+      }
+    }
   }
 });
 

@@ -5,12 +5,13 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { projectText } from "../core/eval/corpus.ts";
+import { projectText } from "../core/input/corpus.ts";
 import { haystack, scoreAnswer } from "../core/eval/haystack.ts";
 import { criticalFootprint, runNiah, summarizeNiah } from "../core/eval/niah.ts";
 import { readConfig } from "../core/model/config.ts";
 import { makeRetainingHeads } from "../core/model/make.ts";
 import { makeRetrievalModel } from "../core/model/retrieval.ts";
+import { needlePrompt } from "../recipes/needle.ts";
 import { IncrementalEncoder } from "../core/tokens/stream.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { trainBpe } from "../core/tokens/train.ts";
@@ -92,6 +93,7 @@ for (const kind of ["trained tokenizer", "SmolLM2 tokenizer"]) {
       for await (
         const r of runNiah({
           model,
+          frame: needlePrompt,
           policies: ["full", "snapkv", "streaming"],
           budgets: [256],
           lengths: [2048],

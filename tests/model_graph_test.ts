@@ -3,19 +3,14 @@
  * every architecture: logits, new K/V and attention statistics, in one pass and
  * in chunks with the cache carried, in both position modes, with f16 KV.
  */
+import { STATS as GRAPH_STATS } from "../core/model/onnx/stats.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { graphFor } from "../core/model/cache.ts";
 import { type Checkpoint, openCheckpoint } from "../core/model/checkpoint.ts";
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../core/model/onnx/decoder.ts";
-import {
-  appendEntries,
-  forward,
-  loadWeights,
-  type Past,
-  type PositionMode,
-  type Weights,
-} from "../core/model/reference.ts";
+import { appendEntries, forward, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
+import type { PositionMode } from "../core/model/config.ts";
 import { emptyPast, type KvArray, ModelSession, type StatName } from "../core/model/session.ts";
 import { bruteForceStats, makeTinyModels, maxAbsDiff, TINY_MODELS } from "./model_fixtures.ts";
 import { rng } from "./helpers.ts";
@@ -23,7 +18,7 @@ import { rng } from "./helpers.ts";
 const root = await Deno.makeTempDir({ prefix: "tome-graph-test-" });
 Deno.env.set("TOME_CACHE", join(root, "cache"));
 const models = await makeTinyModels(join(root, "models"));
-const STATS: StatName[] = ["window", "all", "max", "last"];
+const STATS: StatName[] = [...GRAPH_STATS];
 const TOL = 1e-4;
 
 interface Loaded {

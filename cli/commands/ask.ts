@@ -19,11 +19,10 @@ Examples:
   cat big.log | tome ask "why did the job fail?" - --budget 64MiB --json`,
     )
     .action(async (question: string, input: string, flags: RunFlags) => {
-      const code = await runRecipe(
+      await runRecipe(
         input,
         { name: "ask", framing: askFraming(question, flags.system), ...ASK_DEFAULTS },
         flags,
       );
-      if (code !== 0) Deno.exit(code);
     });
 }

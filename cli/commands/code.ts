@@ -19,11 +19,10 @@ Examples:
   tome code . "where are HTTP requests retried?" --budget 2048`,
     )
     .action(async (dir: string, question: string | undefined, flags: RunFlags) => {
-      const code = await runRecipe(dir, {
+      await runRecipe(dir, {
         name: "code",
         framing: codeFraming(question, flags.system),
         ...CODE_DEFAULTS,
       }, flags);
-      if (code !== 0) Deno.exit(code);
     });
 }

@@ -1,12 +1,11 @@
 import type { Command } from "commander";
 import { loadTokenizer } from "../../core/tokens/tokenizer.ts";
 import { tokenize } from "../../core/tokens/stream.ts";
-import { generate, type MeterEvent, read } from "../../core/mod.ts";
+import { measureSample, sampleTokens } from "../../core/engine/measure.ts";
 import { predictKv } from "../../core/engine/estimate.ts";
-import { rss } from "../../core/meter/rss.ts";
 import { ASK_DEFAULTS, askFraming } from "../../recipes/ask.ts";
 import { buildPrompt } from "../../recipes/prompt.ts";
-import { addRunOptions, intFlag, type RunFlags } from "../options.ts";
+import { addRunOptions, type RunFlags } from "../options.ts";
 import { loadPrepared, prepareRun } from "../run.ts";
 import { formatBytes, formatCount, formatSeconds } from "../progress.ts";
 import { round, writeStdout } from "../output.ts";
@@ -33,72 +32,41 @@ Examples:
     )
     .action(async (input: string, flags: RunFlags & { question: string }) => {
       const p = await prepareRun(input, flags, ASK_DEFAULTS.maxTokens);
-      const chunk = intFlag(flags.chunk, "--chunk")!;
+      const { run } = p;
       const tokenizer = await loadTokenizer(p.dir);
       const prompt = buildPrompt(tokenizer, askFraming(flags.question, flags.system), p.config.bosTokenId);
 
       // one pass over the input: the exact token count, and the first tokens kept as the sample
-      const sampleTokens = p.budget + 2 * chunk;
+      const wanted = sampleTokens(run);
       const sample: number[] = [];
       let tokens = 0;
       const t0 = performance.now();
       for await (const ids of p.source.text.pipeThrough(tokenize(tokenizer))) {
-        for (let i = 0; i < ids.length && sample.length < sampleTokens; i++) sample.push(ids[i]);
+        for (let i = 0; i < ids.length && sample.length < wanted; i++) sample.push(ids[i]);
         tokens += ids.length;
       }
       const tokenizeSeconds = (performance.now() - t0) / 1000;
-      const patch = flags.questionPatch && p.policy.attention;
       const kv = predictKv({
         config: p.config,
-        policy: p.policy,
-        budget: p.budget,
-        bytesPerElement: p.kvDtype === "float32" ? 4 : 2,
+        plan: run.plan,
+        bytesPerElement: run.bytesPerElement,
         prefixTokens: prompt.prefix.length,
         documentTokens: tokens,
-        chunk,
-        patchTokens: patch ? prompt.suffix.length : 0,
+        chunk: run.chunk,
+        patchTokens: run.questionPatch ? prompt.suffix.length : 0,
         suffixTokens: prompt.suffix.length,
         maxTokens: p.maxTokens,
-        decodeBudget: intFlag(flags.decodeBudget, "--decode-budget"),
       });
 
-      // a short real run with the same settings: memory is flat past the budget, so its RSS predicts the run's
       const tLoad = performance.now();
       const model = await loadPrepared(p, flags);
       const loadSeconds = (performance.now() - tLoad) / 1000;
-      const chunkTimes: number[] = [];
-      const state = await read({ ids: sample }, {
-        model,
-        policy: p.policy,
-        budget: p.budget,
-        chunk,
-        prefix: prompt.prefix,
-        question: prompt.suffix,
-        questionPatch: flags.questionPatch ? undefined : false,
-        onEvent: (e: MeterEvent) => e.type === "chunk" && chunkTimes.push(e.seconds),
-      });
-      const tDecode = performance.now();
-      let decoded = 0;
-      for await (
-        const _ of generate(state, {
-          suffix: prompt.suffix,
-          maxTokens: SAMPLE_DECODE + 1,
-          eos: [],
-          sampling: { temperature: 0 },
-        })
-      ) {
-        decoded = state.meter.summary().generatedTokens;
-      }
-      const decodeRate = Math.max(1, decoded - 1) / Math.max(1e-6, (performance.now() - tDecode) / 1000);
-      // prefill speed past the first chunk (warm-up); the last chunks run over a full budget
-      const steady = chunkTimes.length > 1
-        ? (chunkTimes.at(-1)! - chunkTimes[0]) / (chunkTimes.length - 1)
-        : chunkTimes[0];
-      const prefillRate = chunk / Math.max(1e-6, steady);
+      const m = await measureSample(model, run, sample, prompt, SAMPLE_DECODE);
+      await model.session.close();
+      const prefillRate = m.prefillTokensPerSecond, decodeRate = m.decodeTokensPerSecond, peakRss = m.peakRssBytes;
       const prefillSeconds = (tokens + prompt.prefix.length) / prefillRate;
       const decodeSeconds = p.maxTokens / decodeRate;
-      const peakRss = rss().peak;
-      await model.session.close();
+      const chunk = run.chunk;
 
       const result = {
         input: { bytes: p.source.stats.bytes, files: p.source.stats.files },
@@ -106,10 +74,10 @@ Examples:
         chunks: kv.chunks,
         model: p.dir,
         device: p.device.device,
-        policy: p.policy.name,
-        budget: p.budget,
+        policy: run.policy.name,
+        budget: run.budget,
         chunk,
-        positions: p.positions,
+        positions: run.positions,
         kv_dtype: flags.kvDtype,
         max_tokens: p.maxTokens,
         predicted: {
@@ -140,7 +108,7 @@ Examples:
           ),
           row(
             "policy",
-            `${p.policy.name}, budget ${p.budget} entries per layer and head, ${p.positions} positions, ${p.device.device}`,
+            `${run.policy.name}, budget ${run.budget} entries per layer and head, ${run.positions} positions, ${p.device.device}`,
           ),
           row(
             "KV peak",

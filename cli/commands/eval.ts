@@ -5,16 +5,18 @@
  */
 import { type Command, Option } from "commander";
 import { join } from "node:path";
-import { loadCorpus } from "../../core/eval/corpus.ts";
+import { loadCorpus } from "../../core/input/corpus.ts";
 import { criticalFootprint, type NiahRow, runNiah, summarizeNiah } from "../../core/eval/niah.ts";
 import { runPpl } from "../../core/eval/ppl.ts";
 import { runFidelity } from "../../core/eval/fidelity.ts";
 import { chooseDevice, type DeviceRequest, DEVICES } from "../../core/model/device.ts";
-import { FILE_POLICIES, POLICIES } from "../../core/policies/mod.ts";
+import { readConfig } from "../../core/model/config.ts";
+import { resolveRun } from "../../core/mod.ts";
+import { needlePrompt } from "../../recipes/needle.ts";
 import { fsError } from "../../core/errors.ts";
 import { curve, heatmap, render } from "../plot.ts";
 import { formatBytes } from "../progress.ts";
-import { intFlag, numberFlag, requireRetainingHeads } from "../options.ts";
+import { intFlag, numberFlag, policyOption } from "../options.ts";
 import { note, usage, writeStdout } from "../output.ts";
 import { modelDir } from "../run.ts";
 
@@ -43,12 +45,10 @@ interface EvalFlags {
   last: string;
 }
 
-const ALL_POLICIES = [...Object.keys(POLICIES), ...FILE_POLICIES];
-
 function common(cmd: Command, defaults: { policy: string; budget: string; lengths: string; depths: string }): Command {
   return cmd
     .option("-m, --model <dir>", "model checkpoint (default: $TOME_MODEL)")
-    .option("--policy <list>", `policies, comma-separated (${ALL_POLICIES.join(", ")})`, defaults.policy)
+    .addOption(policyOption("policies, comma-separated").default(defaults.policy))
     .option("--budget <list>", "budgets (entries per layer and head), comma-separated", defaults.budget)
     .option("--lengths <list>", "haystack lengths in tokens, comma-separated", defaults.lengths)
     .option("--depths <list>", "needle depths in percent, comma-separated", defaults.depths)
@@ -81,22 +81,13 @@ const list = (s: string, flag: string) =>
     return n;
   });
 
-function policies(flags: EvalFlags): string[] {
-  const names = flags.policy.split(",").map((x) => x.trim()).filter(Boolean);
-  for (const n of names) {
-    if (!ALL_POLICIES.includes(n)) {
-      throw usage(`--policy: unknown policy "${n}" (one of: ${ALL_POLICIES.join(", ")})`);
-    }
-    requireRetainingHeads(POLICIES[n] ?? { name: n }, flags.retainingHeads);
-  }
-  return names;
-}
-
 async function settings(flags: EvalFlags) {
-  const device = await chooseDevice(flags.device);
-  return {
-    model: modelDir(flags),
-    policies: policies(flags),
+  const model = modelDir(flags);
+  const policyNames = flags.policy.split(",").map((x) => x.trim()).filter(Boolean);
+  const s = {
+    model,
+    frame: needlePrompt,
+    policies: policyNames,
     budgets: list(flags.budget, "--budget").map((b) => intFlag(String(b), "--budget")!),
     lengths: list(flags.lengths, "--lengths").map((n) => intFlag(String(n), "--lengths")!),
     depths: list(flags.depths, "--depths").map((d) => numberFlag(String(d), "--depths", 0, 100)! / 100),
@@ -105,11 +96,19 @@ async function settings(flags: EvalFlags) {
     chunk: intFlag(flags.chunk, "--chunk")!,
     kvDtype: flags.kvDtype === "f32" ? "float32" as const : "float16" as const,
     positions: flags.positions,
-    executionProviders: device.providers,
     threads: intFlag(flags.threads, "--threads"),
     policyOptions: { mask: flags.duoMask, sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1) },
     retainingHeads: flags.retainingHeads,
   };
+  // every policy and budget resolved once, by the rule runs use, before any model work
+  const config = await readConfig(model);
+  for (const policy of policyNames) {
+    for (const budget of s.budgets) {
+      await resolveRun(config, { ...s, policy, budget, positions: "compact" });
+    }
+  }
+  const device = await chooseDevice(flags.device);
+  return { ...s, executionProviders: device.providers };
 }
 
 /** Appends result lines to `<out>/results.jsonl`. */

@@ -26,7 +26,6 @@ Examples:
         framing: summarizeFraming(flags.style, words, flags.system),
         ...summarizeDefaults(words),
       };
-      const code = await runRecipe(input, recipe, flags);
-      if (code !== 0) Deno.exit(code);
+      await runRecipe(input, recipe, flags);
     });
 }

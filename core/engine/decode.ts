@@ -7,7 +7,8 @@ import { uniform } from "../../kernels/random.ts";
 import { sample, type SamplingOptions } from "../../kernels/sample.ts";
 import { Detokenizer } from "../tokens/detokenize.ts";
 import type { Tokenizer } from "../tokens/tokenizer.ts";
-import type { Prefill } from "./prefill.ts";
+import type { BudgetPlan } from "./plan.ts";
+import type { Sequence } from "./sequence.ts";
 import { TomeError } from "../errors.ts";
 
 export interface DecodeOptions {
@@ -22,8 +23,8 @@ export interface DecodeOptions {
   stop: string[];
   /** Called with each generated token id (EOS not included). */
   onToken?: (id: number) => void;
-  /** Entries per layer and KV head kept while generating (default: none evicted). */
-  decodeBudget?: number;
+  /** Called with the logits each token is sampled from (the row is reused: copy it to keep it). */
+  onLogits?: (logits: Float32Array) => void;
 }
 
 /** Why generation ended. */
@@ -31,22 +32,20 @@ export type FinishReason = "eos" | "stop" | "length";
 
 /** Streams the answer as text; returns why it ended. */
 export async function* decode(
-  prefill: Prefill,
+  seq: Sequence,
+  plan: BudgetPlan,
   tokenizer: Tokenizer,
   opts: DecodeOptions,
 ): AsyncGenerator<string, FinishReason> {
   if (opts.suffix.length === 0) throw new Error("decode needs at least one suffix token");
-  const { store, session, meter } = prefill;
-  const { layers: L, kvHeads: K } = session.config;
-  const policy = prefill.opts.policy;
-  const evicting = opts.decodeBudget !== undefined && !policy.keepsAll;
-  if (evicting && opts.decodeBudget! < opts.suffix.length) {
+  const rule = plan.decode;
+  if (rule && plan.decodeBudget! < opts.suffix.length) {
     throw new TomeError(
       "usage",
-      `decode budget ${opts.decodeBudget} is smaller than the ${opts.suffix.length}-token suffix`,
+      `decode budget ${plan.decodeBudget} is smaller than the ${opts.suffix.length}-token suffix`,
     );
   }
-  store.reserve(opts.suffix.length + (evicting ? 1 : opts.maxTokens));
+  seq.reserve(opts.suffix.length + (rule ? 1 : opts.maxTokens));
   const random = uniform(opts.seed);
   const detok = new Detokenizer(tokenizer);
   const history: number[] = [];
@@ -57,27 +56,17 @@ export async function* decode(
    * scored with the token as the observation window and evicted to the decode budget; returns the last logits.
    */
   const feed = async (ids: number[], generated: boolean) => {
-    const positions = prefill.nextPositions(ids.length);
-    const before = store.entries() / (L * K);
-    const evict = evicting && generated;
-    const r = await session.run({
-      ids,
-      positions,
-      past: store.past(),
-      fetch: { logits: true, kv: true, stats: evict ? policy.needs : [], retain: evict && policy.retain },
-    });
-    const original = Int32Array.from({ length: ids.length }, (_, i) => prefill.position + i);
-    for (let l = 0; l < L; l++) {
-      if (evict) prefill.evict(l, ids.length, ids.length, 1, original, r, opts.decodeBudget!);
-      else store.append(l, { keys: r.newKeys[l], values: r.newValues[l], stride: ids.length }, ids.length, original);
-    }
-    prefill.position += ids.length;
-    for (let i = 0; i < ids.length; i++) meter.token(before + i + 1, store.bytes(), generated);
+    const before = seq.meanEntries();
+    const r = rule && generated
+      ? await seq.step(ids, rule, { window: 1, logits: true })
+      : await seq.append(ids, { logits: true });
+    for (let i = 0; i < ids.length; i++) seq.meter.token(before + i + 1, seq.store.bytes(), generated);
     return r.logits!;
   };
 
   let logits = await feed(opts.suffix, false);
   for (let n = 0; n < opts.maxTokens; n++) {
+    opts.onLogits?.(logits);
     const id = sample(logits, opts.sampling, history, random);
     if (opts.eos.includes(id)) {
       const rest = stops.flush(detok.flush());
@@ -86,7 +75,7 @@ export async function* decode(
     }
     history.push(id);
     opts.onToken?.(id);
-    meter.emitted(history.length);
+    seq.meter.emitted(history.length);
     const { text, stopped } = stops.push(detok.push(id));
     if (text) yield text;
     if (stopped) return "stop";

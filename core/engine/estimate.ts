@@ -1,17 +1,15 @@
 /**
  * The KV memory a run will need, predicted without running the model: the
  * retained entries of every layer and KV head follow from the token count, the
- * chunk size and the budgets alone (each head keeps min(budget, what it had +
- * the chunk)), so the peak the meter will report can be computed exactly.
+ * chunk size and the budget plan alone (each head keeps min(its count, what it
+ * had + the chunk)), so the peak the meter will report can be computed exactly.
  */
 import type { ModelConfig } from "../model/config.ts";
-import type { Policy } from "../policies/policy.ts";
+import type { BudgetPlan } from "./plan.ts";
 
-export interface KvPlan {
+export interface KvRun {
   config: ModelConfig;
-  policy: Policy;
-  /** Mean entries per layer and head. */
-  budget: number;
+  plan: BudgetPlan;
   bytesPerElement: number;
   /** Framing tokens before the document, and the document's tokens. */
   prefixTokens: number;
@@ -22,7 +20,6 @@ export interface KvPlan {
   /** Tokens prefilled after the document, and the most tokens generated. */
   suffixTokens: number;
   maxTokens: number;
-  decodeBudget?: number;
 }
 
 export interface KvPrediction {
@@ -36,41 +33,34 @@ export interface KvPrediction {
   chunks: number;
 }
 
-export function predictKv(p: KvPlan): KvPrediction {
+/** Replays the run's budgets over entry counts alone. */
+export function predictKv(p: KvRun): KvPrediction {
   const { layers: L, kvHeads: K, headDim: d } = p.config;
   const entryBytes = d * 2 * p.bytesPerElement;
-  const budgets = p.policy.budgets?.(p.budget, L) ?? new Array(L).fill(p.budget);
-  const headBudget = (l: number, h: number) =>
-    p.policy.keepsAll ? Infinity : p.policy.headBudget?.(l, h, budgets[l]) ?? budgets[l];
   const len = Array.from({ length: L }, () => new Array<number>(K).fill(0));
   const entries = () => len.reduce((a, row) => a + row.reduce((x, y) => x + y, 0), 0);
+  const each = (f: (n: number, l: number, h: number) => number) => {
+    for (let l = 0; l < L; l++) for (let h = 0; h < K; h++) len[l][h] = f(len[l][h], l, h);
+  };
   const sequence = p.prefixTokens + p.documentTokens;
   let peak = 0;
   let chunks = 0;
   for (let at = 0; at < sequence; at += p.chunk) {
     const c = Math.min(p.chunk, sequence - at);
-    const S = c + p.patchTokens;
-    peak = Math.max(peak, (entries() + S * L * K) * entryBytes);
-    for (let l = 0; l < L; l++) for (let h = 0; h < K; h++) len[l][h] = Math.min(headBudget(l, h), len[l][h] + c);
+    peak = Math.max(peak, (entries() + (c + p.patchTokens) * L * K) * entryBytes);
+    each((n, l, h) => Math.min(p.plan.prefill.keep(l, h), n + c));
     chunks++;
   }
   const prefillPeak = peak;
   const afterRead = entries() * entryBytes;
   // decode: the suffix is appended, then every generated token but the last is fed back
-  const grow = (n: number) => {
-    for (let l = 0; l < L; l++) for (let h = 0; h < K; h++) len[l][h] += n;
-  };
   for (let i = 0; i < p.suffixTokens; i++) {
-    grow(1);
+    each((n) => n + 1);
     peak = Math.max(peak, entries() * entryBytes);
   }
+  const decode = p.plan.decode;
   for (let i = 0; i + 1 < p.maxTokens; i++) {
-    grow(1);
-    if (p.decodeBudget !== undefined && !p.policy.keepsAll) {
-      for (let l = 0; l < L; l++) {
-        for (let h = 0; h < K; h++) len[l][h] = Math.min(len[l][h], Math.max(p.decodeBudget, 0));
-      }
-    }
+    each((n, l, h) => (decode ? Math.min(decode.keep(l, h), n + 1) : n + 1));
     peak = Math.max(peak, entries() * entryBytes);
   }
   const total = sequence + p.suffixTokens + Math.max(0, p.maxTokens - 1);

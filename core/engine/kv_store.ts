@@ -6,10 +6,10 @@
  * survivors of each head are compacted in place, in their original order.
  */
 import { compactRows } from "../../kernels/compact.ts";
-import type { ModelConfig } from "../model/config.ts";
+import { type KvDtype, kvElementBytes, type ModelConfig } from "../model/config.ts";
 import type { KvArray, PastKv } from "../model/session.ts";
 
-export type KvDtype = "float32" | "float16";
+export type { KvDtype };
 
 /** One layer's cache. */
 export interface LayerCache {
@@ -47,12 +47,20 @@ export interface FreshEntries {
   stride: number;
 }
 
+/**
+ * Per-layer KV buffers with each head's valid length, the positions and
+ * statistics of every entry, compacted in place after each eviction.
+ *
+ * @example
+ * const store = new KvStore(config, "float16");
+ * session.run({ ids, positions, past: store.past() });
+ */
 export class KvStore {
   readonly layers: LayerCache[];
   readonly bytesPerElement: number;
 
   constructor(readonly config: ModelConfig, readonly dtype: KvDtype) {
-    this.bytesPerElement = dtype === "float32" ? 4 : 2;
+    this.bytesPerElement = kvElementBytes(dtype);
     this.layers = Array.from({ length: config.layers }, () => this.#allocate(0));
   }
 
@@ -73,18 +81,6 @@ export class KvStore {
   /** Bytes of the valid entries (keys and values). */
   bytes(): number {
     return this.entries() * this.config.headDim * 2 * this.bytesPerElement;
-  }
-
-  /** Bytes of one entry of one head of one layer (key and value). */
-  get entryBytes(): number {
-    return this.config.headDim * 2 * this.bytesPerElement;
-  }
-
-  /** Bytes allocated for buffers (capacity, not just valid entries). */
-  allocatedBytes(): number {
-    let n = 0;
-    for (const c of this.layers) n += c.capacity * this.config.kvHeads * this.entryBytes;
-    return n;
   }
 
   /**
@@ -171,6 +167,24 @@ export class KvStore {
       for (let j = 0; j < count; j++) c.positions[h * c.capacity + at + j] = positions[j];
       c.lengths[h] = at + count;
     }
+  }
+
+  /** A deep copy: the same entries, capacity and statistics in buffers of its own. */
+  clone(): KvStore {
+    const copy = new KvStore(this.config, this.dtype);
+    this.layers.forEach((c, l) => {
+      copy.layers[l] = {
+        capacity: c.capacity,
+        keys: c.keys.slice(),
+        values: c.values.slice(),
+        lengths: c.lengths.slice(),
+        positions: c.positions.slice(),
+        accumulated: c.accumulated.slice(),
+        seen: c.seen.slice(),
+        importance: c.importance.slice(),
+      };
+    });
+    return copy;
   }
 
   #allocate(capacity: number): LayerCache {

@@ -1,5 +1,6 @@
 /** A model ready to read with: checkpoint, tokenizer, generation defaults and a session on its graph. */
 import { join } from "node:path";
+import { fsError, TomeError } from "../errors.ts";
 import { graphFor } from "../model/cache.ts";
 import { type Checkpoint, openCheckpoint } from "../model/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
@@ -81,12 +82,7 @@ export async function generationDefaults(
   config: ModelConfig,
   tokenizer: Tokenizer,
 ): Promise<GenerationDefaults> {
-  let g: Record<string, unknown> = {};
-  try {
-    g = JSON.parse(await Deno.readTextFile(join(dir, "generation_config.json")));
-  } catch {
-    // optional
-  }
+  const g = await readGenerationConfig(join(dir, "generation_config.json"));
   const ids = (v: unknown) =>
     (Array.isArray(v) ? v : typeof v === "number" ? [v] : []).filter((x) => typeof x === "number");
   const eos = new Set<number>([...ids(g.eos_token_id), ...config.eosTokenIds]);
@@ -104,4 +100,25 @@ export async function generationDefaults(
     repetitionPenalty: num(g.repetition_penalty, 1),
     maxNewTokens: typeof g.max_new_tokens === "number" ? g.max_new_tokens : null,
   };
+}
+
+/** `generation_config.json` as an object: `{}` when the file is missing, a model error when it is not a JSON object. */
+async function readGenerationConfig(path: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return {};
+    throw fsError(err, path, "generation config");
+  }
+  let g: unknown;
+  try {
+    g = JSON.parse(text);
+  } catch (err) {
+    throw new TomeError("modelInvalid", `${path} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (!g || typeof g !== "object" || Array.isArray(g)) {
+    throw new TomeError("modelInvalid", `${path} is not a JSON object`);
+  }
+  return g as Record<string, unknown>;
 }

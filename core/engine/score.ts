@@ -4,37 +4,26 @@
  * caller — what perplexity and fidelity evaluation need.
  */
 import type { ModelSession } from "../model/session.ts";
-import type { Prefill } from "./prefill.ts";
+import type { Sequence } from "./sequence.ts";
 
 /**
- * Feeds `ids` after the prefill's document in runs of `chunk`, appending their
- * K/V. Row i of the logits (predicting ids[i + 1]) goes to `onRow`. `session`
- * must be a graph of the same model with `logits: "all"`.
+ * Feeds `ids` after the sequence's document in runs of `chunk`, appending
+ * their K/V. Row i of the logits (predicting ids[i + 1]) goes to `onRow`.
+ * `scorer` must be a graph of the same model with `logits: "all"`.
  */
 export async function teacherForce(
-  prefill: Prefill,
-  session: ModelSession,
+  seq: Sequence,
+  scorer: ModelSession,
   ids: number[],
   chunk: number,
   onRow: (row: Float32Array, i: number) => void,
 ): Promise<void> {
-  if (session.graph.logits !== "all") throw new Error("teacher forcing needs a graph with logits for every position");
-  const { store } = prefill;
-  const { layers: L, vocab: V } = session.config;
-  store.reserve(ids.length);
+  if (scorer.graph.logits !== "all") throw new Error("teacher forcing needs a graph with logits for every position");
+  const V = scorer.config.vocab;
+  seq.reserve(ids.length);
   for (let at = 0; at < ids.length; at += chunk) {
     const part = ids.slice(at, at + chunk);
-    const r = await session.run({
-      ids: part,
-      positions: prefill.nextPositions(part.length),
-      past: store.past(),
-      fetch: { logits: true, kv: true },
-    });
-    const original = Int32Array.from({ length: part.length }, (_, i) => prefill.position + i);
-    for (let l = 0; l < L; l++) {
-      store.append(l, { keys: r.newKeys[l], values: r.newValues[l], stride: part.length }, part.length, original);
-    }
-    prefill.position += part.length;
+    const r = await seq.append(part, { logits: true, session: scorer });
     for (let i = 0; i < part.length; i++) onRow(r.logits!.subarray(i * V, (i + 1) * V), at + i);
   }
 }

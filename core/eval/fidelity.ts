@@ -9,10 +9,11 @@ import { read } from "../mod.ts";
 import { klDivergence, teacherForce } from "../engine/score.ts";
 import { makePolicy, type Policy, policyByName } from "../policies/mod.ts";
 import { haystack, trialSeed } from "./haystack.ts";
-import { needlePrompt } from "./niah.ts";
-import { type EvalOptions, openModel } from "./options.ts";
+import { type EvalOptions, type NeedleFraming, openModel } from "./options.ts";
 
 export interface FidelityOptions extends EvalOptions {
+  /** The prompt around each haystack. */
+  frame: NeedleFraming;
   lengths: number[];
   depths: number[];
   needles: number;
@@ -46,7 +47,7 @@ export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityR
       for (const depth of o.depths) {
         for (let trial = 0; trial < o.needles; trial++) {
           const h = haystack(o.corpus, model.tokenizer, length, depth, trialSeed(o.seed, length, depth, trial));
-          const prompt = needlePrompt(model, h);
+          const prompt = o.frame(model, h);
           const answer = model.tokenizer.encode(` ${h.needle.code}`);
           const forced = [...prompt.suffix, ...answer];
           const first = prompt.suffix.length - 1; // the row predicting the answer's first token
@@ -60,7 +61,7 @@ export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityR
               question: prompt.suffix,
             });
             const kept: Float32Array[] = [];
-            await teacherForce(state.prefill, scorer.session, forced, o.chunk, (row, i) => {
+            await teacherForce(state.sequence, scorer.session, forced, o.chunk, (row, i) => {
               if (i >= first && i < forced.length - 1) kept.push(row.slice());
             });
             const s = state.meter.summary();

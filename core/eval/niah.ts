@@ -5,14 +5,15 @@
  * The same harness runs on any model: completion models continue the needle's
  * prefix, chat models are asked the question.
  */
-import { buildPrompt, type Prompt } from "../../recipes/prompt.ts";
-import { askFraming } from "../../recipes/ask.ts";
 import { generate, type LoadedModel, read } from "../mod.ts";
+import { choosePositions } from "../engine/resolve.ts";
 import { makePolicy } from "../policies/mod.ts";
-import { type Haystack, haystack, scoreAnswer, trialSeed } from "./haystack.ts";
-import { type EvalOptions, openModel, positionsFor } from "./options.ts";
+import { haystack, scoreAnswer, trialSeed } from "./haystack.ts";
+import { type EvalOptions, type NeedleFraming, openModel } from "./options.ts";
 
 export interface NiahOptions extends EvalOptions {
+  /** The prompt around each haystack. */
+  frame: NeedleFraming;
   lengths: number[];
   depths: number[];
   /** Trials per (length, depth) cell, each a different slice, name and code. */
@@ -48,15 +49,6 @@ const MAX_TOKENS = { completion: 8, chat: 24 };
 
 const isChat = (model: LoadedModel) => typeof model.tokenizer.config.chat_template === "string";
 
-/** The prompt around a haystack: chat models are asked the question, completion models continue the needle's prefix. */
-export function needlePrompt(model: LoadedModel, h: Haystack): Prompt {
-  return buildPrompt(
-    model.tokenizer,
-    askFraming(isChat(model) ? h.needle.question : h.needle.prefix),
-    model.config.bosTokenId,
-  );
-}
-
 /** Runs every (length, depth, trial) × (policy, budget) and yields each result as it completes. */
 export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
   const models = new Map<string, LoadedModel>();
@@ -73,12 +65,12 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
     const policies = await Promise.all(o.policies.map((n) => makePolicy(n, probe.config, o.policyOptions)));
     for (const length of o.lengths) {
       // the question and the answer follow the haystack
-      const positions = positionsFor(o.positions, length + 256, probe.config.maxPositions);
+      const positions = choosePositions(o.positions, { tokens: length + 256 }, probe.config.maxPositions);
       const model = await modelFor(positions);
       for (const depth of o.depths) {
         for (let trial = 0; trial < o.needles; trial++) {
           const h = haystack(o.corpus, model.tokenizer, length, depth, trialSeed(o.seed, length, depth, trial));
-          const prompt = needlePrompt(model, h);
+          const prompt = o.frame(model, h);
           for (const policy of policies) {
             for (const budget of policy.keepsAll ? [null] : o.budgets) {
               const t0 = performance.now();

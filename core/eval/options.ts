@@ -3,6 +3,7 @@
  * and how the model is opened for them.
  */
 import { type LoadedModel, loadModel } from "../mod.ts";
+import type { Haystack } from "./haystack.ts";
 import type { PolicyOptions } from "../policies/mod.ts";
 
 export interface EvalOptions {
@@ -19,6 +20,9 @@ export interface EvalOptions {
   retainingHeads?: string;
 }
 
+/** The prompt around a needle haystack (the caller's recipe): prefix before the document, suffix after. */
+export type NeedleFraming = (model: LoadedModel, h: Haystack) => { prefix: number[]; suffix: number[] };
+
 /** Opens the evaluation's model in a position mode; `allLogits` for teacher-forced scoring. */
 export function openModel(
   o: EvalOptions,
@@ -33,13 +37,4 @@ export function openModel(
     executionProviders: o.executionProviders,
     retainingHeads: o.retainingHeads,
   });
-}
-
-/** `auto` is original positions when `tokens` (the caller counts in its margin) fit the model's context. */
-export function positionsFor(
-  mode: "original" | "compact" | "auto",
-  tokens: number,
-  maxPositions: number,
-): "original" | "compact" {
-  return mode !== "auto" ? mode : tokens <= maxPositions ? "original" : "compact";
 }

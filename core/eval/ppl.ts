@@ -7,7 +7,8 @@
 import { type LoadedModel, read } from "../mod.ts";
 import { logProb, teacherForce } from "../engine/score.ts";
 import { makePolicy } from "../policies/mod.ts";
-import { type EvalOptions, openModel, positionsFor } from "./options.ts";
+import { type EvalOptions, openModel } from "./options.ts";
+import { choosePositions } from "../engine/resolve.ts";
 
 export interface PplOptions extends EvalOptions {
   text: string;
@@ -34,7 +35,7 @@ export async function* runPpl(o: PplOptions): AsyncGenerator<PplRow> {
   const ids = probe.tokenizer.encode(o.text);
   await probe.session.close();
   if (ids.length < o.last + 2) throw new Error(`the text has ${ids.length} tokens; --last ${o.last} needs more`);
-  const positions = positionsFor(o.positions, ids.length, probe.config.maxPositions);
+  const positions = choosePositions(o.positions, { tokens: ids.length }, probe.config.maxPositions);
   const model: LoadedModel = await openModel(o, positions);
   const scorer: LoadedModel = await openModel(o, positions, true);
   try {
@@ -55,7 +56,7 @@ export async function* runPpl(o: PplOptions): AsyncGenerator<PplRow> {
         });
         const s = state.meter.summary();
         let nll = 0;
-        await teacherForce(state.prefill, scorer.session, scored, o.chunk, (row, i) => {
+        await teacherForce(state.sequence, scorer.session, scored, o.chunk, (row, i) => {
           if (i + 1 < scored.length) nll -= logProb(row, scored[i + 1]);
         });
         const mean = nll / o.last;

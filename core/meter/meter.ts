@@ -72,6 +72,16 @@ export interface MeterSummary {
   decodeSeconds: number;
 }
 
+/**
+ * Counts what a run holds and costs — KV bytes now and at peak, footprint,
+ * peak fraction, RSS, speed — from the engine's reports after every chunk and
+ * token, and hands each as an event to `onEvent`.
+ *
+ * @example
+ * const meter = new Meter(kvBytesPerToken(config, 2), (e) => e.type === "chunk" && console.error(e.kvBytes));
+ * const state = await read(text, { model, meter });
+ * console.log(meter.summary().kvPeakBytes);
+ */
 export class Meter {
   #tokens = 0;
   #docTokens = 0;
@@ -98,8 +108,8 @@ export class Meter {
 
   /** A prefill run of `runTokens` (of which `docTokens` are document) over `before` retained entries, leaving `after`. */
   chunk(o: {
-    sequenceTokens: number;
-    docTokens: number;
+    /** Tokens the chunk adds to the sequence (document or framing). */
+    tokens: number;
     runTokens: number;
     before: number;
     after: number;
@@ -110,10 +120,10 @@ export class Meter {
     /** Tokens produced by the tokenizer so far (it runs ahead of the model). */
     tokenized: number;
   }): ChunkEvent {
-    const c = o.sequenceTokens;
+    const c = o.tokens;
     this.#resident += (c * (c + 1)) / 2 + c * o.before;
     this.#tokens += c;
-    this.#docTokens += o.docTokens;
+    this.#docTokens += c;
     this.#promptTokens += c;
     this.#peakEntries = Math.max(this.#peakEntries, o.before + o.runTokens);
     this.#kvPeak = Math.max(this.#kvPeak, o.kvBytesBefore + o.runTokens * this.tokenBytes);
@@ -180,6 +190,26 @@ export class Meter {
   /** Tokens generated so far (a sampled token counts even when the run ends before it is fed back). */
   emitted(n: number): void {
     this.#generated = n;
+  }
+
+  /** An independent copy of the figures so far (a forked sequence meters on from here), reporting to `onEvent`. */
+  fork(onEvent: (e: MeterEvent) => void = this.onEvent): Meter {
+    const m = new Meter(this.tokenBytes, onEvent);
+    m.#tokens = this.#tokens;
+    m.#docTokens = this.#docTokens;
+    m.#generated = this.#generated;
+    m.#promptTokens = this.#promptTokens;
+    m.#framing = this.#framing;
+    m.#resident = this.#resident;
+    m.#peakEntries = this.#peakEntries;
+    m.#kvPeak = this.#kvPeak;
+    m.#kvNow = this.#kvNow;
+    m.#kept = this.#kept;
+    m.#chunks = this.#chunks;
+    m.#started = this.#started;
+    m.#prefillSeconds = this.#prefillSeconds;
+    m.#decodeStarted = this.#decodeStarted;
+    return m;
   }
 
   summary(): MeterSummary {

@@ -160,3 +160,18 @@ function parseRopeScaling(raw: unknown, where: string): RopeScaling | null {
 export function kvBytesPerToken(c: ModelConfig, bytesPerElement: number): number {
   return 2 * c.layers * c.kvHeads * c.headDim * bytesPerElement;
 }
+
+/**
+ * Position modes. `original`: keys are cached after RoPE at their token
+ * positions. `compact`: keys are cached before RoPE and rotated at every pass
+ * to the positions given for the cache (their slot numbers).
+ */
+export type PositionMode = "original" | "compact";
+
+/** The KV cache's element type. */
+export type KvDtype = "float32" | "float16";
+
+/** Bytes of one KV element. */
+export function kvElementBytes(dtype: KvDtype): number {
+  return dtype === "float32" ? 4 : 2;
+}

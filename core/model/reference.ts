@@ -5,7 +5,7 @@
  * graph builder (`onnx/decoder.ts`) mirrors it step for step, same names.
  */
 import { type Checkpoint, layerTensorNames, loadTensor } from "./checkpoint.ts";
-import type { ModelConfig } from "./config.ts";
+import type { ModelConfig, PositionMode } from "./config.ts";
 import { inverseFrequencies, rotate } from "./rope.ts";
 
 /** One layer's weights, Hugging Face layout (linear weights [out, in]). */
@@ -76,13 +76,6 @@ export interface Past {
   /** Valid entries per layer and KV head ([layer][head]); slots past them are ignored. Default: all. */
   lengths?: number[][];
 }
-
-/**
- * Position modes. `original`: keys are cached after RoPE at their token
- * positions. `compact`: keys are cached before RoPE and rotated at every pass
- * to the positions given for the cache (e.g. their slot numbers).
- */
-export type PositionMode = "original" | "compact";
 
 export interface ForwardOutput {
   /** [S, vocab] */

@@ -36,7 +36,7 @@ import { normals, seedFor, uniform } from "../../kernels/random.ts";
 import { fsError } from "../errors.ts";
 import { loadTokenizer } from "../tokens/tokenizer.ts";
 import { trainBpe } from "../tokens/train.ts";
-import { projectText } from "../eval/corpus.ts";
+import { projectText } from "../input/corpus.ts";
 import type { ModelConfig } from "./config.ts";
 import { type TensorToWrite, writeSafetensors } from "./safetensors.ts";
 import { inverseFrequencies } from "./rope.ts";

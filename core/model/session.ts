@@ -4,7 +4,7 @@
  * for: onnxruntime copies every fetched output back into JavaScript.
  */
 import type { ModelConfig } from "./config.ts";
-import { type GraphOptions, io } from "./onnx/decoder.ts";
+import { type GraphOptions, io, type StatName } from "./onnx/decoder.ts";
 import { type Ort, ort } from "./ort.ts";
 import { TomeError } from "../errors.ts";
 
@@ -33,8 +33,7 @@ export function emptyPast(config: ModelConfig, kvDtype: "float32" | "float16"): 
   };
 }
 
-/** Attention statistics a run can return (see `onnx/decoder.ts`). */
-export type StatName = "window" | "all" | "max" | "last";
+export type { StatName };
 
 export interface RunRequest {
   ids: ArrayLike<number>;
@@ -71,13 +70,15 @@ function int64(values: ArrayLike<number>): BigInt64Array {
   return out;
 }
 
-const STAT_OUTPUT: Record<StatName, (l: number) => string> = {
-  window: io.attnWindow,
-  all: io.attnAll,
-  max: io.attnMax,
-  last: io.attnLast,
-};
-
+/**
+ * One onnxruntime session over a built graph. `run` feeds token ids, their
+ * positions and the retained cache (zero-copy) and fetches only the outputs
+ * asked for.
+ *
+ * @example
+ * const session = await ModelSession.open(config, graph, "model.onnx");
+ * const r = await session.run({ ids, positions, past: emptyPast(config, "float32"), fetch: { logits: true } });
+ */
 export class ModelSession {
   private constructor(
     readonly config: ModelConfig,
@@ -137,7 +138,7 @@ export class ModelSession {
     const fetches: string[] = [];
     if (want.logits ?? true) fetches.push("logits");
     if (want.kv ?? true) { for (let l = 0; l < layers; l++) fetches.push(io.newKey(l), io.newValue(l)); }
-    for (const s of want.stats ?? []) for (let l = 0; l < layers; l++) fetches.push(STAT_OUTPUT[s](l));
+    for (const s of want.stats ?? []) for (let l = 0; l < layers; l++) fetches.push(io.stat(s, l));
     if (want.retain) { for (let l = 0; l < layers; l++) fetches.push(io.retain(l)); }
     const out = await this.session.run(feeds, fetches);
     const result: RunResult = { newKeys: [], newValues: [], stats: {} };
@@ -149,7 +150,7 @@ export class ModelSession {
       }
     }
     for (const s of want.stats ?? []) {
-      result.stats[s] = Array.from({ length: layers }, (_, l) => out[STAT_OUTPUT[s](l)].data as Float32Array);
+      result.stats[s] = Array.from({ length: layers }, (_, l) => out[io.stat(s, l)].data as Float32Array);
     }
     if (want.retain) result.retain = Array.from({ length: layers }, (_, l) => out[io.retain(l)].data as Float32Array);
     return result;

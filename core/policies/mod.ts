@@ -11,6 +11,7 @@ import { streaming } from "./streaming.ts";
 import { tova } from "./tova.ts";
 import { fsError, TomeError } from "../errors.ts";
 import { duo, parseDuoMask } from "./duo.ts";
+import { pyramid } from "./pyramid.ts";
 
 export type { Policy, Protection, ScoreView } from "./policy.ts";
 export { select } from "./select.ts";
@@ -32,8 +33,12 @@ export interface PolicyOptions {
   threshold?: number;
 }
 
-/** A policy by name, or a usage error listing them. */
+/** Prefix that puts any scored policy under PyramidKV's per-layer schedule: `pyramid:h2o`. */
+export const PYRAMID_PREFIX = "pyramid:";
+
+/** A policy by name (`pyramid:NAME` wraps one), or a usage error listing them. */
 export function policyByName(name: string): Policy {
+  if (name.startsWith(PYRAMID_PREFIX)) return pyramidOf(policyByName(name.slice(PYRAMID_PREFIX.length)));
   const p = POLICIES[name];
   if (!p) {
     const all = [...Object.keys(POLICIES), ...FILE_POLICIES].join(", ");
@@ -51,6 +56,9 @@ export async function makePolicy(
   dims: { layers: number; kvHeads: number },
   opts: PolicyOptions = {},
 ): Promise<Policy> {
+  if (name.startsWith(PYRAMID_PREFIX)) {
+    return pyramidOf(await makePolicy(name.slice(PYRAMID_PREFIX.length), dims, opts));
+  }
   if (name !== "duo") return policyByName(name);
   if (!opts.mask) throw new TomeError("usage", "policy duo needs a head mask file (--duo-mask FILE)");
   let text: string;
@@ -60,4 +68,11 @@ export async function makePolicy(
     throw fsError(err, opts.mask, "head mask");
   }
   return duo(parseDuoMask(text, dims.layers, dims.kvHeads, opts, opts.mask));
+}
+
+function pyramidOf(inner: Policy): Policy {
+  if (inner.keepsAll || inner.budgets) {
+    throw new TomeError("usage", `pyramid: wraps a policy that evicts with one budget per layer, not ${inner.name}`);
+  }
+  return pyramid(inner);
 }

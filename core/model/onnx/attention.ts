@@ -11,6 +11,7 @@
  * window's rows. Query heads are viewed as [Hkv, g·S], so K and V are never
  * repeated per query head.
  */
+import type { StatNames } from "./stats.ts";
 import type { Graph } from "./graph.ts";
 
 /** Shape tensors and the causal mask shared by every layer. */
@@ -64,13 +65,7 @@ export function attentionShapes(
   };
 }
 
-/** Output names of the four statistics of one layer. */
-export interface StatNames {
-  window: string;
-  all: string;
-  max: string;
-  last: string;
-}
+export type { StatNames };
 
 /**
  * q [1,H,S,d] and k [1,K,S,d] rotated, v [1,K,S,d]; pastK (rotated) and pastV

@@ -39,10 +39,11 @@
  * window-only policies (SnapKV, PyramidKV), and a graph without statistics
  * suits decode; both are left to the engine work.
  */
+import { type StatName, STATS } from "./stats.ts";
 import { f32ToF16 } from "../../../kernels/fp16.ts";
 import type { Checkpoint } from "../checkpoint.ts";
 import { layerTensorNames, loadTensor } from "../checkpoint.ts";
-import type { PositionMode } from "../reference.ts";
+import type { PositionMode } from "../config.ts";
 import { inverseFrequencies } from "../rope.ts";
 import { attend, attentionShapes, shape } from "./attention.ts";
 import { readRetainingHeads, retainingHead } from "./retaining.ts";
@@ -68,16 +69,15 @@ export const DEFAULT_GRAPH_OPTIONS: GraphOptions = {
 /** The ONNX opsets the graph uses. */
 export const OPSETS = { "": 23 };
 
+export { type StatName, STATS };
+
 /** Names of the graph's per-layer inputs and outputs. */
 export const io = {
   pastKey: (l: number) => `past_key_${l}`,
   pastValue: (l: number) => `past_value_${l}`,
   newKey: (l: number) => `new_key_${l}`,
   newValue: (l: number) => `new_value_${l}`,
-  attnWindow: (l: number) => `attn_window_${l}`,
-  attnAll: (l: number) => `attn_all_${l}`,
-  attnMax: (l: number) => `attn_max_${l}`,
-  attnLast: (l: number) => `attn_last_${l}`,
+  stat: (name: StatName, l: number) => `attn_${name}_${l}`,
   retain: (l: number) => `retain_${l}`,
 };
 
@@ -216,12 +216,8 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
         pastK = rope(pastK, cosPast, sinPast);
       }
 
-      const { out, stats } = attend(g, shapes, q, k, v, pastK, pastV, past.mask, {
-        window: io.attnWindow(l),
-        all: io.attnAll(l),
-        max: io.attnMax(l),
-        last: io.attnLast(l),
-      });
+      const statNames = Object.fromEntries(STATS.map((s) => [s, io.stat(s, l)])) as Record<StatName, string>;
+      const { out, stats } = attend(g, shapes, q, k, v, pastK, pastV, past.mask, statNames);
       let o = g.op("MatMul", [out, await linearWeight(n.wo, D, H * d)]);
       if (c.oBias) o = g.op("Add", [o, await vector(n.bo)]);
       let h = g.op("Add", [x, o]);
@@ -259,9 +255,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
     g.output(io.newValue(l), kvType, [1, K, "S", d]);
   }
   for (let l = 0; l < c.layers; l++) {
-    for (const name of [io.attnWindow(l), io.attnAll(l), io.attnMax(l), io.attnLast(l)]) {
-      g.output(name, "float32", [1, K, "T"]);
-    }
+    for (const s of STATS) g.output(io.stat(s, l), "float32", [1, K, "T"]);
   }
   g.output("logits", "float32", [1, opts.logits === "last" ? 1 : "S", V]);
   if (retaining) { for (let l = 0; l < c.layers; l++) g.output(io.retain(l), "float32", [1, K, "S"]); }

@@ -1,0 +1,128 @@
+/**
+ * One layer's eviction after a run: every KV head's retained entries followed
+ * by the run's new ones are scored by the policy and cut to the plan's count
+ * by the one selection path, then the store compacts the survivors in place.
+ */
+import { fromF16Bits } from "../../kernels/fp16.ts";
+import type { KvArray, RunResult, StatName } from "../model/session.ts";
+import { type ScoreView, select } from "../policies/mod.ts";
+import type { HeadUpdate, KvStore } from "./kv_store.ts";
+import type { EvictionRule } from "./plan.ts";
+
+export interface EvictStep {
+  /** The run's result (new K/V, the statistics the policy needs, retaining-head scores). */
+  result: RunResult;
+  /** New entries that are candidates (the first `fresh` of the run's `runTokens`; the rest, a question patch, are dropped). */
+  fresh: number;
+  runTokens: number;
+  /** Original positions of the `fresh` new entries. */
+  positions: Int32Array;
+  /** Observation-window queries of the run, and whether they are the question patch. */
+  windowQueries: number;
+  patch: boolean;
+  rule: EvictionRule;
+}
+
+/** Scores and selects layer `l`'s entries (retained ++ the step's fresh ones) down to the rule's counts. */
+export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
+  const { kvHeads: K, headDim: d, layers: L } = store.config;
+  const { result, fresh: c, runTokens: S, rule } = step;
+  const { policy } = rule;
+  const layer = store.layers[l];
+  const cap = layer.capacity;
+  const protect = rule.protect(l, step.windowQueries, step.patch);
+  const newKeys = result.newKeys[l];
+  const all = result.stats.all?.[l];
+  const retain = result.retain?.[l];
+  if (policy.retain && !retain) throw new Error(`policy ${policy.name} needs a graph with retaining heads`);
+
+  const views: ScoreView[] = [];
+  const updates: HeadUpdate[] = [];
+  for (let h = 0; h < K; h++) {
+    const P = layer.lengths[h];
+    const n = P + c;
+    const row = h * (cap + S);
+    /** The head's n values of a statistic: retained slots, then the run's candidate entries. */
+    const gather = (stat: Float32Array) => {
+      const out = new Float32Array(n);
+      out.set(stat.subarray(row, row + P));
+      out.set(stat.subarray(row + cap, row + cap + c), P);
+      return out;
+    };
+    const positions = new Int32Array(n);
+    positions.set(layer.positions.subarray(h * cap, h * cap + P));
+    positions.set(step.positions, P);
+    const accumulated = new Float32Array(n);
+    const seen = new Float32Array(n);
+    const importance = new Float32Array(n);
+    importance.set(layer.importance.subarray(h * cap, h * cap + P));
+    if (retain) importance.set(retain.subarray(h * S, h * S + c), P);
+    accumulated.set(layer.accumulated.subarray(h * cap, h * cap + P));
+    seen.set(layer.seen.subarray(h * cap, h * cap + P));
+    for (let i = 0; i < P; i++) seen[i] += S;
+    for (let j = 0; j < c; j++) seen[P + j] = S - j;
+    if (all) {
+      const mass = gather(all);
+      for (let i = 0; i < n; i++) accumulated[i] += mass[i];
+    }
+    const cache = new Map<StatName, Float32Array>();
+    const stat = (name: StatName) => {
+      let v = cache.get(name);
+      if (!v) {
+        const s = result.stats[name]?.[l];
+        if (!s) throw new Error(`policy ${policy.name} read statistic "${name}" it did not declare`);
+        cache.set(name, v = gather(s));
+      }
+      return v;
+    };
+    views.push({
+      layer: l,
+      layers: L,
+      head: h,
+      kvHeads: K,
+      n,
+      past: P,
+      positions,
+      stat,
+      layerStat: (name) => views.map((v) => v.stat(name)),
+      accumulated,
+      seen,
+      importance,
+      keyNorms: () => keyNorms(layer.keys, h * cap, P, newKeys, h * S, c, d),
+      windowQueries: step.windowQueries,
+    });
+    updates.push({ keep: new Int32Array(0), positions, accumulated, seen, importance });
+  }
+  for (let h = 0; h < K; h++) {
+    const v = views[h];
+    const keep = rule.keep(l, h);
+    if (v.n <= keep) updates[h].keep = Int32Array.from({ length: v.n }, (_, i) => i);
+    else if (policy.sharedAcrossHeads && h > 0) updates[h].keep = updates[0].keep;
+    else updates[h].keep = select(policy.score(v), v.n, keep, protect);
+  }
+  store.commit(l, updates, { keys: newKeys, values: result.newValues[l], stride: S });
+}
+
+/** ‖k‖₂ of P retained keys followed by c new ones (f32 values or f16 bit patterns). */
+function keyNorms(
+  past: KvArray,
+  pastRow: number,
+  P: number,
+  fresh: KvArray,
+  freshRow: number,
+  c: number,
+  d: number,
+): Float32Array {
+  const out = new Float32Array(P + c);
+  const norm = (a: KvArray, row: number) => {
+    let s = 0;
+    for (let i = 0; i < d; i++) {
+      const x = a instanceof Float32Array ? a[row * d + i] : fromF16Bits(a[row * d + i]);
+      s += x * x;
+    }
+    return Math.sqrt(s);
+  };
+  for (let i = 0; i < P; i++) out[i] = norm(past, pastRow + i);
+  for (let j = 0; j < c; j++) out[P + j] = norm(fresh, freshRow + j);
+  return out;
+}

@@ -1,0 +1,126 @@
+/**
+ * One resolved run: user options (a budget in entries or bytes, a policy by
+ * name, the question patch, positions auto/original/compact, the KV dtype)
+ * turned into the decisions every reader shares — the CLI, `read()`,
+ * `tome estimate` and `tome eval` all resolve through here.
+ */
+import { TomeError } from "../errors.ts";
+import { kvBytesPerToken, type KvDtype, kvElementBytes, type ModelConfig, type PositionMode } from "../model/config.ts";
+import { DEFAULT_POLICY, makePolicy, type Policy, type PolicyOptions } from "../policies/mod.ts";
+import { parseBudget } from "./budget.ts";
+import { type BudgetPlan, checkPlan, planBudgets } from "./plan.ts";
+import { DEFAULT_WINDOW } from "./prefill.ts";
+
+/**
+ * Document tokens per prefill run unless told otherwise. Chosen by measurement
+ * (`bench/engine.ts --part chunks`, 360M shape, snapkv at budget 1024, 2 cores):
+ * chunk 128 → 162 tok/s, 256 → 170, 512 → 184, 1024 → 176.
+ */
+export const DEFAULT_CHUNK = 512;
+/** Entries per layer and KV head unless told otherwise. */
+export const DEFAULT_BUDGET = 1024;
+
+/** What a user says about a run. */
+export interface RunOptions {
+  /** Eviction policy by name (`pyramid:NAME` too) or as an object (default snapkv). */
+  policy?: string | Policy;
+  /** Options of policies that read files (duo's head mask). */
+  policyOptions?: PolicyOptions;
+  /** Entries per layer and KV head, or a size such as "256MiB". */
+  budget?: number | string;
+  chunk?: number;
+  positions?: PositionMode | "auto";
+  kvDtype?: KvDtype;
+  /** Entries per layer and KV head kept while generating (default: the cache grows with the answer). */
+  decodeBudget?: number;
+  /** Ride the question along each chunk (default: when a question is known and the policy scores with attention). */
+  questionPatch?: boolean;
+  /** Observation window when there is no question patch. */
+  window?: number;
+  sinks?: number;
+  recent?: number;
+  /** Locret retaining heads the model is loaded with (a policy that reads them needs them). */
+  retainingHeads?: string;
+}
+
+/** What is known of the input before reading it, for `positions: auto`. */
+export interface InputSize {
+  /** Tokens of everything the run feeds (prompt, document, answer), when counted. */
+  tokens?: number;
+  /** Bytes of the document, when known, and tokens beyond it (prompt framing, the answer). */
+  bytes?: number | null;
+  extraTokens?: number;
+}
+
+/** Every decision a run needs, made once. */
+export interface ResolvedRun {
+  policy: Policy;
+  /** Mean entries per layer and KV head while reading. */
+  budget: number;
+  plan: BudgetPlan;
+  chunk: number;
+  positions: PositionMode;
+  kvDtype: KvDtype;
+  bytesPerElement: number;
+  /** KV bytes of one token over all layers and heads. */
+  tokenBytes: number;
+  /** Observation window without the patch; whether the patch rides along when a question is known. */
+  window: number;
+  questionPatch: boolean;
+}
+
+/** Resolves user options for a model; every bad option is a usage error here, before any model work. */
+export async function resolveRun(config: ModelConfig, o: RunOptions, input: InputSize = {}): Promise<ResolvedRun> {
+  const policy = typeof o.policy === "object"
+    ? o.policy
+    : await makePolicy(o.policy ?? DEFAULT_POLICY, config, o.policyOptions);
+  if (policy.retain && !o.retainingHeads) {
+    throw new TomeError("usage", `--policy ${policy.name} needs --retaining-heads FILE`);
+  }
+  const kvDtype = o.kvDtype ?? "float16";
+  const bytesPerElement = kvElementBytes(kvDtype);
+  const budget = parseBudget(o.budget ?? DEFAULT_BUDGET, config, bytesPerElement);
+  const chunk = positiveInt(o.chunk ?? DEFAULT_CHUNK, "chunk");
+  const window = positiveInt(o.window ?? DEFAULT_WINDOW, "window");
+  const decodeBudget = o.decodeBudget === undefined ? undefined : positiveInt(o.decodeBudget, "decode budget");
+  for (const [name, v] of [["sinks", o.sinks], ["recent", o.recent]] as const) {
+    if (v !== undefined && !(Number.isInteger(v) && v >= 0)) {
+      throw new TomeError("usage", `${name} must be an integer ≥ 0, got ${v}`);
+    }
+  }
+  const plan = planBudgets(policy, config, { budget, decodeBudget, sinks: o.sinks, recent: o.recent });
+  const questionPatch = (o.questionPatch ?? true) && policy.attention;
+  checkPlan(plan, window, questionPatch);
+  return {
+    policy,
+    budget,
+    plan,
+    chunk,
+    positions: choosePositions(o.positions ?? "auto", input, config.maxPositions),
+    kvDtype,
+    bytesPerElement,
+    tokenBytes: kvBytesPerToken(config, bytesPerElement),
+    window,
+    questionPatch,
+  };
+}
+
+/**
+ * `auto` is original positions when the run fits the model's context: by its
+ * token count when known, else by the document's bytes (a token is at least a
+ * byte) plus the extra tokens; compact otherwise, and when nothing is known.
+ */
+export function choosePositions(mode: PositionMode | "auto", input: InputSize, maxPositions: number): PositionMode {
+  if (mode !== "auto") return mode;
+  const need = input.tokens !== undefined
+    ? input.tokens
+    : input.bytes !== undefined && input.bytes !== null
+    ? input.bytes + (input.extraTokens ?? 0)
+    : Infinity;
+  return need <= maxPositions ? "original" : "compact";
+}
+
+function positiveInt(n: number, what: string): number {
+  if (!Number.isInteger(n) || n < 1) throw new TomeError("usage", `${what} must be a positive integer, got ${n}`);
+  return n;
+}

@@ -1,0 +1,49 @@
+/**
+ * `tome ask` answers, not only prints: on the retrieval model (constructed to
+ * look facts up in its context) the answer is the code planted in the
+ * document — with the question patch, under PyramidKV's schedule, and not
+ * with a window that cannot hold the fact.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { haystack, scoreAnswer } from "../core/eval/haystack.ts";
+import { projectText } from "../core/input/corpus.ts";
+import { loadTokenizer } from "../core/tokens/tokenizer.ts";
+import { CORPUS, hasShared, SMOLLM2_TOKENIZER, tempDir, tome } from "./helpers.ts";
+
+Deno.test("tome ask on the retrieval model returns the planted code", async (t) => {
+  await using d = await tempDir();
+  const env = { TOME_CACHE: join(d.path, "cache") };
+  const model = join(d.path, "retrieval");
+  const made = await tome(
+    ["make-model", "retrieval", "--out", model, ...(hasShared ? ["--tokenizer", SMOLLM2_TOKENIZER] : [])],
+    { env },
+  );
+  assert.equal(made.code, 0, made.stderr);
+  const corpus = hasShared ? await Deno.readTextFile(join(CORPUS, "war_and_peace.txt")) : await projectText(400_000, 2);
+  const tok = await loadTokenizer(model);
+  const h = haystack(corpus, tok, 3000, 0.3, 77);
+  const file = join(d.path, "haystack.txt");
+  await Deno.writeTextFile(file, h.text);
+  const ask = async (...extra: string[]) => {
+    const r = await tome(
+      ["ask", h.needle.prefix, file, "--model", model, "--max-tokens", "6", "--json", "-q", ...extra],
+      { env },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout);
+  };
+  // pyramid: the last of the 2 layers gets B/20, so it needs a larger mean budget than snapkv
+  for (const [policy, budget] of [["snapkv", "256"], ["pyramid:snapkv", "1024"]]) {
+    await t.step(`${policy}, budget ${budget}`, async () => {
+      const j = await ask("--policy", policy, "--budget", budget, "--chunk", "256");
+      assert.equal(scoreAnswer(j.answer, h.needle.code).exact, true, `answer ${JSON.stringify(j.answer)}`);
+      assert.equal(j.policy, policy);
+      assert.ok(j.kv_peak_bytes < j.kv_full_bytes, "the cache stayed within its budget");
+    });
+  }
+  await t.step("streaming keeps only sinks and the end: the fact at 30% depth is gone", async () => {
+    const j = await ask("--policy", "streaming", "--budget", "256", "--chunk", "256");
+    assert.equal(scoreAnswer(j.answer, h.needle.code).exact, false, `answer ${JSON.stringify(j.answer)}`);
+  });
+});
