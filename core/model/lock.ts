@@ -1,0 +1,153 @@
+/**
+ * Build directories that belong to a live process, and the removal of those
+ * whose process is gone.
+ *
+ * A build writes into `.building-<random>` beside its destination. Its owner
+ * holds an exclusive advisory lock (flock) on `.building-<random>/lock` for as
+ * long as it builds; the kernel drops the lock when the process ends, however it
+ * ends (SIGKILL included). The lock file is created under another name, locked,
+ * then renamed to `lock`, so a `lock` that can be locked by someone else always
+ * means its owner is gone, and two processes never remove each other's live
+ * builds. A directory with no `lock` at all is either a few microseconds old or
+ * was abandoned in that window; it is removed once it is older than
+ * {@link UNLOCKED_GRACE_MS}.
+ */
+import { join } from "node:path";
+
+/** Prefix of a directory a build is writing. */
+export const BUILDING_PREFIX = ".building-";
+/** Prefix of a directory being deleted (a damaged entry moved aside). */
+export const REMOVING_PREFIX = ".removing-";
+/** How old an unlocked build directory must be before it is treated as abandoned. */
+export const UNLOCKED_GRACE_MS = 60_000;
+
+const LOCK = "lock";
+
+/** A build directory owned by this process until it is committed or discarded. */
+export interface BuildDir {
+  /** The directory to write into. */
+  path: string;
+  /**
+   * Renames the directory to `dest`, then drops the lock. Returns false (and
+   * keeps the directory, still locked) when `dest` already exists.
+   */
+  commit(dest: string): Promise<boolean>;
+  /** Removes the directory and drops the lock. */
+  discard(): Promise<void>;
+}
+
+const own = new Map<string, Deno.FsFile>();
+
+/** Creates a locked `.building-*` directory under `parent` (which must exist). */
+export async function createBuildDir(parent: string): Promise<BuildDir> {
+  const path = await Deno.makeTempDir({ dir: parent, prefix: BUILDING_PREFIX });
+  let file: Deno.FsFile | undefined;
+  try {
+    file = await Deno.open(join(path, "lock.new"), { read: true, write: true, createNew: true });
+    if (!(await file.tryLock(true))) throw new Error(`cannot lock a new file: ${path}`);
+    await file.write(new TextEncoder().encode(`${Deno.pid}\n`));
+    await Deno.rename(join(path, "lock.new"), join(path, LOCK));
+  } catch (err) {
+    file?.close();
+    await Deno.remove(path, { recursive: true }).catch(() => {});
+    throw err;
+  }
+  own.set(path, file);
+  const drop = () => {
+    own.get(path)?.close();
+    own.delete(path);
+  };
+  return {
+    path,
+    async commit(dest) {
+      try {
+        await Deno.rename(path, dest);
+      } catch (err) {
+        if (await Deno.lstat(dest).then(() => true, () => false)) return false;
+        throw err;
+      }
+      // the lock came along; a finished entry needs none (a stray one is removed by the next check)
+      await Deno.remove(join(dest, LOCK)).catch(() => {});
+      drop();
+      return true;
+    },
+    async discard() {
+      try {
+        await Deno.remove(path, { recursive: true });
+      } catch { /* already gone */ }
+      drop();
+    },
+  };
+}
+
+/** Removes a stray lock file left in a finished directory by a process killed right after its commit. */
+export async function removeStrayLock(dir: string): Promise<void> {
+  await Deno.remove(join(dir, LOCK)).catch(() => {});
+}
+
+/**
+ * Removes this process's unfinished build directories, synchronously: for a
+ * SIGINT or SIGTERM handler to call just before it exits.
+ *
+ * @example
+ * Deno.addSignalListener("SIGTERM", () => { removePartialBuilds(); Deno.exit(143); });
+ */
+export function removePartialBuilds(): void {
+  for (const [path, file] of own) {
+    try {
+      Deno.removeSync(path, { recursive: true });
+    } catch { /* already gone */ }
+    try {
+      file.close();
+    } catch { /* closed */ }
+  }
+  own.clear();
+}
+
+/** True when the directory at `path` is a build of a live process (this one included). */
+export async function isLiveBuild(path: string): Promise<boolean> {
+  if (own.has(path)) return true;
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(join(path, LOCK), { read: true });
+  } catch {
+    // no lock: created a moment ago, or abandoned in that moment
+    const st = await Deno.stat(path).catch(() => null);
+    const at = st?.mtime?.getTime() ?? 0;
+    return st !== null && Date.now() - at < UNLOCKED_GRACE_MS;
+  }
+  try {
+    if (!(await file.tryLock(true))) return true;
+    await file.unlock();
+    return false;
+  } finally {
+    file.close();
+  }
+}
+
+/**
+ * Removes abandoned build directories (`.building-*` whose owner is gone) and
+ * half-deleted entries (`.removing-*`) under `parent`. Returns how many it removed.
+ * Errors are ignored: cleaning up is best effort and must never fail a run.
+ */
+export async function removeStaleBuilds(parent: string): Promise<number> {
+  let removed = 0;
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(parent));
+  } catch {
+    return 0;
+  }
+  for (const e of entries) {
+    if (!e.isDirectory) continue;
+    const path = join(parent, e.name);
+    const stale = e.name.startsWith(REMOVING_PREFIX) ||
+      (e.name.startsWith(BUILDING_PREFIX) && !(await isLiveBuild(path)));
+    if (!stale) continue;
+    try {
+      await Deno.remove(path, { recursive: true });
+      removed++;
+    } catch { /* removed by another process meanwhile, or not ours to remove */ }
+  }
+  return removed;
+}
