@@ -199,7 +199,8 @@ async function removeEntry(dir: string, parent: string): Promise<void> {
     if (err instanceof Deno.errors.NotFound) return; // removed by another process
     throw err;
   }
-  await Deno.remove(aside, { recursive: true });
+  // best effort: a concurrent cleaner may be deleting it too, and a leftover goes at the next run
+  await Deno.remove(aside, { recursive: true }).catch(() => {});
 }
 
 /** An operating-system error while writing the cache → TomeError `output`; anything else unchanged. */

@@ -5,12 +5,12 @@
  * A build writes into `.building-<random>` beside its destination. Its owner
  * holds an exclusive advisory lock (flock) on `.building-<random>/lock` for as
  * long as it builds; the kernel drops the lock when the process ends, however it
- * ends (SIGKILL included). The lock file is created under another name, locked,
- * then renamed to `lock`, so a `lock` that can be locked by someone else always
- * means its owner is gone, and two processes never remove each other's live
- * builds. A directory with no `lock` at all is either a few microseconds old or
- * was abandoned in that window; it is removed once it is older than
- * {@link UNLOCKED_GRACE_MS}.
+ * ends (SIGKILL included). Setting a build directory up (making it, creating and
+ * locking its `lock`) and looking for abandoned ones both happen under an
+ * exclusive lock on the parent's `.lock` (a file that is never deleted), so a
+ * cleaner never sees a live build half set up: a `.building-*` directory whose
+ * `lock` is missing or can be locked is abandoned, and two processes never
+ * remove each other's live builds.
  */
 import { join } from "node:path";
 
@@ -18,10 +18,21 @@ import { join } from "node:path";
 export const BUILDING_PREFIX = ".building-";
 /** Prefix of a directory being deleted (a damaged entry moved aside). */
 export const REMOVING_PREFIX = ".removing-";
-/** How old an unlocked build directory must be before it is treated as abandoned. */
-export const UNLOCKED_GRACE_MS = 60_000;
+/** The lock file of a cache directory, held while build directories are set up or cleaned. */
+export const SETUP_LOCK = ".lock";
 
 const LOCK = "lock";
+
+/** Runs `fn` holding the exclusive setup lock of `parent`. */
+async function underSetupLock<T>(parent: string, fn: () => Promise<T>): Promise<T> {
+  const file = await Deno.open(join(parent, SETUP_LOCK), { read: true, write: true, create: true });
+  try {
+    await file.lock(true);
+    return await fn();
+  } finally {
+    file.close(); // drops the lock
+  }
+}
 
 /** A build directory owned by this process until it is committed or discarded. */
 export interface BuildDir {
@@ -40,18 +51,20 @@ const own = new Map<string, Deno.FsFile>();
 
 /** Creates a locked `.building-*` directory under `parent` (which must exist). */
 export async function createBuildDir(parent: string): Promise<BuildDir> {
-  const path = await Deno.makeTempDir({ dir: parent, prefix: BUILDING_PREFIX });
-  let file: Deno.FsFile | undefined;
-  try {
-    file = await Deno.open(join(path, "lock.new"), { read: true, write: true, createNew: true });
-    if (!(await file.tryLock(true))) throw new Error(`cannot lock a new file: ${path}`);
-    await file.write(new TextEncoder().encode(`${Deno.pid}\n`));
-    await Deno.rename(join(path, "lock.new"), join(path, LOCK));
-  } catch (err) {
-    file?.close();
-    await Deno.remove(path, { recursive: true }).catch(() => {});
-    throw err;
-  }
+  const [path, file] = await underSetupLock(parent, async () => {
+    const path = await Deno.makeTempDir({ dir: parent, prefix: BUILDING_PREFIX });
+    let file: Deno.FsFile | undefined;
+    try {
+      file = await Deno.open(join(path, LOCK), { read: true, write: true, createNew: true });
+      if (!(await file.tryLock(true))) throw new Error(`cannot lock a new file: ${path}`);
+      await file.write(new TextEncoder().encode(`${Deno.pid}\n`));
+      return [path, file] as const;
+    } catch (err) {
+      file?.close();
+      await Deno.remove(path, { recursive: true }).catch(() => {});
+      throw err;
+    }
+  });
   own.set(path, file);
   const drop = () => {
     own.get(path)?.close();
@@ -104,17 +117,14 @@ export function removePartialBuilds(): void {
   own.clear();
 }
 
-/** True when the directory at `path` is a build of a live process (this one included). */
-export async function isLiveBuild(path: string): Promise<boolean> {
+/** True when the build directory at `path` belongs to a live process (call under the setup lock). */
+async function isLiveBuild(path: string): Promise<boolean> {
   if (own.has(path)) return true;
   let file: Deno.FsFile;
   try {
     file = await Deno.open(join(path, LOCK), { read: true });
   } catch {
-    // no lock: created a moment ago, or abandoned in that moment
-    const st = await Deno.stat(path).catch(() => null);
-    const at = st?.mtime?.getTime() ?? 0;
-    return st !== null && Date.now() - at < UNLOCKED_GRACE_MS;
+    return false; // killed while it was being set up
   }
   try {
     if (!(await file.tryLock(true))) return true;
@@ -131,23 +141,30 @@ export async function isLiveBuild(path: string): Promise<boolean> {
  * Errors are ignored: cleaning up is best effort and must never fail a run.
  */
 export async function removeStaleBuilds(parent: string): Promise<number> {
-  let removed = 0;
   let entries: Deno.DirEntry[];
   try {
     entries = await Array.fromAsync(Deno.readDir(parent));
   } catch {
     return 0;
   }
-  for (const e of entries) {
-    if (!e.isDirectory) continue;
-    const path = join(parent, e.name);
-    const stale = e.name.startsWith(REMOVING_PREFIX) ||
-      (e.name.startsWith(BUILDING_PREFIX) && !(await isLiveBuild(path)));
-    if (!stale) continue;
-    try {
-      await Deno.remove(path, { recursive: true });
-      removed++;
-    } catch { /* removed by another process meanwhile, or not ours to remove */ }
+  const candidates = entries.filter((e) =>
+    e.isDirectory && (e.name.startsWith(BUILDING_PREFIX) || e.name.startsWith(REMOVING_PREFIX))
+  );
+  if (candidates.length === 0) return 0;
+  try {
+    return await underSetupLock(parent, async () => {
+      let removed = 0;
+      for (const e of candidates) {
+        const path = join(parent, e.name);
+        if (e.name.startsWith(BUILDING_PREFIX) && await isLiveBuild(path)) continue;
+        try {
+          await Deno.remove(path, { recursive: true });
+          removed++;
+        } catch { /* removed by another process meanwhile */ }
+      }
+      return removed;
+    });
+  } catch {
+    return 0; // the cache is not writable: nothing can be removed
   }
-  return removed;
 }
