@@ -47,20 +47,25 @@ export interface BuildDir {
   discard(): Promise<void>;
 }
 
-const own = new Map<string, Deno.FsFile>();
+/** This process's build directories and their locks (null while being set up). */
+const own = new Map<string, Deno.FsFile | null>();
 
 /** Creates a locked `.building-*` directory under `parent` (which must exist). */
 export async function createBuildDir(parent: string): Promise<BuildDir> {
   const [path, file] = await underSetupLock(parent, async () => {
-    const path = await Deno.makeTempDir({ dir: parent, prefix: BUILDING_PREFIX });
+    // synchronous, so no signal handler can run between making the directory and recording it
+    const path = Deno.makeTempDirSync({ dir: parent, prefix: BUILDING_PREFIX });
+    own.set(path, null);
     let file: Deno.FsFile | undefined;
     try {
       file = await Deno.open(join(path, LOCK), { read: true, write: true, createNew: true });
+      own.set(path, file);
       if (!(await file.tryLock(true))) throw new Error(`cannot lock a new file: ${path}`);
       await file.write(new TextEncoder().encode(`${Deno.pid}\n`));
       return [path, file] as const;
     } catch (err) {
       file?.close();
+      own.delete(path);
       await Deno.remove(path, { recursive: true }).catch(() => {});
       throw err;
     }
@@ -111,7 +116,7 @@ export function removePartialBuilds(): void {
       Deno.removeSync(path, { recursive: true });
     } catch { /* already gone */ }
     try {
-      file.close();
+      file?.close();
     } catch { /* closed */ }
   }
   own.clear();
