@@ -62,15 +62,16 @@ function racy(st: Deno.FileInfo, checkedAt: number): boolean {
   return ctime === undefined || !(ctime + 1000 <= checkedAt);
 }
 
-/** Digests the graph files in `dir` and writes the manifest there. */
+/** Digests the graph files in `dir` (a build directory no other process writes to) and writes the manifest there. */
 export async function writeManifest(dir: string, key: string): Promise<Manifest> {
   const files: Record<string, FileRecord> = {};
   for (const name of GRAPH_FILES) {
     const path = join(dir, name);
-    const checkedAt = Date.now();
     const st = await Deno.stat(path);
     const sha256 = await fileDigest(path);
-    files[name] = { size: st.size, sha256, identity: identityOf(st), checkedAt };
+    // nothing else writes to a build directory, so the identity holds until now (after a long digest,
+    // often past the second of the last write: the next use is then cheap)
+    files[name] = { size: st.size, sha256, identity: identityOf(st), checkedAt: Date.now() };
   }
   const manifest: Manifest = { format: 1, key, files };
   await Deno.writeTextFile(join(dir, MANIFEST), JSON.stringify(manifest, null, 2) + "\n");
