@@ -2,6 +2,8 @@ import { Command, CommanderError } from "commander";
 import denoJson from "../deno.json" with { type: "json" };
 import { EXIT, TomeError } from "../core/errors.ts";
 import { askCommand } from "./commands/ask.ts";
+import { readCommand } from "./commands/read.ts";
+import { cacheCommand } from "./commands/cache.ts";
 import { codeCommand } from "./commands/code.ts";
 import { completionsCommand } from "./commands/completions.ts";
 import { estimateCommand } from "./commands/estimate.ts";
@@ -23,6 +25,7 @@ export function program(): Command {
     .exitOverride()
     .configureOutput({ outputError: oneLine });
   askCommand(p);
+  readCommand(p);
   summarizeCommand(p);
   codeCommand(p);
   estimateCommand(p);
@@ -30,6 +33,7 @@ export function program(): Command {
   tokensCommand(p);
   inspectCommand(p);
   makeModelCommand(p);
+  cacheCommand(p);
   completionsCommand(p);
   for (const c of p.commands) c.exitOverride().configureOutput({ outputError: oneLine });
   return p;

@@ -31,6 +31,9 @@ export interface RunFlags {
   duoMask?: string;
   duoSparsity?: string;
   retainingHeads?: string;
+  state?: string;
+  save?: string;
+  cache?: boolean;
 }
 
 /** Adds the common options to a command. */
@@ -61,14 +64,17 @@ export function addRunOptions(cmd: Command): Command {
     .option("--seed <n>", "random seed for sampling", "0")
     .option("--system <text>", "system prompt")
     .option("--json", "print one JSON object at the end instead of streaming the answer")
-    .option("-q, --quiet", "nothing on stderr but errors")
+    .option(cmd.options.some((o) => o.short === "-q") ? "--quiet" : "-q, --quiet", "nothing on stderr but errors")
     .option("--metrics <file>", "write every meter event to FILE as NDJSON")
     .option("--no-progress", "no live progress display")
     .option("--no-question-patch", "do not ride the question along each chunk as the observation window")
     .option("--decode-budget <n>", "also evict while generating, keeping N entries per layer and head")
     .option("--duo-mask <file>", "duo: head mask TSV (rows = layers, columns = KV heads)")
     .option("--duo-sparsity <x>", "duo: fraction of heads made streaming heads", "0.5")
-    .option("--retaining-heads <file>", "locret: retaining heads (safetensors)");
+    .option("--retaining-heads <file>", "locret: retaining heads (safetensors)")
+    .option("--state <file>", "answer from a saved reading state (tome read --save) instead of reading INPUT")
+    .option("--save <file>", "also save the compressed reading state to FILE")
+    .option("--cache", "save reading states under the cache directory and reuse them for the same input and options");
 }
 
 /** `--policy NAME`: one of the policies, or `pyramid:NAME` (PyramidKV's schedule over a scored policy). */

@@ -5,11 +5,29 @@
 import { join } from "node:path";
 import { EXIT, TomeError } from "../core/errors.ts";
 import { openSource, type Source } from "../core/input/source.ts";
-import { type LoadedModel, type MeterEvent, type MeterSummary, type ResolvedRun } from "../core/mod.ts";
-import { generate, loadModel, read, resolveRun } from "../core/mod.ts";
+import {
+  fork,
+  generate,
+  type LoadedModel,
+  loadModel,
+  loadState,
+  type MeterEvent,
+  type MeterSummary,
+  read,
+  type ReadState,
+  readStateHeader,
+  type ResolvedRun,
+  resolveRun,
+  saveState,
+  type StateHeader,
+  type StateInfo,
+} from "../core/mod.ts";
+import { gcStates, inputDigest, stateCacheDir, statePath, touchState } from "../core/state/cache.ts";
+import { modelDigest, tokenizerDigest } from "../core/state/digest.ts";
+import { removePartialBuilds } from "../core/model/lock.ts";
 import { type ModelConfig, readConfig } from "../core/model/config.ts";
 import { chooseDevice, type DeviceChoice } from "../core/model/device.ts";
-import { Meter } from "../core/meter/meter.ts";
+import type { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
@@ -19,6 +37,8 @@ import { note, round, StdoutClosed, usage, writeStdout } from "./output.ts";
 
 export interface Recipe {
   name: string;
+  /** The question, for recipes that ask one. */
+  label?: string;
   framing: Framing;
   maxTokens: number;
   temperature: number;
@@ -37,11 +57,16 @@ export function modelDir(flags: { model?: string }): string {
 /** Everything decided before the model loads: input, config, device, the resolved run, sampling, display. */
 export interface Prepared {
   dir: string;
-  source: Source;
+  /** The input; null when answering from a saved state (`--state`). */
+  source: Source | null;
+  /** The saved state's header (`--state`). */
+  state: StateHeader | null;
   config: ModelConfig;
   device: DeviceChoice;
   run: ResolvedRun;
+  /** The most tokens any answer may take, and `--max-tokens` when given (else each recipe's own). */
   maxTokens: number;
+  maxTokensFlag?: number;
   sampling: { temperature?: number; topP?: number };
   seed: number;
   threads?: number;
@@ -53,9 +78,10 @@ export interface Prepared {
  * Checks every option and opens the input (bad input fails before any model
  * work): flags first, then the input, the model's config and the policy.
  */
-export async function prepareRun(input: string, flags: RunFlags, defaultMaxTokens: number): Promise<Prepared> {
+export async function prepareRun(input: string | null, flags: RunFlags, defaultMaxTokens: number): Promise<Prepared> {
   const dir = modelDir(flags);
-  const maxTokens = intFlag(flags.maxTokens, "--max-tokens") ?? defaultMaxTokens;
+  const maxTokensFlag = intFlag(flags.maxTokens, "--max-tokens");
+  const maxTokens = maxTokensFlag ?? defaultMaxTokens;
   const sampling = {
     temperature: numberFlag(flags.temperature, "--temperature", 0, 100),
     topP: numberFlag(flags.topP, "--top-p", 0, 1),
@@ -73,25 +99,35 @@ export async function prepareRun(input: string, flags: RunFlags, defaultMaxToken
     : flags.progress
     ? "plain"
     : "quiet";
-  const source = await openSource(input);
+  if (flags.save) await checkWritable(flags.save, "--save");
+  const state = flags.state ? await readStateHeader(flags.state) : null;
+  const source = input === null ? null : await openSource(input);
   const config = await readConfig(dir);
   const device = await chooseDevice(flags.device);
+  // a saved state fixes how it was read; the rest comes from the flags
   const run = await resolveRun(config, {
-    policy: flags.policy,
+    policy: state?.run.policy ?? flags.policy,
     policyOptions: { mask: flags.duoMask, sparsity },
-    budget: flags.budget,
-    chunk,
-    positions: flags.positions,
-    kvDtype: flags.kvDtype === "f32" ? "float32" : "float16",
+    budget: state?.run.budget ?? flags.budget,
+    chunk: state?.run.chunk ?? chunk,
+    positions: state?.run.positions ?? flags.positions,
+    kvDtype: state?.run.kvDtype ?? (flags.kvDtype === "f32" ? "float32" : "float16"),
     decodeBudget,
-    questionPatch: flags.questionPatch,
+    window: state?.run.window,
+    questionPatch: state?.run.questionPatch ?? flags.questionPatch,
     retainingHeads: flags.retainingHeads,
-  }, { bytes: source.totalBytes, extraTokens: POSITION_MARGIN + maxTokens });
-  if (run.policy.keepsAll) refuseFullIfTooLarge(source, run.tokenBytes);
+  }, { bytes: state ? null : source?.totalBytes, extraTokens: POSITION_MARGIN + maxTokens });
+  if (state && state.model.layers !== config.layers) {
+    throw new TomeError(
+      "stateInvalid",
+      `${flags.state}: made with another model (${state.model.arch}, ${state.model.layers} layers)`,
+    );
+  }
+  if (run.policy.keepsAll && source) refuseFullIfTooLarge(source, run.tokenBytes);
   const say = (msg: string) => {
     if (mode !== "quiet") note(msg);
   };
-  return { dir, source, config, device, run, maxTokens, sampling, seed, threads, mode, say };
+  return { dir, source, state, config, device, run, maxTokens, maxTokensFlag, sampling, seed, threads, mode, say };
 }
 
 /** Loads the model as prepared, and says what runs where. */
@@ -114,96 +150,326 @@ export async function loadPrepared(p: Prepared, flags: RunFlags): Promise<Loaded
   return model;
 }
 
-/** Runs one recipe over one input and prints the answer (or --json); errors are thrown as {@link TomeError}. */
-export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags): Promise<void> {
-  const started = performance.now();
-  const prepared = await prepareRun(input, flags, recipe.maxTokens);
-  const { dir, source, device, run, maxTokens, mode } = prepared;
-  const tLoad = performance.now();
-  const model = await loadPrepared(prepared, flags);
-  const loadSeconds = (performance.now() - tLoad) / 1000;
+/** What a reading command asks: one recipe per question (`ask -q Q1 -q Q2`), one otherwise. */
+export interface Reading {
+  recipes: Recipe[];
+  /** Printed before each answer when there are several (the questions). */
+  labels?: string[];
+  /** The questions, as a saved state records them. */
+  questions?: string[];
+}
 
-  const prompt = buildPrompt(model.tokenizer, recipe.framing, model.config.bosTokenId);
-  const display = new Display(mode, { budget: run.budget, tokenBytes: run.tokenBytes, totalBytes: source.totalBytes });
-  const metrics = flags.metrics ? await MetricsFile.open(flags.metrics) : null;
-  const meter = new Meter(run.tokenBytes, (e: MeterEvent) => {
-    display.event(e);
-    metrics?.write(e);
+/**
+ * Reads one input (or loads a saved state) once, then answers every recipe
+ * from its own fork of the read; prints the answers (or --json, one object
+ * per answer) and the report. Errors are thrown as {@link TomeError}.
+ */
+export async function runReading(input: string | null, reading: Reading, flags: RunFlags): Promise<void> {
+  const started = performance.now();
+  const maxTokens = Math.max(...reading.recipes.map((r) => r.maxTokens));
+  const prepared = await prepareRun(input, flags, maxTokens);
+  const { dir, source, device, run, mode } = prepared;
+  const display = new Display(mode, {
+    budget: run.budget,
+    tokenBytes: run.tokenBytes,
+    totalBytes: source?.totalBytes ?? null,
   });
+  const metrics = flags.metrics ? await MetricsFile.open(flags.metrics) : null;
+  let meter: Meter | null = null;
   const stop = (code: number) => () => {
-    display.report(meter.summary(), { interrupted: true });
+    removePartialBuilds();
+    if (meter) display.report(meter.summary(), { interrupted: true });
     metrics?.close(true);
     Deno.exit(code);
   };
   const onInt = stop(EXIT.interrupted), onTerm = stop(EXIT.terminated);
   Deno.addSignalListener("SIGINT", onInt);
   Deno.addSignalListener("SIGTERM", onTerm);
+  const onEvent = (e: MeterEvent) => {
+    display.event(e);
+    metrics?.write(e);
+  };
+  let model: LoadedModel | null = null;
   try {
-    const state = await read(source, { model, run, prefix: prompt.prefix, question: prompt.suffix, meter });
-    display.clear();
-    let answer = "";
-    const { temperature, topP } = prepared.sampling;
-    const stream = generate(state, {
-      suffix: prompt.suffix,
-      maxTokens,
-      sampling: { temperature: temperature ?? recipe.temperature, ...(topP !== undefined ? { topP } : {}) },
-      seed: prepared.seed,
-    });
-    let finish = "length";
-    try {
-      while (true) {
-        const next = await stream.next();
-        if (next.done) {
-          finish = next.value;
-          break;
-        }
-        answer += next.value;
-        if (!flags.json) await writeStdout(next.value);
-      }
-      if (!flags.json && !answer.endsWith("\n")) await writeStdout("\n");
-    } catch (err) {
-      if (!(err instanceof StdoutClosed)) throw err;
-      metrics?.close(true);
-      return; // the reader went away (`| head`): stop quietly
+    const tLoad = performance.now();
+    model = await loadPrepared(prepared, flags);
+    const loadSeconds = (performance.now() - tLoad) / 1000;
+    const prompts = reading.recipes.map((r) => buildPrompt(model!.tokenizer, r.framing, model!.config.bosTokenId));
+    const prefix = prompts[0].prefix;
+    if (prompts.some((p) => p.prefix.join() !== prefix.join())) {
+      throw new Error("the questions' prompts differ before the document");
     }
-    const summary = state.meter.summary();
+    // the read is shaped by every question at once: their suffixes together are the observation window
+    const patch = prompts.flatMap((p) => p.suffix);
+    const { state, cached } = await readOnce(model, prepared, flags, source, { prefix, patch, onEvent, reading });
+    meter = state.meter;
+    display.clear();
+    if (cached) prepared.say(`answering from ${cached}`);
+    const answers = [];
+    for (let i = 0; i < reading.recipes.length; i++) {
+      const own = reading.recipes.length > 1 ? fork(state) : state;
+      meter = own.meter;
+      const label = reading.labels?.[i];
+      if (label && !flags.json) await writeStdout(`${i > 0 ? "\n" : ""}Q: ${label}\nA: `);
+      const answered = await answer(own, prompts[i].suffix, reading.recipes[i], prepared, !flags.json);
+      if (answered === null) {
+        metrics?.close(true);
+        return; // the reader went away (`| head`): stop quietly
+      }
+      answers.push({ ...answered, summary: own.meter.summary(), label, recipe: reading.recipes[i].name });
+    }
+    const inputLine = source ? inputReport(source) : `${"state".padEnd(14)}${flags.state}`;
     const totalSeconds = (performance.now() - started) / 1000;
-    display.report(summary, {
+    const last = answers.at(-1)!;
+    display.report(last.summary, {
       extra: [
-        `${"input".padEnd(14)}${formatBytes(source.stats.bytes).padStart(12)} in ${source.stats.files} file(s)${
-          source.stats.replacedChars ? `, ${source.stats.replacedChars} invalid UTF-8 replaced` : ""
-        }${source.stats.skipped.length ? `, ${source.stats.skipped.length} skipped` : ""}`,
+        inputLine,
+        ...(answers.length > 1
+          ? [
+            `${"forks".padEnd(14)}${answers.length} answers from one read, ${
+              formatBytes(answers.reduce((a, x) => a + x.summary.kvBytes, 0))
+            } KV in all`,
+          ]
+          : []),
       ],
     });
     if (flags.json) {
-      await writeStdout(
-        JSON.stringify(jsonResult({
-          answer,
-          finish,
-          recipe: recipe.name,
+      for (const a of answers) {
+        const j = jsonResult({
+          answer: a.text,
+          finish: a.finish,
+          recipe: a.recipe,
           model: dir,
           device: device.device,
           policy: run.policy.name,
           budget: run.budget,
           chunk: run.chunk,
           positions: run.positions,
-          kvDtype: flags.kvDtype,
-          summary,
+          kvDtype: run.kvDtype === "float32" ? "f32" : "f16",
+          summary: a.summary,
           source,
           seconds: { load: loadSeconds, total: totalSeconds },
-        })) + "\n",
-      );
+        });
+        await writeStdout(JSON.stringify(a.label !== undefined ? { question: a.label, ...j } : j) + "\n");
+      }
     }
     metrics?.close(true);
   } catch (err) {
     display.clear();
     metrics?.close(false);
+    if (err instanceof StdoutClosed) return;
     throw err;
   } finally {
     Deno.removeSignalListener("SIGINT", onInt);
     Deno.removeSignalListener("SIGTERM", onTerm);
-    await model.session.close();
+    await model?.session.close();
   }
+}
+
+/** Runs one recipe over one input (`tome summarize`, `tome code`, `tome ask Q INPUT`). */
+export function runRecipe(input: string, recipe: Recipe, flags: RunFlags): Promise<void> {
+  return runReading(input, { recipes: [recipe] }, flags);
+}
+
+/**
+ * `tome read`: reads once and saves the state (`--save`), shaped by
+ * `questions` (the question patch), or by none; prints the report, or --json.
+ */
+export async function runRead(
+  input: string | null,
+  recipe: Recipe,
+  questions: Recipe[],
+  flags: RunFlags,
+): Promise<void> {
+  if (!flags.save) throw usage("tome read needs --save FILE");
+  const prepared = await prepareRun(input, flags, 1);
+  const { source, run, mode } = prepared;
+  const display = new Display(mode, {
+    budget: run.budget,
+    tokenBytes: run.tokenBytes,
+    totalBytes: source?.totalBytes ?? null,
+  });
+  let meter: Meter | null = null;
+  const stop = (code: number) => () => {
+    removePartialBuilds();
+    if (meter) display.report(meter.summary(), { interrupted: true });
+    Deno.exit(code);
+  };
+  const onInt = stop(EXIT.interrupted), onTerm = stop(EXIT.terminated);
+  Deno.addSignalListener("SIGINT", onInt);
+  Deno.addSignalListener("SIGTERM", onTerm);
+  let model: LoadedModel | null = null;
+  try {
+    const started = performance.now();
+    model = await loadPrepared(prepared, flags);
+    const prefix = buildPrompt(model.tokenizer, recipe.framing, model.config.bosTokenId).prefix;
+    const patch = questions.flatMap((q) => buildPrompt(model!.tokenizer, q.framing, model!.config.bosTokenId).suffix);
+    const reading = { recipes: [recipe], questions: questions.map((q) => q.label ?? "") };
+    const { state } = await readOnce(model, prepared, flags, source, {
+      prefix,
+      patch,
+      onEvent: (e) => display.event(e),
+      reading,
+    });
+    meter = state.meter;
+    display.clear();
+    const s = state.meter.summary();
+    display.report(s, {
+      extra: [
+        source ? inputReport(source) : `${"state".padEnd(14)}${flags.state}`,
+        `${"saved".padEnd(14)}${flags.save}`,
+      ],
+    });
+    if (flags.json) {
+      await writeStdout(
+        JSON.stringify({
+          saved: flags.save,
+          policy: run.policy.name,
+          budget: run.budget,
+          positions: run.positions,
+          tokens_read: s.documentTokens,
+          kv_bytes: s.kvBytes,
+          kv_peak_bytes: s.kvPeakBytes,
+          kv_full_bytes: s.fullKvBytes,
+          kv_footprint: round(s.footprint, 6),
+          state_bytes: (await Deno.stat(flags.save)).size,
+          seconds: { total: round((performance.now() - started) / 1000), prefill: round(s.prefillSeconds) },
+        }) + "\n",
+      );
+    }
+  } catch (err) {
+    display.clear();
+    throw err;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onInt);
+    Deno.removeSignalListener("SIGTERM", onTerm);
+    await model?.session.close();
+  }
+}
+
+/**
+ * The read every answer forks from: a saved state (`--state`, optionally read
+ * further), a cached one (`--cache`), or a fresh read — saved when asked.
+ */
+async function readOnce(
+  model: LoadedModel,
+  p: Prepared,
+  flags: RunFlags,
+  source: Source | null,
+  o: { prefix: number[]; patch: number[]; onEvent: (e: MeterEvent) => void; reading: Reading },
+): Promise<{ state: ReadState; cached: string | null }> {
+  const info = (): StateInfo => ({
+    run: {
+      policy: p.run.policy.name,
+      budget: p.run.budget,
+      chunk: p.run.chunk,
+      positions: p.run.positions,
+      kvDtype: p.run.kvDtype,
+      window: p.run.window,
+      questionPatch: p.run.questionPatch,
+      decodeBudget: p.run.plan.decodeBudget ?? null,
+    },
+    recipe: o.reading.recipes[0].name,
+    questions: p.state?.questions ?? o.reading.questions ?? [],
+    queryAgnostic: p.state?.queryAgnostic ?? !!p.run.policy.reconstruct,
+    prefix: o.prefix,
+    input: {
+      bytes: (p.state?.input.bytes ?? 0) + (source?.stats.bytes ?? 0),
+      files: (p.state?.input.files ?? 0) + (source?.stats.files ?? 0),
+      sources: [...(p.state?.input.sources ?? []), ...(source ? [source.label] : [])],
+    },
+  });
+  if (p.state) {
+    if (p.state.recipe !== o.reading.recipes[0].name) {
+      throw new TomeError(
+        "stateInvalid",
+        `${flags.state} was read for \`tome ${p.state.recipe}\`, not ${o.reading.recipes[0].name}`,
+      );
+    }
+    const loaded = await loadState(flags.state!, model, o.onEvent);
+    const state = await read(source ?? { ids: [] }, { model, run: p.run, question: o.patch, from: loaded.sequence });
+    if (flags.save) await saveState(flags.save, model, state.sequence, info());
+    return { state, cached: source ? null : flags.state! };
+  }
+  const cachePath = flags.cache && source && source.kind !== "stdin"
+    ? statePath({
+      input: await inputDigest(source.label),
+      model: await modelDigest(model.checkpoint),
+      tokenizer: await tokenizerDigest(model.tokenizer.dir),
+      run: info().run,
+      prefix: o.prefix,
+      patch: p.run.questionPatch ? o.patch : [],
+    })
+    : null;
+  if (flags.cache && source?.kind === "stdin") {
+    p.say("--cache: standard input is not cached (it can be read only once)");
+  }
+  if (cachePath && await Deno.stat(cachePath).then(() => true, () => false)) {
+    try {
+      const loaded = await loadState(cachePath, model, o.onEvent);
+      await touchState(cachePath);
+      return {
+        state: await read({ ids: [] }, { model, run: p.run, question: o.patch, from: loaded.sequence }),
+        cached: cachePath,
+      };
+    } catch (err) {
+      if (!(err instanceof TomeError)) throw err;
+      p.say(`cached state ${cachePath} is unusable (${err.message}); reading again`);
+      await Deno.remove(cachePath).catch(() => {});
+    }
+  }
+  const state = await read(source!, {
+    model,
+    run: p.run,
+    prefix: o.prefix,
+    question: o.patch,
+    onEvent: o.onEvent,
+  });
+  if (flags.save) await saveState(flags.save, model, state.sequence, info());
+  if (cachePath) {
+    await Deno.mkdir(stateCacheDir(), { recursive: true });
+    await saveState(cachePath, model, state.sequence, info());
+    await gcStates();
+  }
+  return { state, cached: null };
+}
+
+/** Generates one answer, streaming it to stdout when `stream`; null when stdout went away. */
+async function answer(
+  state: ReadState,
+  suffix: number[],
+  recipe: Recipe,
+  p: Prepared,
+  stream: boolean,
+): Promise<{ text: string; finish: string } | null> {
+  const { temperature, topP } = p.sampling;
+  const pieces = generate(state, {
+    suffix,
+    maxTokens: p.maxTokensFlag ?? recipe.maxTokens,
+    sampling: { temperature: temperature ?? recipe.temperature, ...(topP !== undefined ? { topP } : {}) },
+    seed: p.seed,
+  });
+  let text = "";
+  try {
+    while (true) {
+      const next = await pieces.next();
+      if (next.done) {
+        if (stream && !text.endsWith("\n")) await writeStdout("\n");
+        return { text, finish: next.value };
+      }
+      text += next.value;
+      if (stream) await writeStdout(next.value);
+    }
+  } catch (err) {
+    if (err instanceof StdoutClosed) return null;
+    throw err;
+  }
+}
+
+function inputReport(source: Source): string {
+  return `${"input".padEnd(14)}${formatBytes(source.stats.bytes).padStart(12)} in ${source.stats.files} file(s)${
+    source.stats.replacedChars ? `, ${source.stats.replacedChars} invalid UTF-8 replaced` : ""
+  }${source.stats.skipped.length ? `, ${source.stats.skipped.length} skipped` : ""}`;
 }
 
 /** The --json object. */
@@ -219,7 +485,7 @@ export function jsonResult(r: {
   positions: string;
   kvDtype: string;
   summary: MeterSummary;
-  source: Source;
+  source: Source | null;
   seconds: { load: number; total: number };
 }) {
   const s = r.summary;
@@ -234,7 +500,11 @@ export function jsonResult(r: {
     chunk: r.chunk,
     positions: r.positions,
     kv_dtype: r.kvDtype,
-    input: { bytes: r.source.stats.bytes, files: r.source.stats.files, replaced_chars: r.source.stats.replacedChars },
+    input: {
+      bytes: r.source?.stats.bytes ?? 0,
+      files: r.source?.stats.files ?? 0,
+      replaced_chars: r.source?.stats.replacedChars ?? 0,
+    },
     tokens_read: s.documentTokens,
     prompt_tokens: s.promptTokens,
     generated_tokens: s.generatedTokens,

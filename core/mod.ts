@@ -17,10 +17,13 @@ import { Sequence } from "./engine/sequence.ts";
 import type { Source } from "./input/source.ts";
 import { Meter, type MeterEvent } from "./meter/meter.ts";
 import type { Policy } from "./policies/mod.ts";
+import { KVZIP_PROMPT } from "./policies/kvzip.ts";
 import { tokenize } from "./tokens/stream.ts";
 import type { SamplingOptions } from "../kernels/sample.ts";
 
-export { loadModel, resolveRun };
+export { loadModel, resolveRun, Sequence };
+export { loadState, readStateHeader, saveState } from "./state/file.ts";
+export type { LoadedState, StateHeader, StateInfo } from "./state/file.ts";
 export { DEFAULT_BUDGET, DEFAULT_CHUNK } from "./engine/resolve.ts";
 export type { FinishReason, LoadedModel, MeterEvent, ResolvedRun, RunOptions };
 export { Meter } from "./meter/meter.ts";
@@ -37,6 +40,8 @@ export interface ReadOptions extends Omit<RunOptions, "positions" | "kvDtype" | 
   onEvent?: (e: MeterEvent) => void;
   /** A meter of the caller's (default: a new one reporting to `onEvent`). */
   meter?: Meter;
+  /** Go on reading after this sequence (a loaded state, or a fork) instead of starting empty; no prefix then. */
+  from?: Sequence;
 }
 
 /** A document read into a compressed cache, ready to generate from. */
@@ -67,15 +72,23 @@ export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadSta
   if (run.positions !== model.graph.positions || run.kvDtype !== model.graph.kvDtype) {
     throw new Error(`the run was resolved for ${run.positions}/${run.kvDtype}, the model's graph is not`);
   }
-  const patch = run.questionPatch && (opts.question?.length ?? 0) > 0 ? opts.question! : [];
-  checkPlan(run.plan, patch.length || run.window, patch.length > 0);
-  const meter = opts.meter ?? new Meter(run.tokenBytes, opts.onEvent);
-  const sequence = new Sequence(model.session, new KvStore(model.config, run.kvDtype), meter);
+  const question = run.questionPatch && (opts.question?.length ?? 0) > 0 ? opts.question! : [];
+  const repeat = run.policy.reconstruct ? model.tokenizer.encode(KVZIP_PROMPT) : [];
+  const patch = run.policy.reconstruct ? (chunk: Int32Array) => [...repeat, ...chunk] : question;
+  checkPlan(run.plan, question.length || run.window, question.length > 0 || repeat.length > 0);
+  const sequence = opts.from ??
+    new Sequence(
+      model.session,
+      new KvStore(model.config, run.kvDtype),
+      opts.meter ?? new Meter(run.tokenBytes, opts.onEvent),
+    );
+  const meter = sequence.meter;
   const prefill = new Prefill(sequence, { plan: run.plan, chunk: run.chunk, patch, window: run.window });
   const source = typeof input === "object" && "stats" in input ? input : null;
   let tokenized = 0;
   const progress = () => ({ bytes: source?.stats.bytes ?? 0, totalBytes: source?.totalBytes ?? null, tokenized });
-  meter.framing(opts.prefix?.length ?? 0);
+  if (opts.from && opts.prefix?.length) throw new Error("a continued read has its prefix already");
+  if (!opts.from) meter.framing(opts.prefix?.length ?? 0);
   if (opts.prefix?.length) await prefill.push(opts.prefix, progress());
   if (typeof input === "object" && "ids" in input) {
     await prefill.push(input.ids, progress());
@@ -101,6 +114,12 @@ export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadSta
     chunk: run.chunk,
     retained: (l, h) => sequence.retained(l, h),
   };
+}
+
+/** An independent copy of a read state (its own cache, cursor and meter): one read, several answers. */
+export function fork(state: ReadState): ReadState {
+  const sequence = state.sequence.fork();
+  return { ...state, sequence, meter: sequence.meter, retained: (l, h) => sequence.retained(l, h) };
 }
 
 export interface GenerateOptions {

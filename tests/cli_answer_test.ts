@@ -27,7 +27,7 @@ Deno.test("tome ask on the retrieval model returns the planted code", async (t) 
   await Deno.writeTextFile(file, h.text);
   const ask = async (...extra: string[]) => {
     const r = await tome(
-      ["ask", h.needle.prefix, file, "--model", model, "--max-tokens", "6", "--json", "-q", ...extra],
+      ["ask", h.needle.prefix, file, "--model", model, "--max-tokens", "6", "--json", "--quiet", ...extra],
       { env },
     );
     assert.equal(r.code, 0, r.stderr);

@@ -8,7 +8,7 @@ import { buildPrompt } from "../../recipes/prompt.ts";
 import { addRunOptions, type RunFlags } from "../options.ts";
 import { loadPrepared, prepareRun } from "../run.ts";
 import { formatBytes, formatCount, formatSeconds } from "../progress.ts";
-import { round, writeStdout } from "../output.ts";
+import { round, usage, writeStdout } from "../output.ts";
 
 /** Decode steps the sample measures. */
 const SAMPLE_DECODE = 4;
@@ -31,7 +31,11 @@ Examples:
   tome estimate ./src -m ./tiny --policy full --json`,
     )
     .action(async (input: string, flags: RunFlags & { question: string }) => {
+      if (flags.state || flags.save || flags.cache) {
+        throw usage("estimate reads its input: --state, --save and --cache do not apply");
+      }
       const p = await prepareRun(input, flags, ASK_DEFAULTS.maxTokens);
+      const source = p.source!;
       const { run } = p;
       const tokenizer = await loadTokenizer(p.dir);
       const prompt = buildPrompt(tokenizer, askFraming(flags.question, flags.system), p.config.bosTokenId);
@@ -41,7 +45,7 @@ Examples:
       const sample: number[] = [];
       let tokens = 0;
       const t0 = performance.now();
-      for await (const ids of p.source.text.pipeThrough(tokenize(tokenizer))) {
+      for await (const ids of source.text.pipeThrough(tokenize(tokenizer))) {
         for (let i = 0; i < ids.length && sample.length < wanted; i++) sample.push(ids[i]);
         tokens += ids.length;
       }
@@ -69,7 +73,7 @@ Examples:
       const chunk = run.chunk;
 
       const result = {
-        input: { bytes: p.source.stats.bytes, files: p.source.stats.files },
+        input: { bytes: source.stats.bytes, files: source.stats.files },
         tokens,
         chunks: kv.chunks,
         model: p.dir,

@@ -4,6 +4,7 @@ import { expectedTensors, openCheckpoint } from "../../core/model/checkpoint.ts"
 import { kvBytesPerToken } from "../../core/model/config.ts";
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../../core/model/onnx/decoder.ts";
 import { formatBytes } from "../progress.ts";
+import { readStateHeader } from "../../core/state/file.ts";
 import { usage, writeStdout } from "../output.ts";
 
 /** Every graph variant tome can build, for the cache report. */
@@ -19,17 +20,60 @@ function graphVariants(): GraphOptions[] {
   return out;
 }
 
+/** `tome inspect FILE.tstate`: what a saved reading state holds. */
+async function inspectState(path: string, opts: { json?: boolean }): Promise<void> {
+  const h = await readStateHeader(path);
+  const entries = h.lengths.flat().reduce((a, b) => a + b, 0);
+  const info = {
+    state: path,
+    format: h.version,
+    created: h.created,
+    model: h.model,
+    tokenizer: h.tokenizer.digest,
+    run: h.run,
+    recipe: h.recipe,
+    questions: h.questions,
+    query_agnostic: h.queryAgnostic,
+    input: h.input,
+    tokens_read: h.position - h.prefix.length,
+    entries_per_head: entries / Math.max(1, h.model.layers * h.model.kvHeads),
+    kv_bytes: h.meter.kvNow,
+    kv_peak_bytes: h.meter.kvPeak,
+    payload: h.payload,
+  };
+  if (opts.json) return void await writeStdout(JSON.stringify(info) + "\n");
+  const row = (k: string, v: string) => `${k.padEnd(14)}${v}\n`;
+  await writeStdout(
+    row("state", `${path} (format ${h.version}, ${h.created})`) +
+      row("model", `${h.model.arch}, ${h.model.layers} layers × ${h.model.kvHeads} KV heads × ${h.model.headDim}`) +
+      row("read", `${h.input.sources.join(", ") || "?"}: ${info.tokens_read} tokens, ${h.input.bytes} bytes`) +
+      row(
+        "policy",
+        `${h.run.policy}, budget ${h.run.budget}, chunk ${h.run.chunk}, ${h.run.positions} positions, ${h.run.kvDtype}`,
+      ) +
+      row(
+        "shaped by",
+        h.queryAgnostic ? "no question (query-agnostic)" : h.questions.length ? h.questions.join(" | ") : "no question",
+      ) +
+      row(
+        "KV",
+        `${formatBytes(info.kv_bytes)} retained (${info.entries_per_head.toFixed(0)} entries per layer and head)`,
+      ),
+  );
+}
+
 /** `tome inspect MODEL`: what a checkpoint is and what it costs per token of KV. */
 export function inspectCommand(program: Command): void {
   program.command("inspect")
     .description("describe a model checkpoint: architecture, size, KV bytes per token, cached graphs")
-    .argument("[model]", "checkpoint directory (default: $TOME_MODEL)")
+    .argument("[model]", "checkpoint directory (default: $TOME_MODEL), or a saved state FILE.tstate")
     .option("--json", "print one JSON object")
     .addHelpText(
       "after",
       "\nExample:\n  tome inspect /tmp/tiny-llama\n  tome inspect ~/models/SmolLM2-360M-Instruct --json",
     )
     .action(async (model: string | undefined, opts: { json?: boolean }) => {
+      if (model?.endsWith(".tstate")) return await inspectState(model, opts);
       const dir = model ?? Deno.env.get("TOME_MODEL");
       if (!dir) throw usage("inspect needs a model directory (or TOME_MODEL)");
       const ckpt = await openCheckpoint(dir);

@@ -11,6 +11,16 @@ const UNITS: Record<string, number> = {
   gib: 2 ** 30,
 };
 
+/** Bytes in a size such as `2GiB`, `500MB` or `4096` (bytes); a usage error naming `what` otherwise. */
+export function parseSize(spec: string, what: string): number {
+  const m = spec.trim().match(/^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/);
+  const scale = m ? UNITS[(m[2] || "b").toLowerCase()] : undefined;
+  if (!m || scale === undefined) {
+    throw new TomeError("usage", `${what} "${spec}" is not a size like 2GiB (B, KB, MB, GB, KiB, MiB, GiB)`);
+  }
+  return Math.floor(Number(m[1]) * scale);
+}
+
 /**
  * A KV budget as entries per layer and KV head: `4096` (entries), or a size
  * such as `256MiB` / `1.5GB`, converted with the model's KV bytes per token at

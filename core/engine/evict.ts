@@ -93,6 +93,7 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
     });
     updates.push({ keep: new Int32Array(0), positions, accumulated, seen, importance });
   }
+  if (policy.arrive) { for (const v of views) policy.arrive(v); }
   for (let h = 0; h < K; h++) {
     const v = views[h];
     const keep = rule.keep(l, h);

@@ -15,8 +15,12 @@ export interface PrefillOptions {
   plan: BudgetPlan;
   /** Document tokens per run. */
   chunk: number;
-  /** Token ids ridden along each chunk as the observation window (the question patch); empty: none. */
-  patch: number[];
+  /**
+   * Token ids ridden along each chunk as the observation window, their K/V
+   * dropped: the question patch, or (a function of the chunk) KVzip's
+   * reconstruction prompt; empty: none.
+   */
+  patch: ArrayLike<number> | ((chunk: Int32Array) => ArrayLike<number>);
   /** Observation window (last entries of the chunk) without the patch. */
   window: number;
 }
@@ -60,10 +64,12 @@ export class Prefill {
     const seq = this.sequence;
     const before = seq.meanEntries();
     const kvBytesBefore = seq.store.bytes();
-    await seq.step(doc, this.opts.plan.prefill, { patch: this.opts.patch, window: this.opts.window });
+    const p = this.opts.patch;
+    const patch = typeof p === "function" ? p(doc) : p;
+    await seq.step(doc, this.opts.plan.prefill, { patch, window: this.opts.window });
     seq.meter.chunk({
       tokens: doc.length,
-      runTokens: doc.length + this.opts.patch.length,
+      runTokens: doc.length + patch.length,
       before,
       after: seq.meanEntries(),
       kvBytesBefore,

@@ -72,6 +72,22 @@ export interface MeterSummary {
   decodeSeconds: number;
 }
 
+/** A meter's figures as plain numbers. */
+export interface MeterSnapshot {
+  tokens: number;
+  docTokens: number;
+  generated: number;
+  promptTokens: number;
+  framing: number;
+  resident: number;
+  peakEntries: number;
+  kvPeak: number;
+  kvNow: number;
+  kept: number;
+  chunks: number;
+  prefillSeconds: number;
+}
+
 /**
  * Counts what a run holds and costs — KV bytes now and at peak, footprint,
  * peak fraction, RSS, speed — from the engine's reports after every chunk and
@@ -192,22 +208,47 @@ export class Meter {
     this.#generated = n;
   }
 
+  /** The figures so far as plain numbers (what a saved state keeps). */
+  snapshot(): MeterSnapshot {
+    return {
+      tokens: this.#tokens,
+      docTokens: this.#docTokens,
+      generated: this.#generated,
+      promptTokens: this.#promptTokens,
+      framing: this.#framing,
+      resident: this.#resident,
+      peakEntries: this.#peakEntries,
+      kvPeak: this.#kvPeak,
+      kvNow: this.#kvNow,
+      kept: this.#kept,
+      chunks: this.#chunks,
+      prefillSeconds: this.#prefillSeconds,
+    };
+  }
+
+  /** A meter that goes on from `s` (a fork's, or a saved state's), reporting to `onEvent`. */
+  static restore(tokenBytes: number, s: MeterSnapshot, onEvent?: (e: MeterEvent) => void): Meter {
+    const m = new Meter(tokenBytes, onEvent);
+    m.#tokens = s.tokens;
+    m.#docTokens = s.docTokens;
+    m.#generated = s.generated;
+    m.#promptTokens = s.promptTokens;
+    m.#framing = s.framing;
+    m.#resident = s.resident;
+    m.#peakEntries = s.peakEntries;
+    m.#kvPeak = s.kvPeak;
+    m.#kvNow = s.kvNow;
+    m.#kept = s.kept;
+    m.#chunks = s.chunks;
+    m.#prefillSeconds = s.prefillSeconds;
+    m.#started = performance.now() - s.prefillSeconds * 1000;
+    return m;
+  }
+
   /** An independent copy of the figures so far (a forked sequence meters on from here), reporting to `onEvent`. */
   fork(onEvent: (e: MeterEvent) => void = this.onEvent): Meter {
-    const m = new Meter(this.tokenBytes, onEvent);
-    m.#tokens = this.#tokens;
-    m.#docTokens = this.#docTokens;
-    m.#generated = this.#generated;
-    m.#promptTokens = this.#promptTokens;
-    m.#framing = this.#framing;
-    m.#resident = this.#resident;
-    m.#peakEntries = this.#peakEntries;
-    m.#kvPeak = this.#kvPeak;
-    m.#kvNow = this.#kvNow;
-    m.#kept = this.#kept;
-    m.#chunks = this.#chunks;
+    const m = Meter.restore(this.tokenBytes, this.snapshot(), onEvent);
     m.#started = this.#started;
-    m.#prefillSeconds = this.#prefillSeconds;
     m.#decodeStarted = this.#decodeStarted;
     return m;
   }

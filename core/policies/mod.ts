@@ -3,6 +3,7 @@ import { corm } from "./corm.ts";
 import { full } from "./full.ts";
 import { h2o } from "./h2o.ts";
 import { knorm } from "./knorm.ts";
+import { kvzip } from "./kvzip.ts";
 import { locret } from "./locret.ts";
 import type { Policy } from "./policy.ts";
 import { pyramidkv } from "./pyramidkv.ts";
@@ -16,7 +17,18 @@ import { pyramid } from "./pyramid.ts";
 export type { Policy, Protection, ScoreView } from "./policy.ts";
 export { select } from "./select.ts";
 
-export const POLICIES: Record<string, Policy> = { full, streaming, knorm, snapkv, pyramidkv, h2o, tova, corm, locret };
+export const POLICIES: Record<string, Policy> = {
+  full,
+  streaming,
+  knorm,
+  snapkv,
+  pyramidkv,
+  h2o,
+  tova,
+  corm,
+  locret,
+  kvzip,
+};
 
 /** The default: SnapKV with the question patch. */
 export const DEFAULT_POLICY = "snapkv";

@@ -25,7 +25,10 @@ export interface ScoreView {
   accumulated: Float32Array;
   /** Number of queries that have attended to each entry so far. */
   seen: Float32Array;
-  /** Importance each entry was given when it arrived (Locret's retaining heads). */
+  /**
+   * Importance each entry was given when it arrived (Locret's retaining heads);
+   * the array the store keeps, which `arrive` may fill for the new entries (KVzip).
+   */
   importance: Float32Array;
   /** ‖k_i‖₂ of each entry's key (as cached). */
   keyNorms(): Float32Array;
@@ -53,12 +56,19 @@ export interface Policy {
   retain?: boolean;
   /** Protection given the layer's budget and the chunk's window. */
   protect(budget: number, windowQueries: number, questionPatch: boolean): Protection;
+  /**
+   * Sets the importance of the view's new entries (indices `past`…`n`−1) once,
+   * when they arrive, whether or not anything is evicted then (KVzip).
+   */
+  arrive?(view: ScoreView): void;
   /** Importance of each of the view's n entries; higher is kept. */
   score(view: ScoreView): Float32Array;
   /** Per-layer budgets from the mean budget (default: the same for every layer). */
   budgets?(budget: number, layers: number): number[];
   /** One KV head's budget from its layer's (Infinity keeps everything; default: the layer's). */
   headBudget?(layer: number, head: number, budget: number): number;
+  /** Scores with a reconstruction of each chunk riding along (KVzip) instead of the question. */
+  reconstruct?: boolean;
   /** Keeps everything: no selection at all. */
   keepsAll?: boolean;
   /** Every KV head of a layer keeps the same entries (scores are per layer). */

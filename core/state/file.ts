@@ -1,0 +1,235 @@
+/**
+ * Saving a read document's compressed state, and loading it back against the
+ * model and tokenizer it was made with. Writes go to a temporary file beside
+ * the target, renamed into place, so a killed write leaves nothing that loads.
+ */
+import { basename, dirname, join } from "node:path";
+import { TomeError } from "../errors.ts";
+import { KvStore } from "../engine/kv_store.ts";
+import { Sequence } from "../engine/sequence.ts";
+import type { LoadedModel } from "../engine/model.ts";
+import { Meter, type MeterEvent } from "../meter/meter.ts";
+import { kvBytesPerToken, kvElementBytes } from "../model/config.ts";
+import { modelDigest, sha256Hex, tokenizerDigest } from "./digest.ts";
+import {
+  decodeHeader,
+  decodePayload,
+  encodeHead,
+  payloadBytes,
+  payloadParts,
+  type StateHeader,
+  type StateLayer,
+} from "./format.ts";
+
+export type { StateHeader };
+
+/** What is saved beside the cache: the run, the framing and where the input came from. */
+export type StateInfo = Omit<
+  StateHeader,
+  "version" | "model" | "tokenizer" | "lengths" | "payload" | "created" | "position" | "meter"
+>;
+
+/** Writes `seq`'s retained state for `model` to `path` (atomically). */
+export async function saveState(
+  path: string,
+  model: LoadedModel,
+  seq: Sequence,
+  info: StateInfo,
+): Promise<StateHeader> {
+  const { config } = model;
+  const d = config.headDim;
+  const layers: StateLayer[] = seq.store.layers.map((c) => {
+    const n = c.lengths.reduce((a, b) => a + b, 0);
+    const f32 = c.keys instanceof Float32Array;
+    const out: StateLayer = {
+      keys: f32 ? new Float32Array(n * d) : new Uint16Array(n * d),
+      values: f32 ? new Float32Array(n * d) : new Uint16Array(n * d),
+      positions: new Int32Array(n),
+      accumulated: new Float32Array(n),
+      seen: new Float32Array(n),
+      importance: new Float32Array(n),
+    };
+    let at = 0;
+    c.lengths.forEach((len, h) => {
+      const from = h * c.capacity;
+      out.keys.set(c.keys.subarray(from * d, (from + len) * d), at * d);
+      out.values.set(c.values.subarray(from * d, (from + len) * d), at * d);
+      out.positions.set(c.positions.subarray(from, from + len), at);
+      out.accumulated.set(c.accumulated.subarray(from, from + len), at);
+      out.seen.set(c.seen.subarray(from, from + len), at);
+      out.importance.set(c.importance.subarray(from, from + len), at);
+      at += len;
+    });
+    return out;
+  });
+  const header: StateHeader = {
+    version: 1,
+    model: {
+      digest: await modelDigest(model.checkpoint),
+      arch: config.arch,
+      layers: config.layers,
+      kvHeads: config.kvHeads,
+      headDim: d,
+    },
+    tokenizer: { digest: await tokenizerDigest(model.tokenizer.dir) },
+    ...info,
+    position: seq.position,
+    lengths: seq.store.layers.map((c) => Array.from(c.lengths)),
+    meter: seq.meter.snapshot(),
+    created: new Date().toISOString(),
+    payload: { bytes: 0, sha256: "" },
+  };
+  header.payload.bytes = payloadBytes(header);
+  const payload = payloadParts(layers);
+  header.payload.sha256 = await sha256Hex(...payload);
+  const file = [encodeHead(header), ...payload];
+  const base = basename(path);
+  await removeStaleTemps(dirname(path), base);
+  const tmp = join(dirname(path), `.${base}.tmp-${Deno.pid}-${Date.now()}`);
+  try {
+    const f = await Deno.open(tmp, { write: true, createNew: true });
+    try {
+      for (const p of file) {
+        for (let at = 0; at < p.length;) at += await f.write(p.subarray(at));
+      }
+      await f.sync();
+    } finally {
+      f.close();
+    }
+    await Deno.rename(tmp, path);
+  } catch (err) {
+    await Deno.remove(tmp).catch(() => {});
+    throw new TomeError("output", `cannot write the state ${path}: ${(err as Error).message}`);
+  }
+  return header;
+}
+
+/** Reads only a state file's header (for `tome inspect`); the payload's checksum is not checked. */
+export async function readStateHeader(path: string): Promise<StateHeader> {
+  const { header } = await openState(path, false);
+  return header;
+}
+
+/** A loaded state: its header and the sequence it continues, on `model`'s session. */
+export interface LoadedState {
+  header: StateHeader;
+  sequence: Sequence;
+}
+
+/**
+ * Loads a state for `model`: refused (exit 15) when its model, tokenizer,
+ * positions or KV dtype do not match, or its payload is damaged.
+ */
+export async function loadState(
+  path: string,
+  model: LoadedModel,
+  onEvent?: (e: MeterEvent) => void,
+): Promise<LoadedState> {
+  const { header, payload } = await openState(path, true);
+  const refuse = (what: string) => new TomeError("stateInvalid", `${path}: ${what}`);
+  const c = model.config;
+  if (header.model.digest !== await modelDigest(model.checkpoint)) {
+    throw refuse(`made with another model (${header.model.arch}, ${header.model.layers} layers)`);
+  }
+  if (header.tokenizer.digest !== await tokenizerDigest(model.tokenizer.dir)) {
+    throw refuse("made with another tokenizer");
+  }
+  if (header.run.positions !== model.graph.positions || header.run.kvDtype !== model.graph.kvDtype) {
+    throw refuse(
+      `made with ${header.run.positions} positions and ${header.run.kvDtype} KV, the model is loaded with ${model.graph.positions} and ${model.graph.kvDtype}`,
+    );
+  }
+  const layers = decodePayload(header, payload!);
+  const store = new KvStore(c, header.run.kvDtype);
+  const d = c.headDim;
+  header.lengths.forEach((lengths, l) => {
+    const cap = Math.max(...lengths);
+    const src = layers[l];
+    const layer = store.layers[l] = {
+      capacity: cap,
+      keys: header.run.kvDtype === "float32"
+        ? new Float32Array(c.kvHeads * cap * d)
+        : new Uint16Array(c.kvHeads * cap * d),
+      values: header.run.kvDtype === "float32"
+        ? new Float32Array(c.kvHeads * cap * d)
+        : new Uint16Array(c.kvHeads * cap * d),
+      lengths: Int32Array.from(lengths),
+      positions: new Int32Array(c.kvHeads * cap),
+      accumulated: new Float32Array(c.kvHeads * cap),
+      seen: new Float32Array(c.kvHeads * cap),
+      importance: new Float32Array(c.kvHeads * cap),
+    };
+    let at = 0;
+    lengths.forEach((len, h) => {
+      const to = h * cap;
+      layer.keys.set(src.keys.subarray(at * d, (at + len) * d), to * d);
+      layer.values.set(src.values.subarray(at * d, (at + len) * d), to * d);
+      layer.positions.set(src.positions.subarray(at, at + len), to);
+      layer.accumulated.set(src.accumulated.subarray(at, at + len), to);
+      layer.seen.set(src.seen.subarray(at, at + len), to);
+      layer.importance.set(src.importance.subarray(at, at + len), to);
+      at += len;
+    });
+  });
+  const meter = Meter.restore(kvBytesPerToken(c, kvElementBytes(header.run.kvDtype)), header.meter, onEvent);
+  const sequence = new Sequence(model.session, store, meter);
+  sequence.position = header.position;
+  return { header, sequence };
+}
+
+async function openState(path: string, withPayload: boolean): Promise<{ header: StateHeader; payload?: Uint8Array }> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) throw new TomeError("notFound", `state not found: ${path}`);
+    throw new TomeError("unreadable", `cannot read the state ${path}: ${(err as Error).message}`);
+  }
+  try {
+    const size = (await file.stat()).size;
+    // the header (at most 16 MiB) lies in the file's first bytes; nothing is allocated from its length
+    const head = new Uint8Array(Math.min(size, 16 << 20));
+    await readFull(file, head);
+    const { header, start } = decodeHeader(head, size, path);
+    if (!withPayload) return { header };
+    const payload = new Uint8Array(header.payload.bytes);
+    await file.seek(start, Deno.SeekMode.Start);
+    await readFull(file, payload);
+    if (await sha256Hex(payload) !== header.payload.sha256) {
+      throw new TomeError("stateInvalid", `${path}: the payload's checksum does not match (the file is damaged)`);
+    }
+    return { header, payload };
+  } finally {
+    file.close();
+  }
+}
+
+async function readFull(file: Deno.FsFile, buf: Uint8Array): Promise<void> {
+  let n = 0;
+  while (n < buf.length) {
+    const r = await file.read(buf.subarray(n));
+    if (r === null) break;
+    n += r;
+  }
+}
+
+/** Removes `.NAME.tmp-PID-*` files beside a state whose writer (PID) is no longer running. */
+async function removeStaleTemps(dir: string, base: string): Promise<void> {
+  const prefix = `.${base}.tmp-`;
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (!e.isFile || !e.name.startsWith(prefix)) continue;
+      const pid = Number(e.name.slice(prefix.length).split("-")[0]);
+      if (Number.isInteger(pid) && pid !== Deno.pid && !(await alive(pid))) {
+        await Deno.remove(join(dir, e.name)).catch(() => {});
+      }
+    }
+  } catch {
+    // an unreadable directory fails the write itself, with its own message
+  }
+}
+
+/** Whether a process is running (Linux: /proc/PID exists). */
+async function alive(pid: number): Promise<boolean> {
+  return await Deno.stat(`/proc/${pid}`).then(() => true, () => false);
+}
