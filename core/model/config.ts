@@ -102,7 +102,7 @@ export function parseConfig(raw: unknown, where = "config.json"): ModelConfig {
       throw new TomeError(
         "modelInvalid",
         `${where}: ${key} must be a positive integer${max < Number.MAX_SAFE_INTEGER ? ` ≤ ${max}` : ""}, got ${
-          JSON.stringify(c[key] ?? null)
+          shown(c[key] ?? null)
         }`,
       );
     }
@@ -113,9 +113,7 @@ export function parseConfig(raw: unknown, where = "config.json"): ModelConfig {
     if (typeof v !== "number" || !Number.isFinite(v) || v <= 0 || v > max) {
       throw new TomeError(
         "modelInvalid",
-        `${where}: ${key} must be a positive number${max < Number.MAX_VALUE ? ` ≤ ${max}` : ""}, got ${
-          JSON.stringify(c[key])
-        }`,
+        `${where}: ${key} must be a positive number${max < Number.MAX_VALUE ? ` ≤ ${max}` : ""}, got ${shown(c[key])}`,
       );
     }
     return v;
@@ -145,7 +143,7 @@ export function parseConfig(raw: unknown, where = "config.json"): ModelConfig {
     if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v >= vocab) {
       throw new TomeError(
         "modelInvalid",
-        `${where}: ${key} ${JSON.stringify(v)} is not a token id (0 ≤ id < vocab_size ${vocab})`,
+        `${where}: ${key} ${shown(v)} is not a token id (0 ≤ id < vocab_size ${vocab})`,
       );
     }
     return v;
@@ -179,6 +177,11 @@ export function parseConfig(raw: unknown, where = "config.json"): ModelConfig {
   };
 }
 
+/** A config value as it appears in an error message (numbers as written, Infinity included). */
+function shown(v: unknown): string {
+  return typeof v === "number" ? String(v) : (JSON.stringify(v) ?? String(v)).slice(0, 100);
+}
+
 function parseRopeScaling(raw: unknown, where: string): RopeScaling | null {
   if (raw == null) return null;
   if (typeof raw !== "object" || Array.isArray(raw)) {
@@ -207,7 +210,7 @@ function parseRopeScaling(raw: unknown, where: string): RopeScaling | null {
   }
   throw new TomeError(
     "modelInvalid",
-    `${where}: rope_scaling ${JSON.stringify(raw)} is not supported (llama3, linear)`,
+    `${where}: rope_scaling ${JSON.stringify(raw).slice(0, 200)} is not supported (llama3, linear)`,
   );
 }
 

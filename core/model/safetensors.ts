@@ -113,7 +113,8 @@ export function parseHeader(json: Uint8Array, fileSize: number, path: string): M
     }
     out.set(name, { name, dtype, shape: [...shape] as number[], begin: base + b, end: base + e, file: path });
   }
-  const sorted = [...out.values()].sort((x, y) => x.begin - y.begin || x.end - y.end);
+  // empty tensors occupy no bytes and overlap nothing
+  const sorted = [...out.values()].filter((t) => t.end > t.begin).sort((x, y) => x.begin - y.begin);
   for (let i = 1; i < sorted.length; i++) {
     if (sorted[i].begin < sorted[i - 1].end) {
       throw invalid(
@@ -144,7 +145,7 @@ function isObject(x: unknown): x is Record<string, unknown> {
 }
 
 function kindOf(x: unknown): string {
-  return x === null ? "null" : Array.isArray(x) ? "an array" : `a ${typeof x}`;
+  return x === null ? "null" : Array.isArray(x) ? "an array" : typeof x === "object" ? "an object" : `a ${typeof x}`;
 }
 
 function invalid(path: string, what: string): TomeError {
