@@ -65,7 +65,7 @@ function mutateHeader(h: Record<string, unknown>, next: () => number, dataLength
   const e = (current && typeof current === "object" && !Array.isArray(current) ? current : {}) as Entry;
   const r = next();
   const small = () => Math.floor(next() * (dataLength + 16));
-  switch (Math.floor(r * 16)) {
+  switch (Math.floor(r * 17)) {
     case 0:
       e.dtype = pick(next, ["F32", "F16", "BF16", "I8", "F64", "U8", "f32", "", null, 4, ["F32"]]);
       break;
@@ -126,6 +126,13 @@ function mutateHeader(h: Record<string, unknown>, next: () => number, dataLength
     case 14: // a zero-size tensor placed inside another's range
       h["zero"] = { dtype: "F32", shape: [0], data_offsets: [2, 2] };
       break;
+    case 15: { // the same element count from negative or fractional dimensions
+      if (Array.isArray(e.shape) && e.shape.length === 2 && typeof e.shape[0] === "number") {
+        const [a, b] = e.shape as number[];
+        e.shape = pick(next, [[-a, -b], [a * 2, b / 2], [a * b * 2, 0.5], [a * b, 1, 1.0], [-1, -a * b]]);
+      }
+      break;
+    }
     default: // a consistent, valid edit: a tensor reshaped with the same element count
       if (Array.isArray(e.shape) && e.shape.length === 2 && typeof e.shape[0] === "number") {
         const [a, b] = e.shape as number[];
