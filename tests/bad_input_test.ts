@@ -726,4 +726,96 @@ for (const c of table.filter((c) => c.ignore && (c.lead || leadOnly))) {
   Deno.test({ name: `bad input (lead: not yet checked early): ${c.name}`, ignore: true, fn: () => {} });
 }
 
+/** Spawns `tome ARGS…` (not waited for). */
+function spawnTome(args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--quiet",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-ffi",
+      "--allow-sys",
+      join(ROOT, "cli", "main.ts"),
+      ...args,
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+}
+
+/** Names in `dir` that make-model leaves while it works (`.tome-make-*`). */
+async function partials(dir: string): Promise<string[]> {
+  const out = [];
+  for await (const e of Deno.readDir(dir)) if (e.name.startsWith(".tome-make-")) out.push(e.name);
+  return out;
+}
+
+/** The files of a checkpoint directory with their bytes' digest. */
+async function contents(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for await (const e of Deno.readDir(dir)) {
+    const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(join(dir, e.name)));
+    out[e.name] = btoa(String.fromCharCode(...new Uint8Array(digest)));
+  }
+  return out;
+}
+
+Deno.test("make-model --force replaces its own output whole: Ctrl-C removes its temp dir, SIGKILL leaves the old or the new", async () => {
+  const d = await Deno.makeTempDir({ dir: root, prefix: "replace-" });
+  const out = join(d, "m");
+  const make = (seed: string) => ["make-model", "tiny", "--out", out, "-t", tokenizer, "--force", "--seed", seed];
+  assert.equal((await run(make("1"), d)).code, 0);
+  const old = await contents(out);
+  const reference = join(d, "reference");
+  const made = await run(["make-model", "tiny", "--out", reference, "-t", tokenizer, "--seed", "2"], d);
+  assert.equal(made.code, 0);
+  const fresh = await contents(reference);
+  assert.notEqual(old["model.safetensors"], fresh["model.safetensors"]);
+  assert.deepEqual(Object.keys(old).sort(), Object.keys(fresh).sort());
+  assert.ok(old[".tome-model"]);
+
+  // Ctrl-C while it writes: exit 130, the temp dir gone, the old model untouched
+  const interrupted = spawnTome(make("2"));
+  for (let i = 0; i < 400 && (await partials(d)).length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+  interrupted.kill("SIGINT");
+  const status = await interrupted.output();
+  assert.equal(status.code, 130, new TextDecoder().decode(status.stderr));
+  assert.deepEqual(await partials(d), []);
+  assert.deepEqual(await contents(out), old);
+
+  // SIGKILL at several points: the model is always whole, the old one or the new one
+  const seen = new Set<string>();
+  for (const fraction of [0.2, 0.4, 0.6, 0.8, 0.95]) {
+    const delay = Math.round(fraction * made.seconds * 1000);
+    const child = spawnTome(make("2"));
+    await new Promise((r) => setTimeout(r, delay));
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // it had finished
+    }
+    await child.output();
+    const now = await contents(out);
+    const which = JSON.stringify(now) === JSON.stringify(old)
+      ? "old"
+      : JSON.stringify(now) === JSON.stringify(fresh)
+      ? "new"
+      : "";
+    assert.ok(which, `half-written after SIGKILL at ${delay} ms: ${JSON.stringify(now)}`);
+    seen.add(which);
+    console.log(`SIGKILL at ${delay} ms: ${which}`);
+    if (which === "new") {
+      // put the old one back for the next trial
+      assert.equal((await run(make("1"), d)).code, 0);
+    }
+  }
+  // a later run still works, over whatever SIGKILL left beside it
+  assert.equal((await run(make("2"), d)).code, 0);
+  assert.deepEqual(await contents(out), fresh);
+});
+
 Deno.test({ name: "cleanup bad input files", fn: () => Deno.remove(root, { recursive: true }) });
