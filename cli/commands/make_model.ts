@@ -1,8 +1,8 @@
 import { Argument, type Command, Option } from "commander";
-import { dirname } from "node:path";
-import { TomeError } from "../../core/errors.ts";
+import { dirname, resolve } from "node:path";
+import { EXIT, TomeError } from "../../core/errors.ts";
 import { type Arch, ARCHS } from "../../core/model/config.ts";
-import { makeRandomModel, type ModelShape, SIZES } from "../../core/model/make.ts";
+import { checkReplaceable, makeRandomModel, markModel, type ModelShape, SIZES } from "../../core/model/make.ts";
 import { makeRetrievalModel } from "../../core/model/retrieval.ts";
 import { note, usage } from "../output.ts";
 
@@ -34,7 +34,10 @@ export function makeModelCommand(program: Command): void {
         "retrieval",
       ]),
     )
-    .requiredOption("-o, --out <dir>", "directory to write (must not exist or be empty, unless --force)")
+    .requiredOption(
+      "-o, --out <dir>",
+      "directory to write (must not exist or be empty; --force replaces one that make-model wrote)",
+    )
     .option(
       "-t, --tokenizer <dir>",
       "tokenizer files to copy, the vocabulary size taken from them (retrieval: default, learn one from the project's text)",
@@ -49,7 +52,7 @@ export function makeModelCommand(program: Command): void {
     .addOption(new Option("--dtype <dtype>", "weight storage").choices(["f32", "bf16"]).default("bf16"))
     .option("--llama3-rope", "llama only: Llama-3.x rope_scaling")
     .option("--seed <n>", "random seed", "0")
-    .option("--force", "replace an existing output directory")
+    .option("--force", "replace an --out that tome make-model wrote (it holds .tome-model and only its files)")
     .addHelpText(
       "after",
       `
@@ -67,11 +70,9 @@ Example:
         if (opts[key] !== undefined) shape[key] = positiveInt(opts[key], `--${key.replace("kvHeads", "kv-heads")}`);
       }
       if (opts.llama3Rope && opts.arch !== "llama") throw usage("--llama3-rope applies to --arch llama only");
-      await prepareOut(opts.out, opts.force ?? false);
       const seed = positiveInt(opts.seed, "--seed", true);
-      // written beside the target and renamed into place: never a half-written checkpoint
-      const tmp = await Deno.makeTempDir({ dir: dirname(opts.out), prefix: ".tome-make-" });
-      try {
+      await checkReplaceable(opts.out, opts.force ?? false);
+      await writeBeside(opts.out, opts.force ?? false, kind, async (tmp) => {
         if (kind === "retrieval") await makeRetrievalModel(tmp, { tokenizer: opts.tokenizer, seed });
         else {
           await makeRandomModel(tmp, {
@@ -83,13 +84,7 @@ Example:
             llama3Rope: opts.llama3Rope,
           });
         }
-        await Deno.chmod(tmp, 0o755);
-        await Deno.remove(opts.out, { recursive: true }).catch(() => {});
-        await Deno.rename(tmp, opts.out);
-      } catch (err) {
-        await Deno.remove(tmp, { recursive: true }).catch(() => {});
-        throw err;
-      }
+      });
       note(
         kind === "retrieval"
           ? `wrote the retrieval model (2 layers, constructed induction circuit) to ${opts.out}`
@@ -98,19 +93,72 @@ Example:
     });
 }
 
-async function prepareOut(out: string, force: boolean): Promise<void> {
+/**
+ * Writes a checkpoint into a temporary directory beside `out`, marks it, and
+ * renames it into place (the old directory moved aside first and removed
+ * last): a killed run never leaves a half-written checkpoint at `out`. Ctrl-C
+ * and SIGTERM remove the temporary directory. Write failures are exit 13.
+ */
+async function writeBeside(out: string, force: boolean, kind: string, write: (tmp: string) => Promise<void>) {
+  const parent = dirname(resolve(out));
+  let tmp: string | null = null;
+  const cleanup = () => {
+    if (tmp) Deno.removeSync(tmp, { recursive: true });
+  };
+  const signals: [Deno.Signal, number][] = [["SIGINT", EXIT.interrupted], ["SIGTERM", EXIT.terminated]];
+  const handlers = signals.map(([sig, code]) => {
+    const h = () => {
+      try {
+        cleanup();
+      } finally {
+        Deno.exit(code);
+      }
+    };
+    try {
+      Deno.addSignalListener(sig, h);
+    } catch {
+      // not every platform has every signal
+    }
+    return [sig, h] as const;
+  });
   try {
-    const st = await Deno.stat(out);
-    if (!st.isDirectory) throw usage(`--out exists and is not a directory: ${out}`);
-    for await (const _ of Deno.readDir(out)) {
-      if (!force) throw usage(`--out is not empty: ${out} (use --force to replace it)`);
-      break;
+    await Deno.mkdir(parent, { recursive: true });
+    tmp = await Deno.makeTempDir({ dir: parent, prefix: ".tome-make-" });
+    await write(tmp);
+    await markModel(tmp, kind);
+    await Deno.chmod(tmp, 0o755);
+    // the directory may have changed since the first check
+    const existed = await checkReplaceable(out, force);
+    if (existed) {
+      const old = `${tmp}-old`;
+      await Deno.rename(out, old);
+      await Deno.rename(tmp, out);
+      tmp = old;
+    } else {
+      await Deno.rename(tmp, out);
+      tmp = null;
     }
   } catch (err) {
     if (err instanceof TomeError) throw err;
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
+    const msg = err instanceof Error ? err.message.split("\n")[0] : String(err);
+    if (err instanceof Deno.errors.PermissionDenied || /\(os error \d+\)/.test(msg)) {
+      throw new TomeError("output", `cannot write --out ${out}: ${msg}`);
+    }
+    throw err;
+  } finally {
+    try {
+      cleanup();
+    } catch {
+      // best effort: a leftover .tome-make-* directory is harmless
+    }
+    for (const [sig, h] of handlers) {
+      try {
+        Deno.removeSignalListener(sig, h);
+      } catch {
+        // never added
+      }
+    }
   }
-  await Deno.mkdir(dirname(out) || ".", { recursive: true });
 }
 
 function positiveInt(v: string, flag: string, zeroOk = false): number {

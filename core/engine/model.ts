@@ -2,7 +2,7 @@
 import { join } from "node:path";
 import { fsError, TomeError } from "../errors.ts";
 import { graphFor } from "../model/cache.ts";
-import { type Checkpoint, openCheckpoint } from "../model/checkpoint.ts";
+import { type Checkpoint, checkTokenizerFits, openCheckpoint } from "../model/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../model/onnx/decoder.ts";
 import { ModelSession } from "../model/session.ts";
@@ -49,6 +49,7 @@ export interface LoadOptions {
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const checkpoint = await openCheckpoint(dir);
   const tokenizer = await loadTokenizer(dir);
+  checkTokenizerFits(checkpoint, tokenizer.vocabSize);
   const graph: GraphOptions = {
     ...DEFAULT_GRAPH_OPTIONS,
     positions: opts.positions ?? "original",

@@ -70,16 +70,38 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
     throw fsError(err, dir, "model directory");
   }
   const config = await readConfig(dir);
-  const names = await weightFiles(dir);
+  const { files: names, index } = await weightFiles(dir);
   const tensors = new Map<string, TensorInfo>();
   const files = [];
   for (const name of names) {
     const path = join(dir, name);
-    const st = await Deno.stat(path).catch((err) => {
+    let st: Deno.FileInfo;
+    try {
+      st = await Deno.stat(path);
+    } catch (err) {
+      if (index && err instanceof Deno.errors.NotFound) {
+        throw new TomeError("modelInvalid", `${dir}: weights file ${name} named by ${INDEX} is missing`);
+      }
       throw fsError(err, path, "weights file");
-    });
+    }
+    if (!st.isFile) throw new TomeError("modelInvalid", `${dir}: weights file ${name} is not a file`);
     files.push({ name, size: st.size, mtime: st.mtime?.getTime() ?? 0 });
-    for (const [k, v] of await readHeader(path)) tensors.set(k, v);
+    for (const [k, v] of await readHeader(path)) {
+      const other = tensors.get(k);
+      if (other) {
+        throw new TomeError("modelInvalid", `${dir}: tensor ${k} is in both ${basename(other.file)} and ${name}`);
+      }
+      tensors.set(k, v);
+    }
+  }
+  for (const [tensor, file] of index ?? []) {
+    const t = tensors.get(tensor);
+    if (t && basename(t.file) !== file) {
+      throw new TomeError(
+        "modelInvalid",
+        `${dir}: ${INDEX} puts tensor ${tensor} in ${file}, but it is in ${basename(t.file)}`,
+      );
+    }
   }
   const tied = config.tieEmbeddings || !tensors.has("lm_head.weight");
   for (const [name, shape] of expectedTensors(config, tied)) {
@@ -97,6 +119,20 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
   return { dir, config, tensors, files, tiedEmbeddings: tied };
 }
 
+/**
+ * Refuses a tokenizer whose ids reach past the model's embedding rows
+ * (`vocab_size`): such ids would fail inside onnxruntime in the middle of a read.
+ */
+export function checkTokenizerFits(ckpt: Checkpoint, tokenizerVocab: number): void {
+  const rows = ckpt.tensors.get("model.embed_tokens.weight")?.shape[0] ?? ckpt.config.vocab;
+  if (tokenizerVocab > rows) {
+    throw new TomeError(
+      "modelInvalid",
+      `${ckpt.dir}: the tokenizer has ${tokenizerVocab} tokens but the embedding (model.embed_tokens.weight) has ${rows} rows`,
+    );
+  }
+}
+
 /** Reads one tensor of the checkpoint as float32. */
 export function loadTensor(ckpt: Checkpoint, name: string): Promise<Float32Array> {
   const t = ckpt.tensors.get(name);
@@ -104,18 +140,40 @@ export function loadTensor(ckpt: Checkpoint, name: string): Promise<Float32Array
   return readTensor(t);
 }
 
-async function weightFiles(dir: string): Promise<string[]> {
-  const index = join(dir, "model.safetensors.index.json");
+const INDEX = "model.safetensors.index.json";
+
+/** The weight files to read; `index` (tensor → file) when `model.safetensors.index.json` names them. */
+async function weightFiles(dir: string): Promise<{ files: string[]; index: Map<string, string> | null }> {
+  const path = join(dir, INDEX);
+  let text: string | null = null;
   try {
-    const json = JSON.parse(await Deno.readTextFile(index)) as { weight_map?: Record<string, string> };
-    const files = [...new Set(Object.values(json.weight_map ?? {}))].sort();
-    if (files.length === 0) throw new TomeError("modelInvalid", `${index} names no weight files`);
-    return files.map((f) => basename(f));
+    text = await Deno.readTextFile(path);
   } catch (err) {
-    if (err instanceof TomeError) throw err;
-    if (!(err instanceof Deno.errors.NotFound)) {
-      throw new TomeError("modelInvalid", `${index} is not valid: ${(err as Error).message}`);
+    if (!(err instanceof Deno.errors.NotFound)) throw fsError(err, path, "weights index");
+  }
+  if (text !== null) {
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (err) {
+      throw new TomeError(
+        "modelInvalid",
+        `${path} is not valid JSON: ${(err as Error).message.replace(/\s+/g, " ").slice(0, 200)}`,
+      );
     }
+    const map = (json as { weight_map?: unknown } | null)?.weight_map;
+    if (typeof map !== "object" || map === null || Array.isArray(map)) {
+      throw new TomeError("modelInvalid", `${path}: weight_map must be an object of tensor name → file name`);
+    }
+    const index = new Map<string, string>();
+    for (const [tensor, file] of Object.entries(map)) {
+      if (typeof file !== "string" || basename(file) !== file || file === "" || file === "." || file === "..") {
+        throw new TomeError("modelInvalid", `${path}: tensor ${tensor} names ${JSON.stringify(file)}, not a file name`);
+      }
+      index.set(tensor, file);
+    }
+    if (index.size === 0) throw new TomeError("modelInvalid", `${path} names no weight files`);
+    return { files: [...new Set(index.values())].sort(), index };
   }
   const files: string[] = [];
   for await (const e of Deno.readDir(dir)) if (e.isFile && e.name.endsWith(".safetensors")) files.push(e.name);
@@ -128,5 +186,5 @@ async function weightFiles(dir: string): Promise<string[]> {
       }`,
     );
   }
-  return files.sort();
+  return { files: files.sort(), index: null };
 }

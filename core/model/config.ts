@@ -43,6 +43,23 @@ export interface ModelConfig {
   dtype: string | null;
 }
 
+/**
+ * The largest values tome accepts in `config.json` (the largest released
+ * checkpoints are well inside them): a hostile or corrupt config is refused
+ * before anything is sized from it.
+ */
+export const LIMITS: Record<string, number> = {
+  num_hidden_layers: 1024,
+  hidden_size: 65536,
+  num_attention_heads: 1024,
+  num_key_value_heads: 1024,
+  head_dim: 4096,
+  intermediate_size: 1048576,
+  vocab_size: 4194304,
+  max_position_embeddings: 1 << 26,
+  sliding_window: 1 << 26,
+};
+
 /** Reads and validates `config.json` of a checkpoint directory. */
 export async function readConfig(dir: string): Promise<ModelConfig> {
   const path = join(dir, "config.json");
@@ -59,7 +76,10 @@ export async function readConfig(dir: string): Promise<ModelConfig> {
   try {
     raw = JSON.parse(text);
   } catch (err) {
-    throw new TomeError("modelInvalid", `${path} is not valid JSON: ${(err as Error).message}`);
+    throw new TomeError(
+      "modelInvalid",
+      `${path} is not valid JSON: ${(err as Error).message.replace(/\s+/g, " ").slice(0, 200)}`,
+    );
   }
   return parseConfig(raw, path);
 }
@@ -77,15 +97,24 @@ export function parseConfig(raw: unknown, where = "config.json"): ModelConfig {
   }
   const int = (key: string, fallback?: number): number => {
     const v = c[key] ?? fallback;
-    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
-      throw new TomeError("modelInvalid", `${where}: ${key} must be a positive integer, got ${JSON.stringify(c[key])}`);
+    const max = LIMITS[key] ?? Number.MAX_SAFE_INTEGER;
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0 || v > max) {
+      throw new TomeError(
+        "modelInvalid",
+        `${where}: ${key} must be a positive integer${max < Number.MAX_SAFE_INTEGER ? ` ≤ ${max}` : ""}, got ${
+          shown(c[key] ?? null)
+        }`,
+      );
     }
     return v;
   };
-  const num = (key: string, fallback: number): number => {
+  const num = (key: string, fallback: number, max = Number.MAX_VALUE): number => {
     const v = c[key] ?? fallback;
-    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
-      throw new TomeError("modelInvalid", `${where}: ${key} must be a positive number, got ${JSON.stringify(c[key])}`);
+    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0 || v > max) {
+      throw new TomeError(
+        "modelInvalid",
+        `${where}: ${key} must be a positive number${max < Number.MAX_VALUE ? ` ≤ ${max}` : ""}, got ${shown(c[key])}`,
+      );
     }
     return v;
   };
@@ -96,17 +125,32 @@ export function parseConfig(raw: unknown, where = "config.json"): ModelConfig {
   const hidden = int("hidden_size");
   const heads = int("num_attention_heads");
   const kvHeads = int("num_key_value_heads", heads);
-  if (heads % kvHeads !== 0) {
+  if (kvHeads > heads || heads % kvHeads !== 0) {
     throw new TomeError(
       "modelInvalid",
       `${where}: ${heads} attention heads do not divide into ${kvHeads} key/value heads`,
     );
   }
   const headDim = c.head_dim == null ? hidden / heads : int("head_dim");
-  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
-    throw new TomeError("modelInvalid", `${where}: head dimension ${headDim} must be an even integer`);
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0 || headDim > LIMITS.head_dim) {
+    throw new TomeError(
+      "modelInvalid",
+      `${where}: head dimension ${headDim} must be an even integer ≤ ${LIMITS.head_dim}`,
+    );
   }
+  const vocab = int("vocab_size");
+  const tokenId = (key: string, v: unknown): number => {
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v >= vocab) {
+      throw new TomeError(
+        "modelInvalid",
+        `${where}: ${key} ${shown(v)} is not a token id (0 ≤ id < vocab_size ${vocab})`,
+      );
+    }
+    return v;
+  };
   const eos = c.eos_token_id;
+  const eosTokenIds = eos == null ? [] : (Array.isArray(eos) ? eos : [eos]).map((x) => tokenId("eos_token_id", x));
+  const window = c.use_sliding_window !== false && c.sliding_window != null ? int("sliding_window") : null;
   const attentionBias = c.attention_bias === true;
   return {
     arch: arch as Arch,
@@ -116,9 +160,9 @@ export function parseConfig(raw: unknown, where = "config.json"): ModelConfig {
     heads,
     kvHeads,
     headDim,
-    vocab: int("vocab_size"),
-    rmsEps: num("rms_norm_eps", 1e-6),
-    ropeTheta: num("rope_theta", 10000),
+    vocab,
+    rmsEps: num("rms_norm_eps", 1e-6, 1),
+    ropeTheta: num("rope_theta", 10000, 1e12),
     ropeScaling: parseRopeScaling(c.rope_scaling, where),
     maxPositions: int("max_position_embeddings", 2048),
     tieEmbeddings: c.tie_word_embeddings === true,
@@ -126,33 +170,47 @@ export function parseConfig(raw: unknown, where = "config.json"): ModelConfig {
     oBias: arch !== "qwen2" && attentionBias,
     mlpBias: c.mlp_bias === true,
     qkNorm: arch === "qwen3",
-    bosTokenId: typeof c.bos_token_id === "number" ? c.bos_token_id : null,
-    eosTokenIds: Array.isArray(eos) ? eos.filter((x) => typeof x === "number") : typeof eos === "number" ? [eos] : [],
-    slidingWindow: typeof c.sliding_window === "number" && c.use_sliding_window !== false ? c.sliding_window : null,
+    bosTokenId: c.bos_token_id == null ? null : tokenId("bos_token_id", c.bos_token_id),
+    eosTokenIds,
+    slidingWindow: window,
     dtype: typeof c.torch_dtype === "string" ? c.torch_dtype : null,
   };
 }
 
+/** A config value as it appears in an error message (numbers as written, Infinity included). */
+function shown(v: unknown): string {
+  return typeof v === "number" ? String(v) : (JSON.stringify(v) ?? String(v)).slice(0, 100);
+}
+
 function parseRopeScaling(raw: unknown, where: string): RopeScaling | null {
   if (raw == null) return null;
-  if (typeof raw !== "object") throw new TomeError("modelInvalid", `${where}: rope_scaling must be an object`);
+  if (typeof raw !== "object" || Array.isArray(raw)) {
+    throw new TomeError("modelInvalid", `${where}: rope_scaling must be an object`);
+  }
   const r = raw as Record<string, unknown>;
   const type = r.rope_type ?? r.type;
   const factor = typeof r.factor === "number" ? r.factor : NaN;
   if (type === "default") return null;
-  if (type === "linear" && factor > 0) return { type: "linear", factor };
-  if (type === "llama3" && factor > 0) {
-    return {
-      type: "llama3",
+  const ok = (x: unknown): x is number => typeof x === "number" && Number.isFinite(x) && x > 0 && x <= 1e6;
+  if (type === "linear" && ok(factor)) return { type: "linear", factor };
+  if (type === "llama3" && ok(factor)) {
+    const scaling = {
+      type: "llama3" as const,
       factor,
-      lowFreqFactor: Number(r.low_freq_factor ?? 1),
-      highFreqFactor: Number(r.high_freq_factor ?? 4),
-      originalMaxPositions: Number(r.original_max_position_embeddings ?? 8192),
+      lowFreqFactor: r.low_freq_factor ?? 1,
+      highFreqFactor: r.high_freq_factor ?? 4,
+      originalMaxPositions: r.original_max_position_embeddings ?? 8192,
     };
+    if (
+      ok(scaling.lowFreqFactor) && ok(scaling.highFreqFactor) && scaling.lowFreqFactor < scaling.highFreqFactor &&
+      Number.isSafeInteger(scaling.originalMaxPositions) && ok(scaling.originalMaxPositions)
+    ) {
+      return scaling as RopeScaling;
+    }
   }
   throw new TomeError(
     "modelInvalid",
-    `${where}: rope_scaling ${JSON.stringify(raw)} is not supported (llama3, linear)`,
+    `${where}: rope_scaling ${JSON.stringify(raw).slice(0, 200)} is not supported (llama3, linear)`,
   );
 }
 

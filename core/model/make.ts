@@ -3,7 +3,7 @@
  * deterministic random weights, for tests and benchmarks. They go through the
  * same loader as a user's checkpoint.
  */
-import { join } from "node:path";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep as SEP } from "node:path";
 import { normals, seedFor, uniform } from "../../kernels/random.ts";
 import { fsError, TomeError } from "../errors.ts";
 import { loadTokenizer } from "../tokens/tokenizer.ts";
@@ -100,7 +100,12 @@ export async function makeRandomModel(out: string, spec: RandomModelSpec): Promi
     tome: { kind: "tiny", seed: spec.seed },
   };
   if (spec.arch === "mistral") config.sliding_window = null;
-  const parsed = parseConfig(config);
+  let parsed: ModelConfig;
+  try {
+    parsed = parseConfig(config);
+  } catch (err) {
+    throw err instanceof TomeError ? new TomeError("usage", err.message.replace(/^config\.json: /, "shape: ")) : err;
+  }
 
   try {
     await Deno.mkdir(out, { recursive: true });
@@ -167,4 +172,79 @@ function randomTensor(name: string, shape: number[], seed: number): Float32Array
   if (name.endsWith(".bias")) return normals(next, n, 0.1);
   if (name === "model.embed_tokens.weight" || name === "lm_head.weight") return normals(next, n, 0.5);
   return normals(next, n, 1 / Math.sqrt(shape[1]));
+}
+
+/** The file `tome make-model` writes into every checkpoint it makes: the names of the files it wrote. */
+export const MODEL_MARKER = ".tome-model";
+
+/** Writes {@link MODEL_MARKER} into `dir`, listing every file there (call when the checkpoint is complete). */
+export async function markModel(dir: string, kind: string): Promise<void> {
+  const files: string[] = [];
+  for await (const e of Deno.readDir(dir)) if (e.isFile) files.push(e.name);
+  const marker = { written_by: "tome make-model", kind, files: files.sort() };
+  await Deno.writeTextFile(join(dir, MODEL_MARKER), JSON.stringify(marker, null, 2) + "\n");
+}
+
+/**
+ * Checks that `out` may be written by make-model: absent, an empty directory,
+ * or (with `force`) a directory that tome make-model wrote — it holds
+ * {@link MODEL_MARKER} and nothing but the files the marker lists — and that is
+ * neither the current directory nor one of its parents. Anything else is a
+ * usage error, and nothing is touched. Returns whether `out` exists.
+ */
+export async function checkReplaceable(out: string, force: boolean): Promise<boolean> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.lstat(out);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw cannotWrite(out, err);
+  }
+  if (st.isSymlink) throw new TomeError("usage", `--out is a symbolic link, which tome will not replace: ${out}`);
+  if (!st.isDirectory) throw new TomeError("usage", `--out exists and is not a directory: ${out}`);
+  const entries: Deno.DirEntry[] = [];
+  try {
+    for await (const e of Deno.readDir(out)) entries.push(e);
+  } catch (err) {
+    throw cannotWrite(out, err);
+  }
+  const abs = await Deno.realPath(out).catch(() => resolve(out));
+  const fromCwd = relative(abs, Deno.cwd());
+  const outside = fromCwd === ".." || fromCwd.startsWith(`..${SEP}`) || isAbsolute(fromCwd);
+  if (!outside || dirname(abs) === abs) {
+    throw new TomeError(
+      "usage",
+      `--out is the current directory or one of its parents, which tome will not replace: ${out}`,
+    );
+  }
+  if (entries.length === 0) return true;
+  if (!force) throw new TomeError("usage", `--out is not empty: ${out} (use --force to replace it)`);
+  let listed: unknown;
+  try {
+    listed = JSON.parse(await Deno.readTextFile(join(out, MODEL_MARKER)))?.files;
+  } catch {
+    listed = null;
+  }
+  if (!Array.isArray(listed)) {
+    throw new TomeError(
+      "usage",
+      `--force replaces only a directory written by tome make-model, and ${out} has no ${MODEL_MARKER}: ` +
+        `remove it yourself if it should go`,
+    );
+  }
+  const ours = new Set<unknown>([...listed, MODEL_MARKER]);
+  for (const e of entries) {
+    if (!e.isFile || !ours.has(e.name)) {
+      throw new TomeError(
+        "usage",
+        `--force will not replace ${out}: it holds ${basename(e.name)}, which tome make-model did not write`,
+      );
+    }
+  }
+  return true;
+}
+
+function cannotWrite(out: string, err: unknown): TomeError {
+  const msg = err instanceof Error ? err.message.split("\n")[0] : String(err);
+  return new TomeError("output", `cannot write --out ${out}: ${msg}`);
 }

@@ -17,11 +17,13 @@ export interface TensorInfo {
 }
 
 /** The largest header tome accepts (the format allows 100 MB). */
-const MAX_HEADER = 100 * 1024 * 1024;
+export const MAX_HEADER = 100 * 1024 * 1024;
 
 /**
  * Reads the header of a safetensors file: 8 bytes of little-endian length, then
- * that much JSON. Only the header is read, never the tensor data.
+ * that much JSON. Only the header is read, never the tensor data. The header is
+ * untrusted input: every entry is checked (see {@link parseHeader}) and nothing
+ * larger than the file is ever allocated because of it.
  */
 export async function readHeader(path: string): Promise<Map<string, TensorInfo>> {
   let file: Deno.FsFile;
@@ -32,39 +34,122 @@ export async function readHeader(path: string): Promise<Map<string, TensorInfo>>
   }
   try {
     const size = (await file.stat()).size;
+    if (size < 8) throw invalid(path, `truncated: ${size} bytes is too short for a safetensors file`);
     const lenBytes = await readExactly(file, 0, 8, path);
-    const len = Number(new DataView(lenBytes.buffer).getBigUint64(0, true));
-    if (len <= 0 || len > MAX_HEADER || 8 + len > size) {
-      throw new TomeError("modelInvalid", `${path} is not a safetensors file (bad header length ${len})`);
+    const len = new DataView(lenBytes.buffer).getBigUint64(0, true);
+    if (len < 2n || len > BigInt(Math.min(MAX_HEADER, size - 8))) {
+      throw invalid(
+        path,
+        `not a safetensors file: bad header length ${len} ${
+          len > BigInt(size - 8) ? `exceeds the file (${size} bytes)` : "is out of range"
+        }`,
+      );
     }
-    let header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
-    try {
-      header = JSON.parse(new TextDecoder().decode(await readExactly(file, 8, len, path)));
-    } catch (err) {
-      if (err instanceof TomeError) throw err;
-      throw new TomeError("modelInvalid", `${path} has a corrupt safetensors header`);
-    }
-    const base = 8 + len;
-    const out = new Map<string, TensorInfo>();
-    for (const [name, t] of Object.entries(header)) {
-      if (name === "__metadata__") continue;
-      const [b, e] = t.data_offsets ?? [];
-      if (!(t.dtype in BYTES)) {
-        throw new TomeError(
-          "modelInvalid",
-          `${path}: tensor ${name} has dtype ${t.dtype}; tome reads F32, F16 and BF16`,
-        );
-      }
-      const count = t.shape.reduce((a, x) => a * x, 1);
-      if (!Number.isInteger(b) || e - b !== count * BYTES[t.dtype as Dtype] || base + e > size) {
-        throw new TomeError("modelInvalid", `${path}: tensor ${name} has a byte range that does not match its shape`);
-      }
-      out.set(name, { name, dtype: t.dtype as Dtype, shape: t.shape, begin: base + b, end: base + e, file: path });
-    }
-    return out;
+    return parseHeader(await readExactly(file, 8, Number(len), path), size, path);
   } finally {
     file.close();
   }
+}
+
+/**
+ * Validates the JSON header bytes of a safetensors file of `fileSize` bytes:
+ * an object whose `__metadata__` (optional) maps strings to strings and whose
+ * every other entry has a dtype tome reads, a shape of non-negative safe
+ * integers and `data_offsets` [begin, end] inside the data section, covering
+ * exactly product(shape) × dtype size bytes, no two tensors overlapping.
+ * Returns the tensors with absolute byte ranges.
+ */
+export function parseHeader(json: Uint8Array, fileSize: number, path: string): Map<string, TensorInfo> {
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(json));
+  } catch (err) {
+    throw invalid(path, `corrupt safetensors header (${(err as Error).message.split("\n")[0]})`);
+  }
+  if (!isObject(header)) throw invalid(path, `safetensors header is ${kindOf(header)}, expected a JSON object`);
+  const base = 8 + json.length;
+  const dataSize = fileSize - base;
+  const out = new Map<string, TensorInfo>();
+  for (const [name, t] of Object.entries(header)) {
+    if (name === "__metadata__") {
+      checkMetadata(t, path);
+      continue;
+    }
+    const what = `tensor ${show(name)}`;
+    if (!isObject(t)) throw invalid(path, `${what} is ${kindOf(t)}, expected an object`);
+    if (typeof t.dtype !== "string" || !Object.hasOwn(BYTES, t.dtype)) {
+      throw invalid(path, `${what} has dtype ${show(t.dtype)}; tome reads F32, F16 and BF16`);
+    }
+    const dtype = t.dtype as Dtype;
+    const shape = t.shape;
+    if (!Array.isArray(shape) || !shape.every((x) => Number.isSafeInteger(x) && x >= 0)) {
+      throw invalid(path, `${what} has shape ${JSON.stringify(shape)}, expected an array of non-negative integers`);
+    }
+    const offsets = t.data_offsets;
+    if (
+      !Array.isArray(offsets) || offsets.length !== 2 ||
+      !offsets.every((x) => Number.isSafeInteger(x) && x >= 0) || offsets[0] > offsets[1]
+    ) {
+      throw invalid(
+        path,
+        `${what} has data_offsets ${JSON.stringify(offsets)}, expected [begin, end] with 0 ≤ begin ≤ end`,
+      );
+    }
+    const [b, e] = offsets as [number, number];
+    if (e > dataSize) {
+      throw invalid(path, `${what} ends at byte ${e} of the data section, which holds ${dataSize} bytes`);
+    }
+    // the product stays ≤ dataSize or stops growing past it: no overflow, no huge number
+    let bytes = BYTES[dtype];
+    for (const x of shape) bytes = bytes > dataSize ? bytes : bytes * x;
+    if (shape.includes(0)) bytes = 0;
+    if (bytes !== e - b) {
+      throw invalid(
+        path,
+        `${what} has a byte range that does not match its shape: ${e - b} bytes, but ${dtype} [${
+          shape.join(", ")
+        }] needs ${bytes > dataSize ? "more than the file holds" : bytes}`,
+      );
+    }
+    out.set(name, { name, dtype, shape: [...shape] as number[], begin: base + b, end: base + e, file: path });
+  }
+  // empty tensors occupy no bytes and overlap nothing
+  const sorted = [...out.values()].filter((t) => t.end > t.begin).sort((x, y) => x.begin - y.begin);
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i].begin < sorted[i - 1].end) {
+      throw invalid(
+        path,
+        `tensors ${show(sorted[i - 1].name)} and ${show(sorted[i].name)} overlap`,
+      );
+    }
+  }
+  return out;
+}
+
+function checkMetadata(m: unknown, path: string): void {
+  if (!isObject(m)) throw invalid(path, `__metadata__ is ${kindOf(m)}, expected an object of strings`);
+  for (const [k, v] of Object.entries(m)) {
+    if (typeof v !== "string") {
+      throw invalid(path, `__metadata__ ${show(k)} is ${kindOf(v)}, expected a string`);
+    }
+  }
+}
+
+/** A name as it can go on one line of an error message: plain names bare, anything else quoted. */
+function show(x: unknown): string {
+  return typeof x === "string" && /^[\w.\-/]{1,200}$/.test(x) ? x : JSON.stringify(x)?.slice(0, 200) ?? String(x);
+}
+
+function isObject(x: unknown): x is Record<string, unknown> {
+  return typeof x === "object" && x !== null && !Array.isArray(x);
+}
+
+function kindOf(x: unknown): string {
+  return x === null ? "null" : Array.isArray(x) ? "an array" : typeof x === "object" ? "an object" : `a ${typeof x}`;
+}
+
+function invalid(path: string, what: string): TomeError {
+  return new TomeError("modelInvalid", `${path}: ${what}`);
 }
 
 /** Reads one tensor's bytes and converts them to float32. */
@@ -92,7 +177,7 @@ async function readExactly(file: Deno.FsFile, offset: number, length: number, pa
   let at = 0;
   while (at < length) {
     const n = await file.read(buf.subarray(at));
-    if (n === null) throw new TomeError("modelInvalid", `${path} is truncated`);
+    if (n === null) throw invalid(path, "truncated (the file changed while it was read?)");
     at += n;
   }
   return buf;
