@@ -55,12 +55,17 @@ const SHARED = {
   retainingHeads: () => new Option("--retaining-heads <file>", "locret: retaining heads (safetensors)"),
 } satisfies Record<string, () => Option>;
 
-/** The name of an option {@link addShared} adds. */
+/** The name of a shared option. */
 export type SharedOption = keyof typeof SHARED;
+
+/** A new instance of a shared option (commander options belong to one command each). */
+export function sharedOption(name: SharedOption): Option {
+  return SHARED[name]();
+}
 
 /** Adds the named shared options to a command, in the order given. */
 export function addShared(cmd: Command, ...names: SharedOption[]): Command {
-  for (const name of names) cmd.addOption(SHARED[name]());
+  for (const name of names) cmd.addOption(sharedOption(name));
   return cmd;
 }
 
@@ -85,9 +90,9 @@ export function addRunOptions(cmd: Command): Command {
     .option("--no-progress", "no live progress display")
     .option("--no-question-patch", "do not ride the question along each chunk as the observation window")
     .option("--decode-budget <n>", "also evict while generating, keeping N entries per layer and head")
-    .addOption(SHARED.duoMask())
-    .addOption(SHARED.duoSparsity())
-    .addOption(SHARED.retainingHeads());
+    .addOption(sharedOption("duoMask"))
+    .addOption(sharedOption("duoSparsity"))
+    .addOption(sharedOption("retainingHeads"));
 }
 
 /** `--policy NAME`: one of the policies, or `pyramid:NAME` (PyramidKV's schedule over a scored policy). */
