@@ -5,9 +5,12 @@
  * what the full cache would have needed.
  */
 import type { MeterEvent, MeterSummary } from "../core/mod.ts";
-import { formatBytes, formatCount, formatSeconds } from "./progress.ts";
+import { formatBytes, formatCount, formatSeconds, StatusLine, type StatusMode } from "./progress.ts";
 
-export type DisplayMode = "tty" | "plain" | "quiet";
+/** Redrawn on a terminal, plain lines when piped, or nothing (--quiet). */
+export type DisplayMode = StatusMode;
+
+const encoder = new TextEncoder();
 
 export interface DisplayContext {
   /** Entries per layer and head the budget allows. */
@@ -17,40 +20,27 @@ export interface DisplayContext {
   totalBytes: number | null;
 }
 
-const encoder = new TextEncoder();
+/** Piped, a plain progress line at most this often. */
 const PLAIN_EVERY_MS = 5000;
 
+/** The live display of a reading command, and its final report. */
 export class Display {
-  #lines = 0;
-  #lastDraw = 0;
-  #lastPlain = -Infinity;
+  readonly #status: StatusLine;
   #last: MeterEvent | null = null;
 
   constructor(
     readonly mode: DisplayMode,
     readonly ctx: DisplayContext,
     readonly write: (s: string) => void = (s) => Deno.stderr.writeSync(encoder.encode(s)),
-    readonly columns: () => number = () => {
-      try {
-        return Deno.consoleSize().columns || 100;
-      } catch {
-        return 100;
-      }
-    },
-  ) {}
+    columns?: () => number,
+  ) {
+    this.#status = new StatusLine(mode, { plainEvery: PLAIN_EVERY_MS, write, columns });
+  }
 
-  /** A meter event: redraws (throttled), or prints a plain line now and then. */
+  /** A meter event: redraws the two lines (throttled), or prints a plain line now and then. */
   event(e: MeterEvent): void {
     this.#last = e;
-    if (e.type !== "chunk") return;
-    const now = performance.now();
-    if (this.mode === "tty" && now - this.#lastDraw >= 100) {
-      this.#lastDraw = now;
-      this.#draw(this.lines(e));
-    } else if (this.mode === "plain" && now - this.#lastPlain >= PLAIN_EVERY_MS) {
-      this.#lastPlain = now;
-      this.write(`tome: ${this.lines(e).join(" · ")}\n`);
-    }
+    if (e.type === "chunk") this.#status.update(() => this.lines(e));
   }
 
   /** The progress and memory lines for a chunk event. */
@@ -71,9 +61,7 @@ export class Display {
 
   /** Clears the live lines (before the answer streams, or at the end). */
   clear(): void {
-    if (this.mode !== "tty" || this.#lines === 0) return;
-    this.write(this.#lines === 2 ? "\r\x1b[2K\x1b[1A\r\x1b[2K" : "\r\x1b[2K");
-    this.#lines = 0;
+    this.#status.clear();
   }
 
   /** The final report (not with --quiet). `interrupted` marks a partial run. */
@@ -106,14 +94,6 @@ export class Display {
   /** The last event seen (for a partial report). */
   get last(): MeterEvent | null {
     return this.#last;
-  }
-
-  #draw(lines: string[]): void {
-    const width = Math.max(20, this.columns());
-    const fit = (l: string) => (l.length >= width ? l.slice(0, width - 1) : l);
-    const up = this.#lines === 2 ? "\x1b[1A" : "";
-    this.write(`\r\x1b[2K${up}\r\x1b[2K${fit(lines[0])}\n\x1b[2K${fit(lines[1])}`);
-    this.#lines = 2;
   }
 }
 

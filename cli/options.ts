@@ -1,22 +1,32 @@
-/** The options every reading command (ask, summarize, code, estimate) shares. */
+/**
+ * The options of the commands that run a model: the ones every such command
+ * shares are defined once here (defaults from core), each command adds its own.
+ */
 import { type Command, Option } from "commander";
 import { DEFAULT_BUDGET, DEFAULT_CHUNK } from "../core/mod.ts";
-import { DEVICES } from "../core/model/device.ts";
+import { type DeviceRequest, DEVICES } from "../core/model/device.ts";
 import { DEFAULT_POLICY, FILE_POLICIES, POLICIES, PYRAMID_PREFIX } from "../core/policies/mod.ts";
 import { dirname, join, resolve } from "node:path";
 import { TomeError } from "../core/errors.ts";
 import { usage } from "./output.ts";
 
-/** Parsed common flags (commander's camelCase names). */
-export interface RunFlags {
+/** Flags every command that runs a model shares (commander's camelCase names). */
+export interface ModelFlags {
   model?: string;
-  budget: string;
   chunk: string;
   policy: string;
   positions: "original" | "compact" | "auto";
-  device: "auto" | "cpu" | "webgpu" | "cuda";
+  device: DeviceRequest;
   kvDtype: "f16" | "f32";
   threads?: string;
+  duoMask?: string;
+  duoSparsity?: string;
+  retainingHeads?: string;
+}
+
+/** Parsed flags of a reading command (ask, summarize, code, estimate). */
+export interface RunFlags extends ModelFlags {
+  budget: string;
   maxTokens?: string;
   temperature?: string;
   topP?: string;
@@ -28,36 +38,50 @@ export interface RunFlags {
   progress: boolean;
   questionPatch: boolean;
   decodeBudget?: string;
-  duoMask?: string;
-  duoSparsity?: string;
-  retainingHeads?: string;
   state?: string;
   save?: string;
   cache?: boolean;
 }
 
-/** Adds the common options to a command. */
+/** The options that mean the same in every command that runs a model: one definition each, defaults from core. */
+const SHARED = {
+  model: () => new Option("-m, --model <dir>", "model checkpoint directory (default: $TOME_MODEL)"),
+  chunk: () => new Option("--chunk <n>", "tokens per prefill step").default(String(DEFAULT_CHUNK)),
+  positions: () =>
+    new Option("--positions <mode>", "original positions (input must fit the context), compact, or auto")
+      .choices(["original", "compact", "auto"]).default("auto"),
+  device: () => new Option("--device <device>", "where the model runs").choices(DEVICES).default("auto"),
+  kvDtype: () => new Option("--kv-dtype <dtype>", "KV cache element type").choices(["f16", "f32"]).default("f16"),
+  threads: () => new Option("--threads <n>", "CPU threads for onnxruntime"),
+  duoMask: () => new Option("--duo-mask <file>", "duo: head mask TSV (rows = layers, columns = KV heads)"),
+  duoSparsity: () => new Option("--duo-sparsity <x>", "duo: fraction of heads made streaming heads").default("0.5"),
+  retainingHeads: () => new Option("--retaining-heads <file>", "locret: retaining heads (safetensors)"),
+} satisfies Record<string, () => Option>;
+
+/** The name of a shared option. */
+export type SharedOption = keyof typeof SHARED;
+
+/** A new instance of a shared option (commander options belong to one command each). */
+export function sharedOption(name: SharedOption): Option {
+  return SHARED[name]();
+}
+
+/** Adds the named shared options to a command, in the order given. */
+export function addShared(cmd: Command, ...names: SharedOption[]): Command {
+  for (const name of names) cmd.addOption(sharedOption(name));
+  return cmd;
+}
+
+/** Adds the options of a reading command. */
 export function addRunOptions(cmd: Command): Command {
-  return cmd
-    .option("-m, --model <dir>", "model checkpoint directory (default: $TOME_MODEL)")
+  addShared(cmd, "model")
     .option(
       "-b, --budget <n|size>",
       "KV entries kept per layer and head, or a size like 256MiB",
       String(DEFAULT_BUDGET),
-    )
-    .option("--chunk <n>", "tokens per prefill step", String(DEFAULT_CHUNK))
-    .addOption(policyOption())
-    .addOption(
-      new Option("--positions <mode>", "original positions (input must fit the context), compact, or auto").choices([
-        "original",
-        "compact",
-        "auto",
-      ])
-        .default("auto"),
-    )
-    .addOption(new Option("--device <device>", "where the model runs").choices(DEVICES).default("auto"))
-    .addOption(new Option("--kv-dtype <dtype>", "KV cache element type").choices(["f16", "f32"]).default("f16"))
-    .option("--threads <n>", "CPU threads for onnxruntime")
+    );
+  addShared(cmd, "chunk").addOption(policyOption());
+  return addShared(cmd, "positions", "device", "kvDtype", "threads")
     .option("--max-tokens <n>", "most tokens to generate")
     .option("--temperature <t>", "sampling temperature (0: greedy)")
     .option("--top-p <p>", "nucleus sampling")
@@ -69,9 +93,9 @@ export function addRunOptions(cmd: Command): Command {
     .option("--no-progress", "no live progress display")
     .option("--no-question-patch", "do not ride the question along each chunk as the observation window")
     .option("--decode-budget <n>", "also evict while generating, keeping N entries per layer and head")
-    .option("--duo-mask <file>", "duo: head mask TSV (rows = layers, columns = KV heads)")
-    .option("--duo-sparsity <x>", "duo: fraction of heads made streaming heads", "0.5")
-    .option("--retaining-heads <file>", "locret: retaining heads (safetensors)")
+    .addOption(sharedOption("duoMask"))
+    .addOption(sharedOption("duoSparsity"))
+    .addOption(sharedOption("retainingHeads"))
     .option("--state <file>", "answer from a saved reading state (tome read --save) instead of reading INPUT")
     .option("--save <file>", "also save the compressed reading state to FILE")
     .option("--cache", "save reading states under the cache directory and reuse them for the same input and options");

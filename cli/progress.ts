@@ -1,49 +1,97 @@
-/** A status line on stderr, redrawn in place on a terminal, silent elsewhere unless `plainEvery` is set. */
-export class StatusLine {
-  #last = 0;
-  #lastPlain = 0;
-  #shown = false;
-  readonly #tty: boolean;
-  readonly #encoder = new TextEncoder();
+/**
+ * How progress shows on stderr: one status-line renderer (redrawn in place on
+ * a terminal, plain lines now and then when piped, nothing when quiet) shared
+ * by `tome tokens` and the live display of reading commands, and the number
+ * formats they print.
+ */
 
-  constructor(
-    opts: { enabled?: boolean; isTerminal?: boolean; plainEvery?: number } = {},
-    readonly write: (s: string) => void = (s) => Deno.stderr.writeSync(this.#encoder.encode(s)),
-  ) {
-    this.#tty = (opts.enabled ?? true) && (opts.isTerminal ?? Deno.stderr.isTerminal());
-    this.plainEvery = (opts.enabled ?? true) ? opts.plainEvery ?? 0 : 0;
+/** Where the live lines go: redrawn on a terminal, plain lines when piped, or nowhere. */
+export type StatusMode = "tty" | "plain" | "quiet";
+
+/** Redraws on a terminal at most this often. */
+export const REDRAW_EVERY_MS = 100;
+/** Columns assumed when the terminal does not say. */
+export const FALLBACK_COLUMNS = 80;
+
+const encoder = new TextEncoder();
+const CLEAR_LINE = "\r\x1b[2K";
+const UP = "\x1b[1A";
+
+export interface StatusLineOptions {
+  /** Plain lines are written at most this often (0: never; the default). */
+  plainEvery?: number;
+  write?: (s: string) => void;
+  /** The terminal's width in columns. */
+  columns?: () => number;
+  /** Milliseconds, for the throttles. */
+  now?: () => number;
+}
+
+/**
+ * One or more status lines on stderr. On a terminal they are redrawn in place
+ * (at most every {@link REDRAW_EVERY_MS} ms, each cut to the terminal's
+ * width) and cleared at the end; piped, they are written as one plain
+ * `tome: a · b` line every `plainEvery` ms (the first at once); quiet, never.
+ *
+ * @example
+ * ```ts
+ * const status = new StatusLine(Deno.stderr.isTerminal() ? "tty" : "quiet");
+ * status.update(() => [`tokens ${n}`]);
+ * status.clear();
+ * ```
+ */
+export class StatusLine {
+  #shown = 0;
+  #lastDraw = -Infinity;
+  #lastPlain = -Infinity;
+  readonly #write: (s: string) => void;
+  readonly #columns: () => number;
+  readonly #now: () => number;
+  readonly #plainEvery: number;
+
+  constructor(readonly mode: StatusMode, opts: StatusLineOptions = {}) {
+    this.#write = opts.write ?? ((s) => Deno.stderr.writeSync(encoder.encode(s)));
+    this.#columns = opts.columns ?? terminalColumns;
+    this.#now = opts.now ?? (() => performance.now());
+    this.#plainEvery = opts.plainEvery ?? 0;
   }
 
-  readonly plainEvery: number;
-
-  /** Shows `text` (throttled to 10 redraws a second on a terminal; every `plainEvery` ms as plain lines otherwise). */
-  update(text: string | (() => string), force = false): void {
-    const now = performance.now();
-    if (this.#tty) {
-      if (!force && now - this.#last < 100) return;
-      this.#last = now;
-      const line = typeof text === "function" ? text() : text;
-      const width = terminalWidth();
-      this.write(`\r\x1b[2K${line.length > width ? line.slice(0, width - 1) : line}`);
-      this.#shown = true;
-    } else if (this.plainEvery > 0 && (force || now - this.#lastPlain >= this.plainEvery)) {
+  /** Shows `lines` (computed only when drawn), throttled; `force` draws now. */
+  update(lines: string[] | (() => string[]), force = false): void {
+    const now = this.#now();
+    if (this.mode === "tty") {
+      if (!force && now - this.#lastDraw < REDRAW_EVERY_MS) return;
+      this.#lastDraw = now;
+      const width = Math.max(20, this.#columns() || FALLBACK_COLUMNS);
+      const fit = (l: string) => (l.length >= width ? l.slice(0, width - 1) : l);
+      const text = (typeof lines === "function" ? lines() : lines).map(fit);
+      this.#write(`${this.#erase()}${text.join(`\n\x1b[2K`)}`);
+      this.#shown = text.length;
+    } else if (this.mode === "plain" && this.#plainEvery > 0) {
+      if (!force && now - this.#lastPlain < this.#plainEvery) return;
       this.#lastPlain = now;
-      this.write(`${typeof text === "function" ? text() : text}\n`);
+      this.#write(`tome: ${(typeof lines === "function" ? lines() : lines).join(" · ")}\n`);
     }
   }
 
-  /** Removes the line from a terminal. */
+  /** Removes the lines from a terminal (before an answer streams, or at the end). */
   clear(): void {
-    if (this.#tty && this.#shown) this.write("\r\x1b[2K");
-    this.#shown = false;
+    if (this.mode !== "tty" || this.#shown === 0) return;
+    this.#write(this.#erase());
+    this.#shown = 0;
+  }
+
+  /** Clears the current line and moves up over the others shown. */
+  #erase(): string {
+    return CLEAR_LINE + `${UP}${CLEAR_LINE}`.repeat(Math.max(0, this.#shown - 1));
   }
 }
 
-function terminalWidth(): number {
+function terminalColumns(): number {
   try {
-    return Deno.consoleSize().columns || 80;
+    return Deno.consoleSize().columns;
   } catch {
-    return 80;
+    return FALLBACK_COLUMNS;
   }
 }
 

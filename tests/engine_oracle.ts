@@ -41,6 +41,8 @@ export interface OracleOptions {
   question: number[];
   patch: boolean;
   window: number;
+  /** kvzip: the reconstruction request; each chunk runs as [chunk, request, chunk]. */
+  repeat?: number[];
 }
 
 /**
@@ -68,9 +70,9 @@ export function oracleKept(c: ModelConfig, w: Weights, ids: number[], o: OracleO
   for (let t0 = 0; t0 < ids.length; t0 += o.chunk) {
     const doc = ids.slice(t0, t0 + o.chunk);
     const cLen = doc.length;
-    const run = o.patch ? [...doc, ...o.question] : doc;
+    const run = o.repeat ? [...doc, ...o.repeat, ...doc] : o.patch ? [...doc, ...o.question] : doc;
     const S = run.length;
-    const windowStart = o.patch ? cLen : cLen - Math.min(cLen, o.window);
+    const windowStart = o.patch || o.repeat ? cLen : cLen - Math.min(cLen, o.window);
     // the retained entries as the reference takes them: per layer [K, P, d], heads packed at the front
     const P = Math.max(0, ...cache.flat().map((e) => e.length));
     const past: Past = {
@@ -116,6 +118,8 @@ export function oracleKept(c: ModelConfig, w: Weights, ids: number[], o: OracleO
             )
             : 0,
         }));
+        // KVzip: a new entry's score is the most attention any reconstruction query pays it, given once
+        if (o.repeat) fresh.forEach((e, j) => (e.imp = stats.max[h][old.length + j]));
         const all = [...old.map((e) => ({ ...e })), ...fresh];
         all.forEach((e, i) => {
           e.acc += stats.all[h][i];
@@ -160,6 +164,10 @@ export function oracleKept(c: ModelConfig, w: Weights, ids: number[], o: OracleO
           case "locret":
             scores = es.map((e) => e.imp);
             recent = Math.min(64, B);
+            break;
+          case "kvzip":
+            scores = es.map((e) => e.imp);
+            sinks = Math.min(4, B);
             break;
           case "duo":
             scores = new Array(n).fill(0);

@@ -7,6 +7,8 @@ import { appendEntries, forward, loadWeights, type Past, type Weights } from "..
 import { TomeError } from "../core/errors.ts";
 import { parseDuoMask } from "../core/policies/duo.ts";
 import { predictKv } from "../core/engine/estimate.ts";
+import { patchTokens } from "../core/engine/resolve.ts";
+import { KVZIP_PROMPT } from "../core/policies/kvzip.ts";
 import { makeRetainingHeads } from "../core/model/make.ts";
 import { readRetainingHeads } from "../core/model/onnx/retaining.ts";
 import { mixedText } from "./fixture_text.ts";
@@ -122,6 +124,7 @@ const ORACLE_CASES: { policy: string; patch: boolean }[] = [
   { policy: "corm", patch: false },
   { policy: "corm", patch: true },
   { policy: "duo", patch: false },
+  { policy: "kvzip", patch: false },
 ];
 
 // duo: layer 0 head 0 and layer 1 head 1 are retrieval heads at sparsity 0.5
@@ -148,6 +151,7 @@ for (const name of ["llama", "qwen3"]) {
         const expected = oracleKept(m.config, w, ids, {
           ...opts,
           retrieval: cs.policy === "duo" ? retrieval : undefined,
+          repeat: cs.policy === "kvzip" ? m.tokenizer.encode(KVZIP_PROMPT) : undefined,
         });
         for (let l = 0; l < m.config.layers; l++) {
           for (let h = 0; h < m.config.kvHeads; h++) {
@@ -239,7 +243,19 @@ Deno.test("engine: decode-time eviction keeps the decode budget; a budget above 
 
 Deno.test("estimate: predicted KV peak, after-read and full-cache bytes equal the meter's, for every policy, with and without a decode budget, in both position modes", async (t) => {
   const prefix = [1, 2, 3], suffix = [4, 5, 6, 7, 8];
-  const policies = ["full", "streaming", "knorm", "snapkv", "pyramidkv", "pyramid:h2o", "h2o", "tova", "corm", "duo"];
+  const policies = [
+    "full",
+    "streaming",
+    "knorm",
+    "snapkv",
+    "pyramidkv",
+    "pyramid:h2o",
+    "h2o",
+    "tova",
+    "corm",
+    "duo",
+    "kvzip",
+  ];
   for (const positions of ["original", "compact"] as const) {
     const m = await model("llama", positions);
     const ids = Array.from({ length: 333 }, (_, i) => (i * 11) % m.config.vocab);
@@ -269,7 +285,7 @@ Deno.test("estimate: predicted KV peak, after-read and full-cache bytes equal th
             prefixTokens: prefix.length,
             documentTokens: ids.length,
             chunk,
-            patchTokens: state.run.questionPatch ? suffix.length : 0,
+            patchTokens: patchTokens(state.run, suffix.length, m.tokenizer.encode(KVZIP_PROMPT).length),
             suffixTokens: suffix.length,
             maxTokens,
           });

@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { projectText } from "../core/input/corpus.ts";
 import { haystack, scoreAnswer } from "../core/eval/haystack.ts";
-import { criticalFootprint, runNiah, summarizeNiah } from "../core/eval/niah.ts";
+import { runNiah } from "../core/eval/niah.ts";
+import { summarizeNiah } from "../core/eval/summary.ts";
 import { readConfig } from "../core/model/config.ts";
 import { makeRetainingHeads } from "../core/model/make.ts";
 import { makeRetrievalModel } from "../core/model/retrieval.ts";
@@ -49,33 +50,6 @@ Deno.test("scoring: exact and partial matches of a five-digit code", () => {
   assert.deepEqual(scoreAnswer(" 48213.", "48213"), { digits: "48213", exact: true, partial: 1 });
   assert.deepEqual(scoreAnswer("It is 48 2 99", "48213"), { digits: "48299", exact: false, partial: 0.6 });
   assert.deepEqual(scoreAnswer("no idea", "48213").exact, false);
-  const summary = [
-    { policy: "a", budget: 64, trials: 1, recall: 0.5, partial: 0, footprint: 0.1, peak_fraction: 0, kv_peak_bytes: 0 },
-    {
-      policy: "a",
-      budget: 128,
-      trials: 1,
-      recall: 0.95,
-      partial: 0,
-      footprint: 0.2,
-      peak_fraction: 0,
-      kv_peak_bytes: 0,
-    },
-    { policy: "a", budget: 256, trials: 1, recall: 1, partial: 0, footprint: 0.4, peak_fraction: 0, kv_peak_bytes: 0 },
-    {
-      policy: "b",
-      budget: 256,
-      trials: 1,
-      recall: 0.2,
-      partial: 0,
-      footprint: 0.4,
-      peak_fraction: 0,
-      kv_peak_bytes: 0,
-    },
-  ];
-  const c = criticalFootprint(summary, 1);
-  assert.equal(c.get("a"), 0.2);
-  assert.equal(c.get("b"), null);
 });
 
 for (const kind of ["trained tokenizer", "SmolLM2 tokenizer"]) {

@@ -7,8 +7,10 @@ import { ASK_DEFAULTS, askFraming } from "../../recipes/ask.ts";
 import { buildPrompt } from "../../recipes/prompt.ts";
 import { addRunOptions, type RunFlags } from "../options.ts";
 import { loadPrepared, prepareRun } from "../run.ts";
-import { formatBytes, formatCount, formatSeconds } from "../progress.ts";
-import { round, usage, writeStdout } from "../output.ts";
+import { usage, writeStdout } from "../output.ts";
+import { patchTokens } from "../../core/engine/resolve.ts";
+import { KVZIP_PROMPT } from "../../core/policies/kvzip.ts";
+import { type Estimate, estimateJson, estimateText } from "./estimate_report.ts";
 
 /** Decode steps the sample measures. */
 const SAMPLE_DECODE = 4;
@@ -39,16 +41,8 @@ Examples:
       const { run } = p;
       const tokenizer = await loadTokenizer(p.dir);
       const prompt = buildPrompt(tokenizer, askFraming(flags.question, flags.system), p.config.bosTokenId);
-
-      // one pass over the input: the exact token count, and the first tokens kept as the sample
-      const wanted = sampleTokens(run);
-      const sample: number[] = [];
-      let tokens = 0;
       const t0 = performance.now();
-      for await (const ids of source.text.pipeThrough(tokenize(tokenizer))) {
-        for (let i = 0; i < ids.length && sample.length < wanted; i++) sample.push(ids[i]);
-        tokens += ids.length;
-      }
+      const { tokens, sample } = await countAndKeep(source.text.pipeThrough(tokenize(tokenizer)), sampleTokens(run));
       const tokenizeSeconds = (performance.now() - t0) / 1000;
       const kv = predictKv({
         config: p.config,
@@ -57,80 +51,54 @@ Examples:
         prefixTokens: prompt.prefix.length,
         documentTokens: tokens,
         chunk: run.chunk,
-        patchTokens: run.questionPatch ? prompt.suffix.length : 0,
+        patchTokens: patchTokens(run, prompt.suffix.length, tokenizer.encode(KVZIP_PROMPT).length),
         suffixTokens: prompt.suffix.length,
         maxTokens: p.maxTokens,
       });
-
       const tLoad = performance.now();
       const model = await loadPrepared(p, flags);
       const loadSeconds = (performance.now() - tLoad) / 1000;
       const m = await measureSample(model, run, sample, prompt, SAMPLE_DECODE);
       await model.session.close();
-      const prefillRate = m.prefillTokensPerSecond, decodeRate = m.decodeTokensPerSecond, peakRss = m.peakRssBytes;
-      const prefillSeconds = (tokens + prompt.prefix.length) / prefillRate;
-      const decodeSeconds = p.maxTokens / decodeRate;
-      const chunk = run.chunk;
-
-      const result = {
+      const estimate: Estimate = {
         input: { bytes: source.stats.bytes, files: source.stats.files },
         tokens,
-        chunks: kv.chunks,
         model: p.dir,
         device: p.device.device,
         policy: run.policy.name,
         budget: run.budget,
-        chunk,
+        chunk: run.chunk,
         positions: run.positions,
-        kv_dtype: flags.kvDtype,
-        max_tokens: p.maxTokens,
-        predicted: {
-          kv_peak_bytes: kv.peakBytes,
-          kv_prefill_peak_bytes: kv.prefillPeakBytes,
-          kv_after_read_bytes: kv.afterReadBytes,
-          kv_full_bytes: kv.fullBytes,
-          peak_rss_bytes: peakRss,
-          seconds: {
-            load: round(loadSeconds),
-            tokenize: round(tokenizeSeconds),
-            prefill: round(prefillSeconds),
-            decode: round(decodeSeconds),
-            total: round(loadSeconds + prefillSeconds + decodeSeconds),
-          },
+        kvDtype: flags.kvDtype,
+        maxTokens: p.maxTokens,
+        kv,
+        peakRssBytes: m.peakRssBytes,
+        seconds: {
+          load: loadSeconds,
+          tokenize: tokenizeSeconds,
+          prefill: (tokens + prompt.prefix.length) / m.prefillTokensPerSecond,
+          decode: p.maxTokens / m.decodeTokensPerSecond,
         },
-        sample: { tokens: sample.length, prefill_tok_s: round(prefillRate, 1), decode_tok_s: round(decodeRate, 2) },
+        sample: {
+          tokens: sample.length,
+          prefillTokensPerSecond: m.prefillTokensPerSecond,
+          decodeTokensPerSecond: m.decodeTokensPerSecond,
+        },
       };
-      if (flags.json) return void await writeStdout(JSON.stringify(result) + "\n");
-      const row = (k: string, v: string) => `${k.padEnd(18)}${v}`;
-      await writeStdout(
-        [
-          row(
-            "input",
-            `${formatBytes(result.input.bytes)} in ${result.input.files} file(s): ${
-              formatCount(tokens)
-            } tokens, ${kv.chunks} chunks of ${chunk}`,
-          ),
-          row(
-            "policy",
-            `${run.policy.name}, budget ${run.budget} entries per layer and head, ${run.positions} positions, ${p.device.device}`,
-          ),
-          row(
-            "KV peak",
-            `${formatBytes(kv.peakBytes)} (${kv.peakBytes} bytes; reading ${
-              formatBytes(kv.prefillPeakBytes)
-            }, answer up to ${p.maxTokens} tokens)`,
-          ),
-          row("KV full cache", `${formatBytes(kv.fullBytes)} (${(kv.fullBytes / kv.peakBytes).toFixed(0)}× the peak)`),
-          row("peak RSS", `~${formatBytes(peakRss)} (measured on a ${formatCount(sample.length)}-token sample)`),
-          row(
-            "time",
-            `~${formatSeconds(result.predicted.seconds.total)}: load ${formatSeconds(loadSeconds)}, prefill ${
-              formatSeconds(prefillSeconds)
-            } at ${formatCount(prefillRate)} tok/s, answer ${formatSeconds(decodeSeconds)} at ${
-              decodeRate.toFixed(1)
-            } tok/s`,
-          ),
-        ].join("\n") + "\n",
-      );
+      await writeStdout(flags.json ? JSON.stringify(estimateJson(estimate)) + "\n" : estimateText(estimate));
     });
+}
+
+/** One pass over a token stream: the exact count, and the first `wanted` tokens kept. */
+async function countAndKeep(
+  ids: ReadableStream<ArrayLike<number>>,
+  wanted: number,
+): Promise<{ tokens: number; sample: number[] }> {
+  const sample: number[] = [];
+  let tokens = 0;
+  for await (const chunk of ids) {
+    for (let i = 0; i < chunk.length && sample.length < wanted; i++) sample.push(chunk[i]);
+    tokens += chunk.length;
+  }
+  return { tokens, sample };
 }

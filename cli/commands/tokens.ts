@@ -35,7 +35,7 @@ Example:
       const tokenizer = await loadTokenizer(dir);
       const started = performance.now();
       const source = await openSource(input);
-      const status = new StatusLine({ enabled: opts.progress !== false });
+      const status = new StatusLine(opts.progress !== false && Deno.stderr.isTerminal() ? "tty" : "quiet");
       let tokens = 0;
       for await (const ids of source.text.pipeThrough(tokenize(tokenizer))) {
         tokens += ids.length;
@@ -43,9 +43,11 @@ Example:
           const s = (performance.now() - started) / 1000;
           const of = source.totalBytes ? ` / ${formatBytes(source.totalBytes)}` : "";
           const pct = source.totalBytes ? ` ${(100 * source.stats.bytes / source.totalBytes).toFixed(0)}%` : "";
-          return `tokens ${formatCount(tokens)} · ${formatBytes(source.stats.bytes)}${of}${pct} · ${
-            formatCount(tokens / s)
-          } tok/s · ${formatSeconds(s)}`;
+          return [
+            `tokens ${formatCount(tokens)} · ${formatBytes(source.stats.bytes)}${of}${pct} · ${
+              formatCount(tokens / s)
+            } tok/s · ${formatSeconds(s)}`,
+          ];
         });
       }
       status.clear();

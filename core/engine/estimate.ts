@@ -15,8 +15,8 @@ export interface KvRun {
   prefixTokens: number;
   documentTokens: number;
   chunk: number;
-  /** Tokens riding along each chunk (the question patch), 0 without it. */
-  patchTokens: number;
+  /** Tokens riding along each chunk of `c` tokens (the question patch, or KVzip's reconstruction), 0 without. */
+  patchTokens: number | ((c: number) => number);
   /** Tokens prefilled after the document, and the most tokens generated. */
   suffixTokens: number;
   maxTokens: number;
@@ -47,7 +47,8 @@ export function predictKv(p: KvRun): KvPrediction {
   let chunks = 0;
   for (let at = 0; at < sequence; at += p.chunk) {
     const c = Math.min(p.chunk, sequence - at);
-    peak = Math.max(peak, (entries() + (c + p.patchTokens) * L * K) * entryBytes);
+    const patch = typeof p.patchTokens === "function" ? p.patchTokens(c) : p.patchTokens;
+    peak = Math.max(peak, (entries() + (c + patch) * L * K) * entryBytes);
     each((n, l, h) => Math.min(p.plan.prefill.keep(l, h), n + c));
     chunks++;
   }

@@ -120,6 +120,16 @@ export function choosePositions(mode: PositionMode | "auto", input: InputSize, m
   return need <= maxPositions ? "original" : "compact";
 }
 
+/**
+ * Tokens that ride along each chunk of `c` document tokens: KVzip's
+ * reconstruction (`repeatTokens` + the chunk again), else the question patch
+ * when it applies.
+ */
+export function patchTokens(run: ResolvedRun, questionTokens: number, repeatTokens: number): (c: number) => number {
+  if (run.policy.reconstruct) return (c) => repeatTokens + c;
+  return () => (run.questionPatch ? questionTokens : 0);
+}
+
 function positiveInt(n: number, what: string): number {
   if (!Number.isInteger(n) || n < 1) throw new TomeError("usage", `${what} must be a positive integer, got ${n}`);
   return n;
