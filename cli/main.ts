@@ -4,6 +4,7 @@ import { EXIT, TomeError } from "../core/errors.ts";
 import { askCommand } from "./commands/ask.ts";
 import { codeCommand } from "./commands/code.ts";
 import { completionsCommand } from "./commands/completions.ts";
+import { convertCommand } from "./commands/convert.ts";
 import { estimateCommand } from "./commands/estimate.ts";
 import { evalCommand } from "./commands/eval.ts";
 import { inspectCommand } from "./commands/inspect.ts";
@@ -30,6 +31,7 @@ export function program(): Command {
   tokensCommand(p);
   inspectCommand(p);
   makeModelCommand(p);
+  convertCommand(p);
   completionsCommand(p);
   for (const c of p.commands) c.exitOverride().configureOutput({ outputError: oneLine });
   return p;

@@ -18,7 +18,7 @@ export function cacheRoot(): string {
 
 /** The cache key of a graph: the checkpoint's identity (where, which files, how big, when written, its config) and the options. */
 export async function graphKey(ckpt: Checkpoint, opts: GraphOptions): Promise<string> {
-  const config = await Deno.readTextFile(join(ckpt.dir, "config.json"));
+  const config = ckpt.identity ?? await Deno.readTextFile(join(ckpt.dir, "config.json"));
   const extra = opts.retainingHeads ? await fileIdentity(opts.retainingHeads) : null;
   const identity = JSON.stringify({
     version: GRAPH_VERSION,
