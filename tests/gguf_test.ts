@@ -19,14 +19,15 @@ import { inverseFrequencies } from "../core/model/rope.ts";
 import { emptyPast, ModelSession } from "../core/model/session.ts";
 import { makeRandomModel, SIZES } from "../core/model/make.ts";
 import { convertToGguf } from "../core/model/gguf/convert.ts";
-import { GGUF_MAGIC, type GgufKv, VT } from "../core/model/gguf/format.ts";
+import { GGUF_MAGIC, type GgufHeader, type GgufKv, VT } from "../core/model/gguf/format.ts";
+import { tokenizerFromGguf, tokenizerMetadata } from "../core/model/gguf/tokenizer.ts";
 import { permuteRows } from "../core/model/gguf/names.ts";
 import { resolveOllama } from "../core/model/gguf/ollama.ts";
 import { readGgufHeader, readTensorF32 } from "../core/model/gguf/reader.ts";
 import { encodeHeader, writeGguf } from "../core/model/gguf/writer.ts";
-import { loadTokenizer } from "../core/tokens/tokenizer.ts";
-import { hasShared, rng, SMOLLM2_TOKENIZER, tempDir, tome } from "./helpers.ts";
-import { makeTinyModels, maxAbsDiff, TINY_MODELS, writeTestTokenizer } from "./model_fixtures.ts";
+import { loadTokenizer, tokenizerFromJson } from "../core/tokens/tokenizer.ts";
+import { CORPUS, hasShared, rng, SMOLLM2_TOKENIZER, tempDir, tome } from "./helpers.ts";
+import { makeTinyModels, maxAbsDiff, TINY_MODELS } from "./model_fixtures.ts";
 import { sentencepieceStyleTokenizer } from "./fixture_text.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-gguf-test-" });
@@ -438,5 +439,210 @@ Deno.test("gguf: the ONNX graph built from a GGUF gives the safetensors graph's 
       await s.close();
     }
     assert.ok(maxAbsDiff(logits[0], logits[1]) <= 1e-5, `${name}: ${maxAbsDiff(logits[0], logits[1])}`);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// tokenizers from metadata, against the original tokenizer.json
+
+async function corpusText(): Promise<string> {
+  const war = await Deno.readTextFile(join(CORPUS, "war_and_peace.txt"));
+  const shakespeare = await Deno.readTextFile(join(CORPUS, "tinyshakespeare.txt"));
+  return war.slice(200_000, 260_000) + shakespeare.slice(0, 30_000) +
+    "\n\tCode: x = f(1234567) + 'it''s' — naïve café 東京 🙂  \r\n  <|im_start|> </s> end";
+}
+
+Deno.test({
+  name: "gguf: the SmolLM2 tokenizer (byte-level BPE) from metadata gives the original's ids, template and specials",
+  ignore: !hasShared,
+  fn: async () => {
+    await using d = await tempDir();
+    const dir = join(d.path, "smol");
+    await makeRandomModel(dir, {
+      arch: "llama",
+      shape: SIZES.tiny,
+      seed: 1,
+      dtype: "F32",
+      tokenizer: SMOLLM2_TOKENIZER,
+    });
+    const gguf = join(d.path, "smol.gguf");
+    await convertToGguf(dir, gguf, "q8_0");
+    const want = await loadTokenizer(SMOLLM2_TOKENIZER);
+    const got = await loadTokenizer(gguf);
+    const text = await corpusText();
+    const ids = want.encode(text);
+    assert.deepEqual(got.encode(text), ids);
+    const prompt = "<|im_start|>user\nHello 42<|im_end|>\n<|im_start|>assistant\n";
+    assert.deepEqual(got.encodePrompt(prompt), want.encodePrompt(prompt));
+    assert.equal(got.decode(ids.slice(0, 500)), want.decode(ids.slice(0, 500)));
+    assert.equal(got.vocabSize, want.vocabSize);
+    for (const k of ["chat_template", "bos_token", "eos_token"]) assert.equal(got.config[k], want.config[k], k);
+    const h = await readGgufHeader(gguf);
+    assert.equal(h.metadata.get("tokenizer.ggml.pre")?.value, "smollm");
+    const c = (await openCheckpoint(gguf)).config;
+    assert.deepEqual([c.bosTokenId, c.eosTokenIds], [want.tokenToId("<|im_start|>"), [want.tokenToId("<|im_end|>")]]);
+  },
+});
+
+Deno.test({
+  name: "gguf: a SentencePiece-style tokenizer (byte fallback, scores) from metadata gives the original's ids",
+  ignore: !hasShared,
+  fn: async () => {
+    const dir = models.get("llama")!; // made with the SentencePiece-style test tokenizer
+    const gguf = join(root, "spm.gguf");
+    await convertToGguf(dir, gguf, "f32");
+    const want = await loadTokenizer(dir);
+    const got = await loadTokenizer(gguf);
+    assert.equal((await readGgufHeader(gguf)).metadata.get("tokenizer.ggml.model")?.value, "llama");
+    const text = await corpusText();
+    const ids = want.encode(text);
+    assert.ok(ids.some((i) => /^<0x/.test(want.idToToken(i)!)), "the text exercises byte fallback");
+    assert.deepEqual(got.encode(text), ids);
+    assert.equal(got.decode(ids), want.decode(ids));
+  },
+});
+
+/**
+ * SentencePiece BPE by brute force, as llama.cpp's SPM tokenizer runs it: "▁" for
+ * spaces and in front, then repeatedly merge the adjacent pair whose concatenation
+ * is a token with the highest score (leftmost on ties); leftovers become bytes.
+ */
+function spmBruteForce(text: string, vocab: Map<string, number>, scores: Map<string, number>): number[] {
+  let syms = [..."▁" + text.replaceAll(" ", "▁")];
+  for (;;) {
+    let best = -1, bestScore = -Infinity;
+    for (let i = 0; i + 1 < syms.length; i++) {
+      const s = scores.get(syms[i] + syms[i + 1]);
+      if (s !== undefined && s > bestScore) [best, bestScore] = [i, s];
+    }
+    if (best < 0) break;
+    syms = [...syms.slice(0, best), syms[best] + syms[best + 1], ...syms.slice(best + 2)];
+  }
+  return syms.flatMap((s) =>
+    vocab.has(s)
+      ? [vocab.get(s)!]
+      : [...new TextEncoder().encode(s)].map((b) => vocab.get(`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`)!)
+  );
+}
+
+Deno.test({
+  name: "gguf: without stored merges, merges derived from scores tokenize as SentencePiece does (brute force)",
+  ignore: !hasShared,
+  fn: async () => {
+    const json = sentencepieceStyleTokenizer();
+    const model = json.model as { vocab: Record<string, number>; merges: string[] };
+    const meta = tokenizerMetadata(json, { bos_token: "<s>", eos_token: "</s>" }, 0, "test");
+    meta.delete("tokenizer.ggml.merges"); // as llama.cpp's converter writes SentencePiece vocabularies
+    const h = { path: "test.gguf", metadata: meta } as unknown as GgufHeader;
+    const t = tokenizerFromGguf(h);
+    const tok = tokenizerFromJson(t.json, t.config, "test.gguf");
+    const tokens = meta.get("tokenizer.ggml.tokens")!.value as string[];
+    const scoreList = meta.get("tokenizer.ggml.scores")!.value as number[];
+    const types = meta.get("tokenizer.ggml.token_type")!.value as number[];
+    const vocab = new Map(Object.entries(model.vocab));
+    const scores = new Map<string, number>();
+    tokens.forEach((s, i) => types[i] === 1 && scores.set(s, scoreList[i]));
+    const text = (await corpusText()).slice(0, 20_000);
+    let checked = 0;
+    for (const line of text.split("\n")) {
+      if (!line) continue;
+      assert.deepEqual(tok.encode(line), spmBruteForce(line, vocab, scores), line);
+      checked++;
+    }
+    assert.ok(checked > 30, `${checked} lines`);
+  },
+});
+
+// ---------------------------------------------------------------------------
+// ollama:NAME[:TAG]
+
+Deno.test("gguf: ollama: names resolve through a fake store, with clear errors naming what was looked for", async () => {
+  await using d = await tempDir();
+  const store = join(d.path, "models");
+  const gguf = join(root, "ollama-src.gguf");
+  await convertToGguf(models.get("qwen2")!, gguf, "f16");
+  const hex = "ab".repeat(32);
+  await Deno.mkdir(join(store, "blobs"), { recursive: true });
+  await Deno.copyFile(gguf, join(store, "blobs", `sha256-${hex}`));
+  const manifest = (digest: string, type = "application/vnd.ollama.image.model") =>
+    JSON.stringify({
+      schemaVersion: 2,
+      layers: [
+        { mediaType: "application/vnd.ollama.image.template", digest: `sha256:${"cd".repeat(32)}`, size: 10 },
+        { mediaType: type, digest: `sha256:${digest}`, size: 1 },
+      ],
+    });
+  const put = async (path: string, text: string) => {
+    await Deno.mkdir(join(store, "manifests", path, ".."), { recursive: true });
+    await Deno.writeTextFile(join(store, "manifests", path), text);
+  };
+  await put("registry.ollama.ai/library/tiny/latest", manifest(hex));
+  await put("registry.ollama.ai/library/tiny/q8", manifest(hex));
+  await put("registry.ollama.ai/someone/other/v1", manifest(hex));
+  await put("registry.ollama.ai/library/nolayer/latest", manifest(hex, "application/vnd.ollama.image.license"));
+  await put("registry.ollama.ai/library/noblob/latest", manifest("ef".repeat(32)));
+  await put("registry.ollama.ai/library/broken/latest", "{not json");
+  const before = Deno.env.get("OLLAMA_MODELS");
+  Deno.env.set("OLLAMA_MODELS", store);
+  try {
+    const blob = join(store, "blobs", `sha256-${hex}`);
+    for (const spec of ["ollama:tiny", "ollama:tiny:latest", "ollama:tiny:q8", "ollama:someone/other:v1"]) {
+      assert.equal(await resolveOllama(spec), blob, spec);
+    }
+    const want = (await openCheckpoint(gguf)).config;
+    assert.deepEqual((await openCheckpoint("ollama:tiny:q8")).config, want);
+    assert.equal((await loadTokenizer("ollama:tiny")).vocabSize, (await loadTokenizer(gguf)).vocabSize);
+    const missing = join(store, "manifests", "registry.ollama.ai", "library", "nope", "7b");
+    await rejectsInvalid(resolveOllama("ollama:nope:7b"), new RegExp(`no manifest ${missing}`), "notFound");
+    await rejectsInvalid(resolveOllama("ollama:nolayer"), /no application\/vnd\.ollama\.image\.model layer/);
+    await rejectsInvalid(resolveOllama("ollama:noblob"), /blob .*sha256-efef.* is missing/, "notFound");
+    await rejectsInvalid(resolveOllama("ollama:broken"), /not valid JSON/);
+    await rejectsInvalid(resolveOllama("ollama:../etc"), /not an Ollama model name/, "usage");
+    await rejectsInvalid(resolveOllama("ollama:"), /not an Ollama model name/, "usage");
+  } finally {
+    if (before === undefined) Deno.env.delete("OLLAMA_MODELS");
+    else Deno.env.set("OLLAMA_MODELS", before);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// the CLI
+
+Deno.test("gguf: tome convert, inspect and ask on a GGUF file; bad input is one line and its exit code", async () => {
+  await using d = await tempDir();
+  const dir = models.get("mistral")!;
+  const out = join(d.path, "m.gguf");
+  const env = { TOME_CACHE: join(root, "cache") };
+  const conv = await tome(["convert", dir, "--type", "q8_0", "--out", out, "--json"], { env });
+  assert.equal(conv.code, 0, conv.stderr);
+  assert.deepEqual(JSON.parse(conv.stdout).types, { Q8_0: 16, F32: 5 }); // untied: lm_head too
+  const names = [...Deno.readDirSync(d.path)].map((e) => e.name);
+  assert.deepEqual(names, ["m.gguf"], "no temporary file left beside the output");
+  const inspect = await tome(["inspect", out, "--json"], { env });
+  assert.equal(inspect.code, 0, inspect.stderr);
+  const info = JSON.parse(inspect.stdout);
+  assert.equal(info.arch, "llama");
+  assert.deepEqual(info.gguf.types.map((t: { type: string }) => t.type), ["Q8_0", "F32"]);
+  assert.deepEqual(info.gguf.tokenizer, { kind: "llama", tokens: 375, pre: null });
+  const doc = join(d.path, "doc.txt");
+  await Deno.writeTextFile(doc, "the pass code of the war is 4 2. ".repeat(40));
+  const ask = await tome(["ask", "what is the code?", doc, "--model", out, "--max-tokens", "4", "--quiet"], { env });
+  assert.equal(ask.code, 0, ask.stderr);
+  const bad = join(d.path, "bad.gguf");
+  await Deno.writeFile(bad, new Raw().head(1, 0).tensor("w", [64, 64], 0, 0).bytes());
+  for (
+    const [args, code, pattern] of [
+      [["inspect", bad], 10, /past the end of the file/],
+      [["inspect", join(d.path, "none.gguf")], 3, /not found/],
+      [["convert", dir, "--type", "q2_k", "--out", out], 2, /q2_k/],
+      [["convert", dir], 2, /--out/],
+      [["convert", out, "--out", join(d.path, "x.gguf")], 2, /checkpoint directory/],
+      [["ask", "q", doc, "--model", "ollama:nothing-here"], 3, /no manifest/],
+    ] as const
+  ) {
+    const r = await tome([...args], { env: { ...env, OLLAMA_MODELS: d.path } });
+    assert.equal(r.code, code, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, pattern);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
   }
 });

@@ -6,7 +6,7 @@
 import { dirname } from "node:path";
 import { ggmlTypeNamed, typeBytes } from "../../../kernels/quant_gguf.ts";
 import { TomeError } from "../../errors.ts";
-import { DEFAULT_ALIGNMENT, GGUF_MAGIC, type GgufKv, type GgufValue, VT } from "./format.ts";
+import { DEFAULT_ALIGNMENT, GGUF_MAGIC, type GgufKv, type GgufValue, VT, VT_SIZE } from "./format.ts";
 
 /** A tensor to write: GGML dims (dims[0] fastest), type name, and its bytes (made when written). */
 export interface GgufTensorToWrite {
@@ -16,33 +16,47 @@ export interface GgufTensorToWrite {
   data: () => Uint8Array | Promise<Uint8Array>;
 }
 
+const encoder = new TextEncoder();
+
+/** A growable little-endian byte buffer. */
 class Bytes {
-  private chunks: Uint8Array[] = [];
+  private buf = new Uint8Array(1 << 16);
+  private view = new DataView(this.buf.buffer);
   length = 0;
+  private room(n: number) {
+    if (this.length + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.length + n) size *= 2;
+    const next = new Uint8Array(size);
+    next.set(this.buf.subarray(0, this.length));
+    this.buf = next;
+    this.view = new DataView(next.buffer);
+  }
   push(b: Uint8Array) {
-    this.chunks.push(b);
+    this.room(b.length);
+    this.buf.set(b, this.length);
     this.length += b.length;
   }
   num(type: number, v: number | boolean) {
-    const size = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 }[type as 0];
-    const b = new Uint8Array(size);
-    const d = new DataView(b.buffer);
     const n = Number(v);
-    if (type === VT.UINT8 || type === VT.BOOL) d.setUint8(0, n);
-    else if (type === VT.INT8) d.setInt8(0, n);
-    else if (type === VT.UINT16) d.setUint16(0, n, true);
-    else if (type === VT.INT16) d.setInt16(0, n, true);
-    else if (type === VT.UINT32) d.setUint32(0, n, true);
-    else if (type === VT.INT32) d.setInt32(0, n, true);
-    else if (type === VT.FLOAT32) d.setFloat32(0, n, true);
-    else if (type === VT.UINT64) d.setBigUint64(0, BigInt(n), true);
-    else if (type === VT.INT64) d.setBigInt64(0, BigInt(n), true);
-    else if (type === VT.FLOAT64) d.setFloat64(0, n, true);
+    this.room(8);
+    const d = this.view;
+    const at = this.length;
+    if (type === VT.UINT8 || type === VT.BOOL) d.setUint8(at, n);
+    else if (type === VT.INT8) d.setInt8(at, n);
+    else if (type === VT.UINT16) d.setUint16(at, n, true);
+    else if (type === VT.INT16) d.setInt16(at, n, true);
+    else if (type === VT.UINT32) d.setUint32(at, n, true);
+    else if (type === VT.INT32) d.setInt32(at, n, true);
+    else if (type === VT.FLOAT32) d.setFloat32(at, n, true);
+    else if (type === VT.UINT64) d.setBigUint64(at, BigInt(n), true);
+    else if (type === VT.INT64) d.setBigInt64(at, BigInt(n), true);
+    else if (type === VT.FLOAT64) d.setFloat64(at, n, true);
     else throw new Error(`not a numeric GGUF type: ${type}`);
-    this.push(b);
+    this.length += VT_SIZE[type];
   }
   str(s: string) {
-    const b = new TextEncoder().encode(s);
+    const b = encoder.encode(s);
     this.num(VT.UINT64, b.length);
     this.push(b);
   }
@@ -57,13 +71,7 @@ class Bytes {
     for (const x of arr) this.value(itemType, x);
   }
   concat(): Uint8Array {
-    const out = new Uint8Array(this.length);
-    let at = 0;
-    for (const c of this.chunks) {
-      out.set(c, at);
-      at += c.length;
-    }
-    return out;
+    return this.buf.slice(0, this.length);
   }
 }
 
