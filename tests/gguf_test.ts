@@ -12,7 +12,7 @@ import { fromF16Bits, toBf16Bits, toF16Bits } from "../kernels/fp16.ts";
 import { dequantize, ggmlTypeNamed, quantizeQ4_0, quantizeQ8_0 } from "../kernels/quant_gguf.ts";
 import { TomeError } from "../core/errors.ts";
 import { graphFor } from "../core/model/cache.ts";
-import { openCheckpoint } from "../core/model/checkpoint.ts";
+import { loadTensor, openCheckpoint } from "../core/model/checkpoint.ts";
 import { DEFAULT_GRAPH_OPTIONS } from "../core/model/onnx/decoder.ts";
 import { forward, loadWeights } from "../core/model/reference.ts";
 import { inverseFrequencies } from "../core/model/rope.ts";
@@ -24,7 +24,7 @@ import { tokenizerFromGguf, tokenizerMetadata } from "../core/model/gguf/tokeniz
 import { permuteRows } from "../core/model/gguf/names.ts";
 import { resolveOllama } from "../core/model/gguf/ollama.ts";
 import { readGgufHeader, readTensorF32 } from "../core/model/gguf/reader.ts";
-import { encodeHeader, writeGguf } from "../core/model/gguf/writer.ts";
+import { writeGguf } from "../core/model/gguf/writer.ts";
 import { loadTokenizer, tokenizerFromJson } from "../core/tokens/tokenizer.ts";
 import { CORPUS, hasShared, rng, SMOLLM2_TOKENIZER, tempDir, tome } from "./helpers.ts";
 import { makeTinyModels, maxAbsDiff, TINY_MODELS } from "./model_fixtures.ts";
@@ -380,6 +380,26 @@ Deno.test("gguf: Q/K rows permute as llama.cpp's reshape(heads, 2, d/2, in).swap
   }
   assert.deepEqual(permuteRows(w, heads, cols, true), want);
   assert.deepEqual(permuteRows(want, heads, cols, false), w);
+});
+
+Deno.test("gguf: written files carry llama.cpp's layout: q/k rows interleaved for llama, as-is for qwen2/qwen3", async () => {
+  await using d = await tempDir();
+  for (const name of ["llama", "mistral", "qwen2", "qwen3"]) {
+    const dir = models.get(name)!;
+    const out = join(d.path, `${name}.gguf`);
+    await convertToGguf(dir, out, "f32");
+    const st = await openCheckpoint(dir);
+    const h = await readGgufHeader(out);
+    const c = st.config;
+    for (const [proj, heads] of [["q", c.heads], ["k", c.kvHeads], ["v", 0]] as const) {
+      const hf = await loadTensor(st, `model.layers.1.self_attn.${proj}_proj.weight`);
+      const raw = await readTensorF32(h, h.tensors.find((t) => t.name === `blk.1.attn_${proj}.weight`)!);
+      // llama.cpp's convert_hf_to_gguf.py permutes q/k for LlamaModel (llama, mistral); Qwen2/Qwen3 use NEOX RoPE
+      const permuted = (name === "llama" || name === "mistral") && heads > 0;
+      assert.deepEqual(raw, permuted ? permuteRows(hf, heads, c.hidden, true) : hf, `${name} ${proj}`);
+    }
+    assert.equal(h.metadata.get("general.architecture")?.value, name === "mistral" ? "llama" : name);
+  }
 });
 
 // ---------------------------------------------------------------------------
