@@ -499,6 +499,10 @@ Deno.test({
     for (const k of ["chat_template", "bos_token", "eos_token"]) assert.equal(got.config[k], want.config[k], k);
     const h = await readGgufHeader(gguf);
     assert.equal(h.metadata.get("tokenizer.ggml.pre")?.value, "smollm");
+    // the pre-tokenizer read back is the original's (digits never meet spaces in this vocabulary's merges,
+    // so ids alone would not show a GPT-2 splitting in its place)
+    const original = JSON.parse(await Deno.readTextFile(join(SMOLLM2_TOKENIZER, "tokenizer.json")));
+    assert.deepEqual(tokenizerFromGguf(h).json.pre_tokenizer, original.pre_tokenizer);
     const c = (await openCheckpoint(gguf)).config;
     assert.deepEqual([c.bosTokenId, c.eosTokenIds], [want.tokenToId("<|im_start|>"), [want.tokenToId("<|im_end|>")]]);
   },
