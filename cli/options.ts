@@ -34,7 +34,7 @@ export interface RunFlags {
 /** Adds the common options to a command. */
 export function addRunOptions(cmd: Command): Command {
   return cmd
-    .option("-m, --model <dir>", "model checkpoint directory (default: $TOME_MODEL)")
+    .option("-m, --model <model>", "checkpoint directory, FILE.gguf or ollama:NAME[:TAG] (default: $TOME_MODEL)")
     .option(
       "-b, --budget <n|size>",
       "KV entries kept per layer and head, or a size like 256MiB",

@@ -150,6 +150,8 @@ export async function writeGguf(
     } finally {
       file.close();
     }
+    // temporary files are private (0600); the model gets the permissions a new file would
+    if (Deno.build.os !== "windows") await Deno.chmod(tmp, 0o666 & ~Deno.umask());
     await Deno.rename(tmp, path);
   } catch (err) {
     await Deno.remove(tmp).catch(() => {});
