@@ -7,6 +7,9 @@
  * Reports top-1 agreement and max |Δlogit| per model and weight type.
  *
  *   deno run -A bench/peers/agreement.ts [--tokens 200] [--types f32,f16,q8_0] [--kv f32|f16] [--size tiny|small|360m]
+ *   deno run -A bench/peers/agreement.ts --tokenize
+ *     (llama.cpp's tokenization of 20K corpus characters against tome's, for a byte-level BPE
+ *     GGUF (SmolLM2) and a SentencePiece-style one, both written by `tome convert`)
  *
  * Needs `node` (20+) and node-llama-cpp in $NODE_LLAMA_CPP_DIR (default
  * ~/.cache/tome/peers; installed there with npm on first use).
@@ -22,6 +25,7 @@ import { DEFAULT_GRAPH_OPTIONS } from "../../core/model/onnx/decoder.ts";
 import { emptyPast, ModelSession } from "../../core/model/session.ts";
 import { loadTokenizer } from "../../core/tokens/tokenizer.ts";
 import { report, type Row } from "../report.ts";
+import { sentencepieceStyleTokenizer } from "../../tests/fixture_text.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -30,6 +34,7 @@ const { values: args } = parseArgs({
     kv: { type: "string", default: "f32" },
     size: { type: "string", default: "tiny" },
     archs: { type: "string", default: "llama,mistral,qwen2,qwen3" },
+    tokenize: { type: "boolean", default: false },
   },
 });
 
@@ -90,6 +95,52 @@ await Deno.mkdir(work, { recursive: true });
 const tokenizer = join(shared, "fixtures", "smollm2-tokenizer");
 const tok = await loadTokenizer(tokenizer);
 const text = (await Deno.readTextFile(join(shared, "corpus", "war_and_peace.txt"))).slice(100_000, 110_000);
+
+if (args.tokenize) {
+  const spm = join(work, "spm-tokenizer");
+  await Deno.mkdir(spm, { recursive: true });
+  await Deno.writeTextFile(join(spm, "tokenizer.json"), JSON.stringify(sentencepieceStyleTokenizer()));
+  await Deno.writeTextFile(join(spm, "tokenizer_config.json"), JSON.stringify({ bos_token: "<s>", eos_token: "</s>" }));
+  const sample = (await Deno.readTextFile(join(shared, "corpus", "war_and_peace.txt"))).slice(300_000, 320_000) +
+    (await Deno.readTextFile(join(shared, "corpus", "tinyshakespeare.txt"))).slice(0, 5_000) + " 12345 naïve 東京 🙂";
+  const textFile = join(work, "sample.txt");
+  await Deno.writeTextFile(textFile, sample);
+  const rows: Row[] = [];
+  for (const [name, t] of [["SmolLM2 (gpt2, smollm)", tokenizer], ["SentencePiece-style (llama)", spm]]) {
+    const dir = join(work, "models", `tok-${rows.length}`);
+    await makeRandomModel(dir, {
+      arch: "llama",
+      shape: { ...SIZES.tiny, layers: 1 },
+      seed: 1,
+      dtype: "F32",
+      tokenizer: t,
+    });
+    const gguf = join(work, `tok-${rows.length}.gguf`);
+    await convertToGguf(dir, gguf, "f16");
+    const out = join(work, "llama-tokens.json");
+    const r = await new Deno.Command("node", {
+      args: [join(here, "llama_logits.mjs"), gguf, "--tokenize", textFile, out],
+      env: { NODE_LLAMA_CPP_DIR: nlcDir },
+      stderr: "piped",
+      stdout: "piped",
+    }).output();
+    if (!r.success) throw new Error(new TextDecoder().decode(r.stderr).slice(-800));
+    const theirs: number[] = JSON.parse(await Deno.readTextFile(out));
+    const ours = (await loadTokenizer(gguf)).encode(sample);
+    let first = 0;
+    while (first < ours.length && ours[first] === theirs[first]) first++;
+    rows.push({
+      tokenizer: name,
+      chars: sample.length,
+      tome_tokens: ours.length,
+      llama_cpp_tokens: theirs.length,
+      identical: ours.length === theirs.length && first === ours.length,
+      first_difference: first === ours.length && ours.length === theirs.length ? null : first,
+    });
+  }
+  await report("peers-tokenize", "deno run -A bench/peers/agreement.ts --tokenize", rows);
+  Deno.exit(0);
+}
 const ids = tok.encode(text).slice(0, Number(args.tokens));
 const rows: Row[] = [];
 for (const arch of args.archs!.split(",") as Arch[]) {

@@ -3,9 +3,11 @@
 // writes the raw logits of every position as float32 [S, vocab].
 //
 //   node bench/peers/llama_logits.mjs MODEL.gguf IDS.json OUT.f32 [f32|f16 KV]
+//   node bench/peers/llama_logits.mjs MODEL.gguf --tokenize TEXT.txt OUT.json
+//     (llama.cpp's tokenization of a text, no BOS, special tokens as text)
 //
 // NODE_LLAMA_CPP_DIR: a directory whose node_modules holds node-llama-cpp@3.22.1.
-import { writeFileSync, readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
@@ -13,9 +15,17 @@ const [modelPath, idsPath, outPath, kv = "f32"] = process.argv.slice(2);
 const dir = process.env.NODE_LLAMA_CPP_DIR;
 const entry = join(dir, "node_modules", "node-llama-cpp", "dist", "index.js");
 const { getLlama, LlamaLogLevel } = await import(pathToFileURL(entry).href);
-const ids = JSON.parse(readFileSync(idsPath, "utf8"));
 const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
 const model = await llama.loadModel({ modelPath, gpuLayers: 0 });
+if (idsPath === "--tokenize") {
+  const tokens = model.tokenize(readFileSync(outPath, "utf8"), false);
+  writeFileSync(kv, JSON.stringify(Array.from(tokens)));
+  console.log(JSON.stringify({ tokens: tokens.length }));
+  await model.dispose();
+  await llama.dispose();
+  process.exit(0);
+}
+const ids = JSON.parse(readFileSync(idsPath, "utf8"));
 const kvType = kv === "f32" ? "F32" : "F16";
 const context = await model.createContext({
   contextSize: Math.max(256, ids.length + 16),
