@@ -7,6 +7,7 @@
  * Reports top-1 agreement and max |Δlogit| per model and weight type.
  *
  *   deno run -A bench/peers/agreement.ts [--tokens 200] [--types f32,f16,q8_0] [--kv f32|f16] [--size tiny|small|360m]
+ *     [--archs llama,mistral,qwen2,qwen3] [--llama3-rope]
  *   deno run -A bench/peers/agreement.ts --tokenize
  *     (llama.cpp's tokenization of 20K corpus characters against tome's, for a byte-level BPE
  *     GGUF (SmolLM2) and a SentencePiece-style one, both written by `tome convert`)
@@ -35,6 +36,7 @@ const { values: args } = parseArgs({
     size: { type: "string", default: "tiny" },
     archs: { type: "string", default: "llama,mistral,qwen2,qwen3" },
     tokenize: { type: "boolean", default: false },
+    "llama3-rope": { type: "boolean", default: false },
   },
 });
 
@@ -144,12 +146,14 @@ if (args.tokenize) {
 const ids = tok.encode(text).slice(0, Number(args.tokens));
 const rows: Row[] = [];
 for (const arch of args.archs!.split(",") as Arch[]) {
-  const dir = join(work, "models", `${args.size}-${arch}`);
+  const rope = args["llama3-rope"] && arch === "llama";
+  const label = `${args.size}-${arch}${rope ? "-llama3rope" : ""}`;
+  const dir = join(work, "models", label);
   if (!(await Deno.stat(join(dir, "config.json")).then(() => true, () => false))) {
-    await makeRandomModel(dir, { arch, shape: SIZES[args.size!], seed: 3, dtype: "F32", tokenizer });
+    await makeRandomModel(dir, { arch, shape: SIZES[args.size!], seed: 3, dtype: "F32", tokenizer, llama3Rope: rope });
   }
   for (const type of args.types!.split(",") as WriteType[]) {
-    const gguf = join(work, `${args.size}-${arch}-${type}.gguf`);
+    const gguf = join(work, `${label}-${type}.gguf`);
     await convertToGguf(dir, gguf, type);
     const ours = await tomeLogits(gguf, ids);
     const theirs = await llamaCppLogits(gguf, ids);
@@ -167,7 +171,7 @@ for (const arch of args.archs!.split(",") as Arch[]) {
       if (a === b) agree++;
     }
     rows.push({
-      model: `${args.size} ${arch}`,
+      model: label,
       weights: type,
       kv: args.kv!,
       tokens: ids.length,
