@@ -60,8 +60,8 @@ async function ensureNodeLlamaCpp(): Promise<void> {
 }
 
 async function llamaCppLogits(gguf: string, ids: number[]): Promise<{ logits: Float32Array; vocab: number }> {
-  const idsFile = join(work, "ids.json");
-  const outFile = join(work, "llama-logits.f32");
+  const idsFile = join(work, `ids-${Deno.pid}.json`);
+  const outFile = join(work, `llama-logits-${Deno.pid}.f32`);
   await Deno.writeTextFile(idsFile, JSON.stringify(ids));
   const r = await new Deno.Command("node", {
     args: [join(here, "llama_logits.mjs"), gguf, idsFile, outFile, args.kv!],
@@ -119,7 +119,7 @@ if (args.tokenize) {
     });
     const gguf = join(work, `tok-${rows.length}.gguf`);
     await convertToGguf(dir, gguf, "f16");
-    const out = join(work, "llama-tokens.json");
+    const out = join(work, `llama-tokens-${Deno.pid}.json`);
     const r = await new Deno.Command("node", {
       args: [join(here, "llama_logits.mjs"), gguf, "--tokenize", textFile, out],
       env: { NODE_LLAMA_CPP_DIR: nlcDir },
