@@ -6,6 +6,7 @@ import { readCommand } from "./commands/read.ts";
 import { cacheCommand } from "./commands/cache.ts";
 import { codeCommand } from "./commands/code.ts";
 import { completionsCommand } from "./commands/completions.ts";
+import { convertCommand } from "./commands/convert.ts";
 import { estimateCommand } from "./commands/estimate.ts";
 import { evalCommand } from "./commands/eval.ts";
 import { inspectCommand } from "./commands/inspect.ts";
@@ -34,6 +35,7 @@ export function program(): Command {
   inspectCommand(p);
   makeModelCommand(p);
   cacheCommand(p);
+  convertCommand(p);
   completionsCommand(p);
   for (const c of p.commands) c.exitOverride().configureOutput({ outputError: oneLine });
   return p;

@@ -45,7 +45,8 @@ export interface RunFlags extends ModelFlags {
 
 /** The options that mean the same in every command that runs a model: one definition each, defaults from core. */
 const SHARED = {
-  model: () => new Option("-m, --model <dir>", "model checkpoint directory (default: $TOME_MODEL)"),
+  model: () =>
+    new Option("-m, --model <model>", "checkpoint directory, FILE.gguf or ollama:NAME[:TAG] (default: $TOME_MODEL)"),
   chunk: () => new Option("--chunk <n>", "tokens per prefill step").default(String(DEFAULT_CHUNK)),
   positions: () =>
     new Option("--positions <mode>", "original positions (input must fit the context), compact, or auto")

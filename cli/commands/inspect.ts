@@ -3,6 +3,8 @@ import { findGraph } from "../../core/model/cache.ts";
 import { expectedTensors, openCheckpoint } from "../../core/model/checkpoint.ts";
 import { kvBytesPerToken } from "../../core/model/config.ts";
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../../core/model/onnx/decoder.ts";
+import { ggufHeaderFor, isGgufModel } from "../../core/model/gguf/checkpoint.ts";
+import { describeGguf, type GgufDescription } from "../../core/model/gguf/describe.ts";
 import { formatBytes } from "../progress.ts";
 import { readStateHeader } from "../../core/state/file.ts";
 import { usage, writeStdout } from "../output.ts";
@@ -66,11 +68,14 @@ async function inspectState(path: string, opts: { json?: boolean }): Promise<voi
 export function inspectCommand(program: Command): void {
   program.command("inspect")
     .description("describe a model checkpoint: architecture, size, KV bytes per token, cached graphs")
-    .argument("[model]", "checkpoint directory (default: $TOME_MODEL), or a saved state FILE.tstate")
+    .argument(
+      "[model]",
+      "checkpoint directory, FILE.gguf or ollama:NAME[:TAG] (default: $TOME_MODEL), or a saved state FILE.tstate",
+    )
     .option("--json", "print one JSON object")
     .addHelpText(
       "after",
-      "\nExample:\n  tome inspect /tmp/tiny-llama\n  tome inspect ~/models/SmolLM2-360M-Instruct --json",
+      "\nExample:\n  tome inspect /tmp/tiny-llama\n  tome inspect ~/models/SmolLM2-360M-Instruct --json\n  tome inspect smollm2-360m-q8_0.gguf\n  tome inspect ollama:smollm2:360m",
     )
     .action(async (model: string | undefined, opts: { json?: boolean }) => {
       if (model?.endsWith(".tstate")) return await inspectState(model, opts);
@@ -81,7 +86,10 @@ export function inspectCommand(program: Command): void {
       let params = 0;
       for (const shape of expectedTensors(c, ckpt.tiedEmbeddings).values()) params += shape.reduce((a, b) => a * b, 1);
       const diskBytes = ckpt.files.reduce((n, f) => n + f.size, 0);
-      const dtypes = [...new Set([...ckpt.tensors.values()].map((t) => t.dtype))];
+      const gguf = isGgufModel(dir) ? describeGguf(await ggufHeaderFor(dir)) : null;
+      const dtypes = gguf
+        ? gguf.types.map((t) => t.type)
+        : [...new Set([...ckpt.tensors.values()].map((t) => t.dtype))];
       const cached = [];
       for (const v of graphVariants()) {
         const { dir: graphDir, exists } = await findGraph(ckpt, v);
@@ -104,6 +112,7 @@ export function inspectCommand(program: Command): void {
         tied_embeddings: ckpt.tiedEmbeddings,
         kv_bytes_per_token: { f32: kvBytesPerToken(c, 4), f16: kvBytesPerToken(c, 2) },
         cached_graphs: cached,
+        ...(gguf ? { gguf } : {}),
       };
       if (opts.json) return await writeStdout(JSON.stringify(info) + "\n");
       const kv = (b: number) => `${formatBytes(b)}/token (${formatBytes(b * 1024)} per 1K tokens)`;
@@ -127,6 +136,7 @@ export function inspectCommand(program: Command): void {
           })`,
         ],
         ["embeddings", ckpt.tiedEmbeddings ? "tied" : "untied"],
+        ...(gguf ? ggufLines(gguf) : []),
         ["KV cache f32", kv(kvBytesPerToken(c, 4))],
         ["KV cache f16", kv(kvBytesPerToken(c, 2))],
         [
@@ -150,4 +160,21 @@ function sameOptions(a: GraphOptions, b: GraphOptions): boolean {
 function describe(g: GraphOptions): string {
   const short = (t: string) => (t === "float32" ? "f32" : "f16");
   return `${g.positions}/kv-${short(g.kvDtype)}/w-${short(g.weightDtype)}/logits-${g.logits}`;
+}
+
+function ggufLines(g: GgufDescription): string[][] {
+  const t = g.tokenizer;
+  return [
+    ["format", `GGUF v${g.version}${g.name ? ` (${g.name})` : ""}`],
+    ["quantization", g.types.map((x) => `${x.type} ${x.tensors} tensors ${formatBytes(x.bytes)}`).join(", ")],
+    [
+      "tokenizer",
+      t.kind === "none"
+        ? "none in the file"
+        : `${t.kind === "gpt2" ? "byte-level BPE" : t.kind === "llama" ? "SentencePiece BPE" : t.kind} (${t.kind}${
+          t.pre ? `, pre ${t.pre}` : ""
+        }), ${t.tokens} tokens`,
+    ],
+    ["chat template", g.chatTemplate ? "present" : "none (plain prompts)"],
+  ];
 }

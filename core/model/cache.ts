@@ -41,7 +41,7 @@ export function graphsDir(): string {
  * them. `scratch` is an existing writable directory for the builder probe.
  */
 export async function graphKey(ckpt: Checkpoint, opts: GraphOptions, scratch: string): Promise<string> {
-  const config = await Deno.readTextFile(join(ckpt.dir, "config.json"));
+  const config = ckpt.identity ?? await Deno.readTextFile(join(ckpt.dir, "config.json"));
   const extra = opts.retainingHeads ? await fileIdentity(opts.retainingHeads) : null;
   const identity = JSON.stringify({
     builder: await builderDigest(ckpt, opts, scratch),

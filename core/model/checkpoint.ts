@@ -2,6 +2,7 @@ import { basename, join } from "node:path";
 import { fsError, TomeError } from "../errors.ts";
 import { type ModelConfig, readConfig } from "./config.ts";
 import { readHeader, readTensor, type TensorInfo } from "./safetensors.ts";
+import { isGgufModel, openGgufCheckpoint } from "./gguf/checkpoint.ts";
 
 /** An opened Hugging Face checkpoint directory: config, and where every tensor lies. */
 export interface Checkpoint {
@@ -12,6 +13,10 @@ export interface Checkpoint {
   files: { name: string; size: number; mtime: number }[];
   /** True when the output projection is the embedding (tied, or no `lm_head.weight`). */
   tiedEmbeddings: boolean;
+  /** Set by GGUF checkpoints: reads one tensor as float32 in Hugging Face layout. */
+  readTensor?: (name: string) => Promise<Float32Array>;
+  /** Set by GGUF checkpoints: hashed into the graph cache key in place of config.json. */
+  identity?: string;
 }
 
 /** Names of one layer's tensors, prefix `model.layers.N.`. */
@@ -64,6 +69,7 @@ export function expectedTensors(c: ModelConfig, tied: boolean): Map<string, numb
  * there with the right shape.
  */
 export async function openCheckpoint(dir: string): Promise<Checkpoint> {
+  if (isGgufModel(dir)) return openGgufCheckpoint(dir);
   try {
     if (!(await Deno.stat(dir)).isDirectory) throw new TomeError("modelInvalid", `model is not a directory: ${dir}`);
   } catch (err) {
@@ -135,6 +141,7 @@ export function checkTokenizerFits(ckpt: Checkpoint, tokenizerVocab: number): vo
 
 /** Reads one tensor of the checkpoint as float32. */
 export function loadTensor(ckpt: Checkpoint, name: string): Promise<Float32Array> {
+  if (ckpt.readTensor) return ckpt.readTensor(name);
   const t = ckpt.tensors.get(name);
   if (!t) throw new TomeError("modelInvalid", `${ckpt.dir}: missing tensor ${name}`);
   return readTensor(t);

@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { fsError, TomeError } from "../errors.ts";
+import { isGgufModel, openGgufCheckpoint } from "./gguf/checkpoint.ts";
 
 /** The architectures tome builds graphs for (Hugging Face `model_type`). */
 export const ARCHS = ["llama", "mistral", "qwen2", "qwen3"] as const;
@@ -8,7 +9,9 @@ export type Arch = typeof ARCHS[number];
 /** `rope_scaling` of a config, normalized. */
 export type RopeScaling =
   | { type: "llama3"; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositions: number }
-  | { type: "linear"; factor: number };
+  | { type: "linear"; factor: number }
+  /** Per-frequency divisors of θ_i (GGUF's `rope_freqs` tensor); `factor` is the largest. */
+  | { type: "factors"; factor: number; factors: number[] };
 
 /** What tome needs of a Hugging Face `config.json`, normalized across architectures. */
 export interface ModelConfig {
@@ -62,6 +65,7 @@ export const LIMITS: Record<string, number> = {
 
 /** Reads and validates `config.json` of a checkpoint directory. */
 export async function readConfig(dir: string): Promise<ModelConfig> {
+  if (isGgufModel(dir)) return (await openGgufCheckpoint(dir)).config;
   const path = join(dir, "config.json");
   let text: string;
   try {

@@ -12,6 +12,8 @@ export function inverseFrequencies(c: Pick<ModelConfig, "headDim" | "ropeTheta" 
   const s = c.ropeScaling;
   if (s?.type === "linear") {
     for (let i = 0; i < half; i++) inv[i] = inv[i] / s.factor;
+  } else if (s?.type === "factors") {
+    for (let i = 0; i < half; i++) inv[i] = inv[i] / s.factors[i];
   } else if (s?.type === "llama3") {
     const lowWavelen = s.originalMaxPositions / s.lowFreqFactor;
     const highWavelen = s.originalMaxPositions / s.highFreqFactor;

@@ -1,6 +1,8 @@
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { join } from "node:path";
 import { fsError, TomeError } from "../errors.ts";
+import { isGgufModel } from "../model/gguf/checkpoint.ts";
+import { ggufTokenizer } from "../model/gguf/load_tokenizer.ts";
 
 /** A loaded tokenizer: the Hugging Face `tokenizer.json` pipeline plus its config. */
 export interface Tokenizer {
@@ -35,6 +37,7 @@ export interface Tokenizer {
  * tok.encode("Hello world"); // [19556, 905]
  */
 export async function loadTokenizer(dir: string): Promise<Tokenizer> {
+  if (isGgufModel(dir)) return ggufTokenizer(dir);
   const jsonPath = join(dir, "tokenizer.json");
   let text: string;
   try {
@@ -54,6 +57,15 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
   } catch (err) {
     if (!(err instanceof Deno.errors.NotFound)) throw err;
   }
+  return tokenizerFromJson(json, config, dir);
+}
+
+/** A tokenizer from `tokenizer.json` and `tokenizer_config.json` contents; `dir` names where they came from. */
+export function tokenizerFromJson(
+  json: Record<string, unknown>,
+  config: Record<string, unknown>,
+  dir: string,
+): Tokenizer {
   let hf: HfTokenizer;
   let plain: HfTokenizer;
   try {
