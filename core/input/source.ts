@@ -98,6 +98,7 @@ async function openDirectory(root: string, stats: InputStats): Promise<Source> {
   } catch (err) {
     throw fsError(err, root);
   }
+  await requireTextFile(root, files, stats.skipped);
   const totalBytes = files.reduce((n, f) => n + f.size, 0);
   return {
     label: root,
@@ -141,6 +142,29 @@ async function* directoryText(root: string, files: WalkedFile[], stats: InputSta
       : "";
     throw new TomeError("noTextFiles", `directory has no readable text files: ${root}${why}`);
   }
+}
+
+/**
+ * Fails fast (before any model work) when no file of a directory is text: the
+ * files' first bytes are sniffed until one looks like text.
+ */
+async function requireTextFile(root: string, files: WalkedFile[], walkSkipped: Skipped[]): Promise<void> {
+  const skipped: Skipped[] = [...walkSkipped];
+  for (const f of files) {
+    try {
+      using file = await Deno.open(f.path, { read: true });
+      const head = new Uint8Array(8000);
+      const n = (await file.read(head)) ?? 0;
+      if (!looksBinary(head.subarray(0, n))) return;
+      skipped.push({ rel: f.rel, reason: "binary" });
+    } catch {
+      skipped.push({ rel: f.rel, reason: "unreadable" });
+    }
+  }
+  const why = skipped.length > 0
+    ? ` (${skipped.length} skipped: ${summarizeSkipped(skipped)})`
+    : " (it is empty or everything is ignored)";
+  throw new TomeError("noTextFiles", `directory has no readable text files: ${root}${why}`);
 }
 
 function summarizeSkipped(skipped: Skipped[]): string {
