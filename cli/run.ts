@@ -8,7 +8,7 @@ import { openSource, type Source } from "../core/input/source.ts";
 import { type LoadedModel, type MeterEvent, type MeterSummary, type ResolvedRun } from "../core/mod.ts";
 import { generate, loadModel, read, resolveRun } from "../core/mod.ts";
 import { type ModelConfig, readConfig } from "../core/model/config.ts";
-import { chooseDevice, type DeviceChoice } from "../core/model/device.ts";
+import { type AdapterInfo, chooseDevice, type DeviceChoice } from "../core/model/device.ts";
 import { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
@@ -183,6 +183,8 @@ export async function runRecipe(input: string, recipe: Recipe, flags: RunFlags):
           recipe: recipe.name,
           model: dir,
           device: device.device,
+          adapter: device.adapter,
+          gpuKvBytes: device.device === "cpu" ? undefined : model.session.kvFedPeakBytes,
           policy: run.policy.name,
           budget: run.budget,
           chunk: run.chunk,
@@ -213,6 +215,10 @@ export function jsonResult(r: {
   recipe: string;
   model: string;
   device: string;
+  /** The WebGPU adapter, on webgpu. */
+  adapter?: AdapterInfo;
+  /** On a GPU: the most KV bytes one run fed to the device. */
+  gpuKvBytes?: number;
   policy: string;
   budget: number;
   chunk: number;
@@ -229,6 +235,18 @@ export function jsonResult(r: {
     recipe: r.recipe,
     model: r.model,
     device: r.device,
+    ...(r.adapter
+      ? {
+        adapter: {
+          vendor: r.adapter.vendor,
+          architecture: r.adapter.architecture,
+          device: r.adapter.device,
+          description: r.adapter.description,
+          software: r.adapter.software,
+        },
+      }
+      : {}),
+    ...(r.gpuKvBytes === undefined ? {} : { gpu_kv_bytes_per_run_peak: r.gpuKvBytes }),
     policy: r.policy,
     budget: r.budget,
     chunk: r.chunk,

@@ -5,7 +5,7 @@ import { buildDecoder, type GraphOptions, OPSETS } from "./onnx/decoder.ts";
 import { Graph } from "./onnx/graph.ts";
 
 /** Bumped whenever the graph the builder emits changes, so cached graphs are rebuilt. */
-export const GRAPH_VERSION = 2;
+export const GRAPH_VERSION = 3;
 
 /** tome's cache directory: `$TOME_CACHE`, else `$XDG_CACHE_HOME/tome`, else `~/.cache/tome`. */
 export function cacheRoot(): string {
