@@ -24,7 +24,7 @@ import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { TomeError } from "../core/errors.ts";
 import { mixedText } from "./fixture_text.ts";
 import { CORPUS, hasShared, rng, ROOT, SMOLLM2_TOKENIZER, tempDir, tome } from "./helpers.ts";
-import { bruteForceStats, makeTinyModels, maxAbsDiff } from "./model_fixtures.ts";
+import { bruteForceStats, makeTinyModels, maxAbsDiff, writeTestTokenizer } from "./model_fixtures.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-webgpu-test-" });
 Deno.env.set("TOME_CACHE", join(root, "cache"));
@@ -359,7 +359,9 @@ Deno.test("--device webgpu where Dawn finds no Vulkan driver: one tome: line, ex
   await using d = await tempDir();
   const env = { TOME_CACHE: join(d.path, "cache"), VK_ICD_FILENAMES: "/nonexistent", VK_DRIVER_FILES: "/nonexistent" };
   const model = join(d.path, "tiny");
-  assert.equal((await tome(["make-model", "tiny", "--out", model], { env })).code, 0);
+  const tokenizer = await writeTestTokenizer(join(d.path, "tokenizer"));
+  const made = await tome(["make-model", "tiny", "--out", model, "--tokenizer", tokenizer], { env });
+  assert.equal(made.code, 0, made.stderr);
   const file = join(d.path, "doc.txt");
   await Deno.writeTextFile(file, "A short document.");
   const r = await tome(["ask", "What?", file, "--model", model, "--device", "webgpu", "-q"], { env });

@@ -23,7 +23,8 @@ export interface DeviceChoice {
 
 const CUDA_HINT =
   "reinstall onnxruntime-node with ONNXRUNTIME_NODE_INSTALL=cuda12 (it downloads the CUDA provider from NuGet: needs internet, CUDA 12 and cuDNN 9)";
-const WEBGPU_HINT =
+/** How to get WebGPU working, for error messages. */
+export const WEBGPU_HINT =
   "WebGPU needs the Vulkan loader (libvulkan1) and a Vulkan driver for the GPU (Mesa 25's lavapipe works, slowly, in software)";
 
 /** The onnxruntime-node native folder for this platform. */
@@ -83,7 +84,7 @@ export async function webgpuAdapter(): Promise<AdapterInfo | null> {
   const gpu = (navigator as any).gpu;
   if (!gpu?.requestAdapter || !vulkanLoader()) return null;
   try {
-    const adapter = await gpu.requestAdapter();
+    const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
     if (!adapter) return null;
     const info = adapter.info ?? {};
     const text = (k: string) => String(info[k] ?? "");

@@ -8,6 +8,7 @@ import { type GraphOptions, io, type StatName } from "./onnx/decoder.ts";
 import { type Ort, ort } from "./ort.ts";
 import { TomeError } from "../errors.ts";
 import { quietStderr } from "./quiet.ts";
+import { WEBGPU_HINT } from "./device.ts";
 
 /** KV data as the graph takes it: float32, or float16 bit patterns. */
 export type KvArray = Float32Array | Uint16Array;
@@ -134,8 +135,14 @@ export class ModelSession {
         }));
     } catch (err) {
       if (providers[0] === "cpu") throw err;
-      const msg = (err instanceof Error ? err.message : String(err)).split("\n")[0];
-      throw new TomeError("device", `onnxruntime could not start on ${providers[0]}: ${msg} (try --device cpu)`);
+      // the first line, without onnxruntime's source location and failed condition
+      const msg = (err instanceof Error ? err.message : String(err)).split("\n")[0]
+        .replace(/^.*?\bwas false\.\s*/, "").replace(/^\/\S+:\d+\s+/, "");
+      const hint = providers[0] === "webgpu" ? `; ${WEBGPU_HINT}` : "";
+      throw new TomeError(
+        "device",
+        `onnxruntime could not start on ${providers[0]}: ${msg}${hint} (or use --device cpu)`,
+      );
     }
     return new ModelSession(config, graph, o, session, providers[0] !== "cpu");
   }
