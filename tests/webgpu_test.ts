@@ -8,6 +8,8 @@
  * shader per new shape.
  */
 import assert from "node:assert/strict";
+import { Ajv } from "ajv";
+import schema from "./schemas/answer.schema.json" with { type: "json" };
 import { join } from "node:path";
 import onnxProto from "onnx-proto";
 import { graphFor } from "../core/model/cache.ts";
@@ -346,6 +348,8 @@ Deno.test({
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stderr, "", "nothing native on stderr");
     const j = JSON.parse(r.stdout);
+    const validate = new Ajv({ allErrors: true }).compile(schema);
+    assert.ok(validate(JSON.parse(r.stdout)), JSON.stringify(validate.errors));
     assert.equal(scoreAnswer(j.answer, h.needle.code).exact, true, `answer ${JSON.stringify(j.answer)}`);
     assert.equal(j.device, "webgpu");
     assert.equal(typeof j.adapter.description, "string");
