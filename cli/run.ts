@@ -31,7 +31,7 @@ import type { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
-import { checkWritable, intFlag, numberFlag, type RunFlags } from "./options.ts";
+import { checkWritable, intFlag, kvDtypeFlag, numberFlag, type RunFlags } from "./options.ts";
 import { formatBytes, formatCount } from "./progress.ts";
 import { note, round, StdoutClosed, usage, writeStdout } from "./output.ts";
 
@@ -111,7 +111,7 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
     budget: state?.run.budget ?? flags.budget,
     chunk: state?.run.chunk ?? chunk,
     positions: state?.run.positions ?? flags.positions,
-    kvDtype: state?.run.kvDtype ?? (flags.kvDtype === "f32" ? "float32" : "float16"),
+    kvDtype: state?.run.kvDtype ?? kvDtypeFlag(flags.kvDtype),
     decodeBudget,
     window: state?.run.window,
     questionPatch: state?.run.questionPatch ?? flags.questionPatch,
