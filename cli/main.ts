@@ -9,6 +9,7 @@ import { evalCommand } from "./commands/eval.ts";
 import { inspectCommand } from "./commands/inspect.ts";
 import { summarizeCommand } from "./commands/summarize.ts";
 import { makeModelCommand } from "./commands/make_model.ts";
+import { selftestCommand } from "./commands/selftest.ts";
 import { tokensCommand } from "./commands/tokens.ts";
 import { StdoutClosed } from "./output.ts";
 
@@ -30,6 +31,7 @@ export function program(): Command {
   tokensCommand(p);
   inspectCommand(p);
   makeModelCommand(p);
+  selftestCommand(p);
   completionsCommand(p);
   for (const c of p.commands) c.exitOverride().configureOutput({ outputError: oneLine });
   return p;
