@@ -4,6 +4,7 @@
  *
  *   deno task bundle                         # linux-x64 → dist/tome-0.1.0-linux-x64.tar.xz
  *   deno task bundle --out /tmp/dist
+ *   deno task bundle --deno ~/.deno/bin/deno  # ship this Deno 2.9.6 binary, download nothing
  *
  * The archive holds one folder `tome-<version>/`: the Deno binary for the
  * target (npm `@deno/linux-x64-glibc` at the pinned version, its sha512
@@ -17,7 +18,7 @@
  * missing, which an offline machine cannot. Needs `tar` and `xz`; fetches the
  * Deno package once (cached under `<out>/.cache`).
  */
-import { dirname, join, relative } from "node:path";
+import { basename, dirname, join, relative } from "node:path";
 import { parseArgs } from "node:util";
 import denoJson from "../deno.json" with { type: "json" };
 
@@ -100,73 +101,116 @@ export function bundleName(target: string, version = denoJson.version): string {
   return `tome-${version}-${target}.tar.xz`;
 }
 
-export interface BundleOptions {
+export interface StageOptions {
   /** The project root (with node_modules installed). */
   root: string;
   target: string;
-  /** Output folder (default `<root>/dist`). */
-  out?: string;
+  /** A Deno binary to ship instead of the npm package's (it must be Deno {@link DENO_VERSION}). */
+  deno?: string;
+  /** Where the npm package is cached (default `<root>/dist/.cache`). */
+  cache?: string;
   /** Progress lines (default: stderr). */
   log?: (line: string) => void;
 }
 
-export interface BundleResult {
-  path: string;
+export interface StageResult {
+  /** The unpacked bundle folder, `tome-<version>`. */
+  dir: string;
   bytes: number;
-  /** Bytes of the unpacked folder. */
-  unpackedBytes: number;
   /** node_modules files left out, and their bytes. */
   dropped: { files: number; bytes: number };
-  seconds: number;
 }
 
-/** Builds the bundle; returns where it is and how big. */
-export async function buildBundle(opts: BundleOptions): Promise<BundleResult> {
-  const started = performance.now();
-  const log = opts.log ?? ((l: string) => console.error(`tome bundle: ${l}`));
+const defaultLog = (l: string) => console.error(`tome bundle: ${l}`);
+
+/** Writes the unpacked bundle `tome-<version>/` into `parent`. */
+export async function stageBundle(parent: string, opts: StageOptions): Promise<StageResult> {
+  const log = opts.log ?? defaultLog;
   const target = BUNDLE_TARGETS[opts.target];
   if (!target) {
     throw new BundleError(`unknown target ${opts.target} (one of: ${Object.keys(BUNDLE_TARGETS).join(", ")})`);
   }
-  const tar = await tool("tar", "tar (Debian: apt-get install tar)");
-  await tool("xz", "xz (Debian: apt-get install xz-utils)");
   const ortFolder = join(opts.root, "node_modules", "onnxruntime-node", "bin", "napi-v6", target.ortOs, target.ortArch);
   if (!(await exists(ortFolder))) {
     throw new BundleError(`node_modules lacks ${relative(opts.root, ortFolder)}: run \`deno install\` first`);
   }
-  const out = opts.out ?? join(opts.root, "dist");
-  await Deno.mkdir(join(out, ".cache"), { recursive: true });
-  const tgz = await denoPackage(target, join(out, ".cache"), log);
+  const top = join(parent, `tome-${denoJson.version}`);
+  await Deno.mkdir(join(top, "bin"), { recursive: true });
+  const deno = join(top, "bin", "deno");
+  if (opts.deno) {
+    await checkDeno(opts.deno);
+    await Deno.copyFile(opts.deno, deno);
+  } else {
+    const cache = opts.cache ?? join(opts.root, "dist", ".cache");
+    await Deno.mkdir(cache, { recursive: true });
+    const tgz = await denoPackage(target, cache, log);
+    await run("tar", ["-xzf", tgz, "-C", top, "package/deno"], "tar (Debian: apt-get install tar)");
+    await Deno.rename(join(top, "package", "deno"), deno);
+    await Deno.remove(join(top, "package"), { recursive: true });
+  }
+  await Deno.chmod(deno, 0o755);
+  for (const entry of PROJECT_ENTRIES) await copyTree(join(opts.root, entry), join(top, entry), () => true);
+  const dropped = { files: 0, bytes: 0 };
+  const modules = join(opts.root, "node_modules");
+  // Deno's own state files in node_modules/.deno (setup cache, lock) are copied: Deno may rewrite them in the bundle
+  const denoState = join(modules, ".deno");
+  await copyTree(modules, join(top, "node_modules"), (src, size) => {
+    if (keepModuleFile(relative(modules, src).replaceAll("\\", "/"), target)) return true;
+    dropped.files++;
+    dropped.bytes += size;
+    return false;
+  }, (src) => dirname(src) !== denoState);
+  await Deno.writeTextFile(join(top, "tome"), launcherScript());
+  await Deno.chmod(join(top, "tome"), 0o755);
+  return { dir: top, bytes: await treeBytes(top), dropped };
+}
 
-  const name = `tome-${denoJson.version}`;
+export interface BundleOptions extends StageOptions {
+  /** Output folder (default `<root>/dist`). */
+  out?: string;
+}
+
+export interface BundleResult extends StageResult {
+  /** The archive. */
+  path: string;
+  /** Its size; {@link StageResult.bytes} is the unpacked size. */
+  archiveBytes: number;
+  seconds: number;
+}
+
+/** Builds the bundle archive; returns where it is and how big. */
+export async function buildBundle(opts: BundleOptions): Promise<BundleResult> {
+  const started = performance.now();
+  const log = opts.log ?? defaultLog;
+  const tar = await tool("tar", "tar (Debian: apt-get install tar)");
+  await tool("xz", "xz (Debian: apt-get install xz-utils)");
+  const out = opts.out ?? join(opts.root, "dist");
+  await Deno.mkdir(out, { recursive: true });
   const staging = await Deno.makeTempDir({ dir: out, prefix: ".bundle-" });
   try {
-    const top = join(staging, name);
-    await Deno.mkdir(join(top, "bin"), { recursive: true });
-    await run(tar.name, ["-xzf", tgz, "-C", staging, "package/deno"]);
-    await Deno.rename(join(staging, "package", "deno"), join(top, "bin", "deno"));
-    await Deno.chmod(join(top, "bin", "deno"), 0o755);
-    await Deno.remove(join(staging, "package"), { recursive: true });
-    for (const entry of PROJECT_ENTRIES) await copyTree(join(opts.root, entry), join(top, entry), () => true);
-    const dropped = { files: 0, bytes: 0 };
-    const modules = join(opts.root, "node_modules");
-    await copyTree(modules, join(top, "node_modules"), (src, size) => {
-      if (keepModuleFile(relative(modules, src).replaceAll("\\", "/"), target)) return true;
-      dropped.files++;
-      dropped.bytes += size;
-      return false;
-    });
-    await Deno.writeTextFile(join(top, "tome"), launcherScript(), { mode: 0o755 });
-    await Deno.chmod(join(top, "tome"), 0o755);
-    const unpackedBytes = await treeBytes(top);
-    log(`packing ${(unpackedBytes / 2 ** 20).toFixed(1)} MiB with xz -9 (a minute or two)`);
+    const staged = await stageBundle(staging, { cache: join(out, ".cache"), ...opts, log });
+    log(`packing ${(staged.bytes / 2 ** 20).toFixed(1)} MiB with xz -9 (a minute or two)`);
     const path = join(out, bundleName(opts.target));
-    await tarXz(tar, staging, name, `${path}.partial`);
+    await tarXz(tar, staging, basename(staged.dir), `${path}.partial`);
     await Deno.rename(`${path}.partial`, path);
-    const bytes = (await Deno.stat(path)).size;
-    return { path, bytes, unpackedBytes, dropped, seconds: (performance.now() - started) / 1000 };
+    const archiveBytes = (await Deno.stat(path)).size;
+    return { ...staged, path, archiveBytes, seconds: (performance.now() - started) / 1000 };
   } finally {
     await Deno.remove(staging, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Checks that a binary given with --deno is the pinned Deno. */
+async function checkDeno(path: string): Promise<void> {
+  let out = "";
+  try {
+    const o = await new Deno.Command(path, { args: ["--version"], stdout: "piped", stderr: "null" }).output();
+    out = new TextDecoder().decode(o.stdout);
+  } catch (err) {
+    throw new BundleError(`--deno ${path}: cannot run it: ${err instanceof Error ? err.message : err}`);
+  }
+  if (!out.startsWith(`deno ${DENO_VERSION} `)) {
+    throw new BundleError(`--deno ${path}: expected Deno ${DENO_VERSION}, got ${out.split("\n")[0] || "no version"}`);
   }
 }
 
@@ -181,8 +225,14 @@ async function tool(name: string, hint: string): Promise<{ name: string; gnu: bo
   }
 }
 
-async function run(cmd: string, args: string[]): Promise<void> {
-  const o = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
+async function run(cmd: string, args: string[], hint: string): Promise<void> {
+  let o: Deno.CommandOutput;
+  try {
+    o = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) throw new BundleError(`\`${cmd}\` not found on PATH: install ${hint}`);
+    throw err;
+  }
   if (!o.success) {
     const msg = new TextDecoder().decode(o.stderr).trim().split("\n")[0];
     throw new BundleError(`${cmd} ${args.join(" ")} failed: ${msg}`);
@@ -229,23 +279,32 @@ export async function integrityOf(bytes: Uint8Array): Promise<string> {
 }
 
 /**
- * Copies a file or a folder tree, symlinks as symlinks, folders always, files
- * when `keep` says so; files are hard-linked where possible (same file system).
+ * Copies a file or a folder tree: symlinks as symlinks, folders always, files
+ * when `keep` says so. Files are hard-linked where possible when `link` says
+ * so (package files Deno only reads), else copied.
  */
-async function copyTree(src: string, dst: string, keep: (src: string, size: number) => boolean): Promise<void> {
+async function copyTree(
+  src: string,
+  dst: string,
+  keep: (src: string, size: number) => boolean,
+  link: (src: string) => boolean = () => false,
+): Promise<void> {
   const st = await Deno.lstat(src);
   if (st.isSymlink) return await Deno.symlink(await Deno.readLink(src), dst);
   if (st.isDirectory) {
     await Deno.mkdir(dst, { recursive: true });
-    for await (const e of Deno.readDir(src)) await copyTree(join(src, e.name), join(dst, e.name), keep);
+    for await (const e of Deno.readDir(src)) await copyTree(join(src, e.name), join(dst, e.name), keep, link);
     return;
   }
   if (!keep(src, st.size)) return;
-  try {
-    await Deno.link(src, dst);
-  } catch {
-    await Deno.copyFile(src, dst);
+  if (link(src)) {
+    try {
+      return await Deno.link(src, dst);
+    } catch {
+      // another file system: copy
+    }
   }
+  await Deno.copyFile(src, dst);
 }
 
 async function treeBytes(dir: string): Promise<number> {
@@ -283,14 +342,14 @@ async function tarXz(tar: { name: string; gnu: boolean }, dir: string, name: str
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
-    options: { target: { type: "string", default: "linux-x64" }, out: { type: "string" } },
+    options: { target: { type: "string", default: "linux-x64" }, out: { type: "string" }, deno: { type: "string" } },
   });
   const root = dirname(import.meta.dirname!);
   try {
-    const r = await buildBundle({ root, target: values.target!, out: values.out });
+    const r = await buildBundle({ root, target: values.target!, out: values.out, deno: values.deno });
     const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
     console.error(
-      `tome bundle: wrote ${r.path}: ${mib(r.bytes)} (${mib(r.unpackedBytes)} unpacked; ` +
+      `tome bundle: wrote ${r.path}: ${mib(r.archiveBytes)} (${mib(r.bytes)} unpacked; ` +
         `${r.dropped.files} node_modules files, ${mib(r.dropped.bytes)}, left out) in ${r.seconds.toFixed(0)} s`,
     );
   } catch (err) {

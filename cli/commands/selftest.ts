@@ -66,25 +66,25 @@ Example:
           note(`selftest: a tiny random llama (${c.layers} layers, hidden ${c.hidden}, vocab ${c.vocab}) in ${tmp}`);
         }
         const rows = await selftest(ckpt, tmp);
-        const failed = rows.filter((r) => !r.pass && !r.skipped);
         if (opts.json) {
           await writeStdout(JSON.stringify(jsonReport(ckpt, rows)) + "\n");
         } else {
           await writeStdout(table(rows));
         }
-        if (failed.length > 0) {
-          throw new TomeError(
-            "device",
-            `selftest failed on ${
-              failed.map((r) => `${r.device}${r.error ? ` (${r.error})` : ` (max |Δlogit| ${fmt(r.maxDeltaLogit)})`}`)
-                .join(", ")
-            }`,
-          );
-        }
+        const failed = verdict(rows);
+        if (failed) throw failed;
       } finally {
         await Deno.remove(tmp, { recursive: true }).catch(() => {});
       }
     });
+}
+
+/** The error `tome selftest` exits with (device, 12) when a device that was checked failed; null when all passed. */
+export function verdict(rows: SelftestRow[]): TomeError | null {
+  const failed = rows.filter((r) => !r.pass && !r.skipped);
+  if (failed.length === 0) return null;
+  const why = (r: SelftestRow) => r.error ?? `max |Δlogit| ${fmt(r.maxDeltaLogit)} > ${fmt(r.tolerance)}`;
+  return new TomeError("device", `selftest failed on ${failed.map((r) => `${r.device} (${why(r)})`).join(", ")}`);
 }
 
 /** A tiny random llama with a tokenizer learned from the project's text, in `dir`. */
@@ -136,7 +136,7 @@ export async function selftest(ckpt: Checkpoint, dir: string): Promise<SelftestR
     };
     const providers = d.device === "cpu" ? ["cpu"] : [d.device, "cpu"];
     try {
-      row.maxDeltaLogit = await oracle(ckpt, weights, graphs.get("all")!, providers);
+      row.maxDeltaLogit = await maxLogitDelta(ckpt, weights, graphs.get("all")!, providers);
       row.pass = row.maxDeltaLogit < row.tolerance;
       row.prefillTokensPerSecond = await prefillSpeed(ckpt, graphs.get("last")!, providers);
     } catch (err) {
@@ -162,8 +162,11 @@ function randomIds(n: number, vocab: number, seed: number): number[] {
   return Array.from({ length: n }, () => Math.floor(r() * vocab));
 }
 
-/** Max |Δlogit| between the graph and the reference: one pass, and chunks with the graph's own cache carried. */
-async function oracle(ckpt: Checkpoint, w: Weights, path: string, providers: string[]): Promise<number> {
+/**
+ * Max |Δlogit| between the graph at `path` on `providers` and the reference
+ * forward pass with weights `w`: one pass, and chunks with the graph's own cache carried.
+ */
+export async function maxLogitDelta(ckpt: Checkpoint, w: Weights, path: string, providers: string[]): Promise<number> {
   const c = ckpt.config;
   const session = await ModelSession.open(c, { ...DEFAULT_GRAPH_OPTIONS, logits: "all" }, path, {
     executionProviders: providers,
