@@ -5,8 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { maxLogitDelta, type SelftestRow, table, verdict } from "../cli/commands/selftest.ts";
-import { EXIT } from "../core/errors.ts";
+import { maxLogitDelta, type SelftestRow, table, unavailable, verdict } from "../cli/commands/selftest.ts";
+import { EXIT, TomeError } from "../core/errors.ts";
 import { buildGraph } from "../core/model/cache.ts";
 import { openCheckpoint } from "../core/model/checkpoint.ts";
 import { cudaInstalled, webgpuAdapter } from "../core/model/device.ts";
@@ -97,4 +97,11 @@ Deno.test("selftest verdict: exit 12 when a checked device fails; a skipped soft
   assert.equal(broken?.code, 12);
   assert.match(table([skipped]), /^webgpu\s+test \(software\)\s+skip\s+-/m);
   assert.match(table([skipped]), /^webgpu: not available: no adapter$/m);
+});
+
+Deno.test("selftest: only a software adapter onnxruntime cannot start on counts as unavailable", () => {
+  const cannotStart = new TomeError("device", "onnxruntime could not start on webgpu: No supported adapters");
+  assert.equal(unavailable(true, cannotStart), true);
+  assert.equal(unavailable(false, cannotStart), false, "a hardware adapter --device auto would pick must work");
+  assert.equal(unavailable(true, new Error("a kernel failed mid-run")), false, "a run that breaks is a failure");
 });

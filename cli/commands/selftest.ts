@@ -87,6 +87,17 @@ export function verdict(rows: SelftestRow[]): TomeError | null {
   return new TomeError("device", `selftest failed on ${failed.map((r) => `${r.device} (${why(r)})`).join(", ")}`);
 }
 
+/**
+ * Whether a device's error means it is not there rather than wrong: onnxruntime
+ * could not start on it (a device error) and only a software adapter stands for
+ * it. Deno's adapter may come from another backend (GL) than onnxruntime's Dawn
+ * needs (Vulkan); `--device auto` never picks a software adapter. A hardware
+ * adapter onnxruntime cannot use is a failure: `--device auto` would pick it.
+ */
+export function unavailable(software: boolean, err: unknown): boolean {
+  return software && err instanceof TomeError && err.kind === "device";
+}
+
 /** A tiny random llama with a tokenizer learned from the project's text, in `dir`. */
 async function makeTinyModel(dir: string): Promise<Checkpoint> {
   const tokenizer = join(dir, "tokenizer");
@@ -142,9 +153,7 @@ export async function selftest(ckpt: Checkpoint, dir: string): Promise<SelftestR
     } catch (err) {
       row.pass = false;
       row.error = shortError(err);
-      // Deno's adapter may come from another backend (GL) than onnxruntime's Dawn needs (Vulkan); a software
-      // adapter is never chosen by --device auto, so one onnxruntime cannot open is unavailable, not failing
-      row.skipped = d.software && err instanceof TomeError && err.kind === "device";
+      row.skipped = unavailable(d.software, err);
     }
     rows.push(row);
   }
