@@ -189,7 +189,7 @@ export async function buildBundle(opts: BundleOptions): Promise<BundleResult> {
   const staging = await Deno.makeTempDir({ dir: out, prefix: ".bundle-" });
   try {
     const staged = await stageBundle(staging, { cache: join(out, ".cache"), ...opts, log });
-    log(`packing ${(staged.bytes / 2 ** 20).toFixed(1)} MiB with xz -9 (a minute or two)`);
+    log(`packing ${(staged.bytes / 2 ** 20).toFixed(1)} MiB with xz -9 (about 2 minutes on 2 idle cores)`);
     const path = join(out, bundleName(opts.target));
     await tarXz(tar, staging, basename(staged.dir), `${path}.partial`);
     await Deno.rename(`${path}.partial`, path);
