@@ -141,7 +141,7 @@ async function runOffline(dir: string, scratch: string, prefix: string[]) {
     join(scratch, "retrieval"),
     "--max-tokens",
     "8",
-    "-q",
+    "--quiet",
   );
   assert.match(answer.stdout, /^ 48213/);
   const tiny = await tome("ask", "what is this?", doc, "--model", join(scratch, "tiny"), "--max-tokens", "4", "--json");

@@ -335,7 +335,7 @@ Deno.test({
       "--max-tokens",
       "6",
       "--json",
-      "-q",
+      "--quiet",
       "--device",
       "webgpu",
       "--policy",
@@ -368,7 +368,7 @@ Deno.test("--device webgpu where Dawn finds no Vulkan driver: one tome: line, ex
   assert.equal(made.code, 0, made.stderr);
   const file = join(d.path, "doc.txt");
   await Deno.writeTextFile(file, "A short document.");
-  const r = await tome(["ask", "What?", file, "--model", model, "--device", "webgpu", "-q"], { env });
+  const r = await tome(["ask", "What?", file, "--model", model, "--device", "webgpu", "--quiet"], { env });
   assert.equal(r.code, 12, r.stderr);
   const lines = r.stderr.trimEnd().split("\n");
   assert.equal(lines.length, 1, r.stderr);
