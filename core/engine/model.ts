@@ -57,6 +57,8 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     logits: opts.allLogits ? "all" : "last",
     ...(opts.retainingHeads ? { retainingHeads: opts.retainingHeads } : {}),
   };
+  // the generation config is checked before the (possibly long) graph build
+  const generation = await generationDefaults(dir, checkpoint.config, tokenizer);
   const cached = await graphFor(checkpoint, graph);
   const t0 = performance.now();
   const session = await ModelSession.open(checkpoint.config, graph, cached.path, {
@@ -68,7 +70,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     checkpoint,
     config: checkpoint.config,
     tokenizer,
-    generation: await generationDefaults(dir, checkpoint.config, tokenizer),
+    generation,
     session,
     graph,
     built: cached.built,
@@ -109,7 +111,7 @@ async function readGenerationConfig(path: string): Promise<Record<string, unknow
   try {
     text = await Deno.readTextFile(path);
   } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return {};
+    if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) return {};
     throw fsError(err, path, "generation config");
   }
   let g: unknown;
