@@ -52,7 +52,7 @@ const VARIANTS: Record<string, Partial<GraphOptions>> = {
   "original-f32": {},
   "original-f16kv": { kvDtype: "float16" },
   "compact-f32": { positions: "compact" },
-  "original-f16w": { weightDtype: "float16" },
+  "original-f16w": { weights: "f16" },
 };
 for (const name of args.variants!.split(",")) {
   const opts: GraphOptions = { ...DEFAULT_GRAPH_OPTIONS, ...VARIANTS[name] };

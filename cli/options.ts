@@ -2,6 +2,7 @@
 import { type Command, Option } from "commander";
 import { DEFAULT_BUDGET, DEFAULT_CHUNK } from "../core/mod.ts";
 import { DEVICES } from "../core/model/device.ts";
+import { WEIGHT_CHOICES, type WeightChoice } from "../core/model/onnx/decoder.ts";
 import { DEFAULT_POLICY, FILE_POLICIES, POLICIES, PYRAMID_PREFIX } from "../core/policies/mod.ts";
 import { dirname, join, resolve } from "node:path";
 import { TomeError } from "../core/errors.ts";
@@ -16,6 +17,7 @@ export interface RunFlags {
   positions: "original" | "compact" | "auto";
   device: "auto" | "cpu" | "webgpu" | "cuda";
   kvDtype: "f16" | "f32";
+  weights: WeightChoice;
   threads?: string;
   maxTokens?: string;
   temperature?: string;
@@ -54,6 +56,10 @@ export function addRunOptions(cmd: Command): Command {
     )
     .addOption(new Option("--device <device>", "where the model runs").choices(DEVICES).default("auto"))
     .addOption(new Option("--kv-dtype <dtype>", "KV cache element type").choices(["f16", "f32"]).default("f16"))
+    .addOption(
+      new Option("--weights <type>", "weight storage: auto (the checkpoint's), f32, f16, bf16, q8, q4")
+        .choices(WEIGHT_CHOICES).default("auto"),
+    )
     .option("--threads <n>", "CPU threads for onnxruntime")
     .option("--max-tokens <n>", "most tokens to generate")
     .option("--temperature <t>", "sampling temperature (0: greedy)")

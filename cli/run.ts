@@ -103,6 +103,7 @@ export async function loadPrepared(p: Prepared, flags: RunFlags): Promise<Loaded
     threads: p.threads,
     executionProviders: p.device.providers,
     retainingHeads: flags.retainingHeads,
+    weights: flags.weights,
   });
   p.say(
     `${model.config.arch} ${model.config.layers} layers on ${p.device.device} (${p.device.reason}); ${

@@ -4,7 +4,13 @@ import { fsError, TomeError } from "../errors.ts";
 import { graphFor } from "../model/cache.ts";
 import { type Checkpoint, openCheckpoint } from "../model/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../model/onnx/decoder.ts";
+import {
+  DEFAULT_GRAPH_OPTIONS,
+  type GraphOptions,
+  type QuantOptions,
+  resolveWeights,
+  type WeightChoice,
+} from "../model/onnx/decoder.ts";
 import { ModelSession } from "../model/session.ts";
 import { loadTokenizer, type Tokenizer } from "../tokens/tokenizer.ts";
 import type { KvDtype } from "./kv_store.ts";
@@ -43,6 +49,10 @@ export interface LoadOptions {
   retainingHeads?: string;
   /** onnxruntime execution providers (default: cpu). */
   executionProviders?: string[];
+  /** How the graph stores weights (default `auto`: the checkpoint's own precision). */
+  weights?: WeightChoice;
+  /** Block quantization for q8/q4 (default DEFAULT_QUANT). */
+  quant?: QuantOptions;
 }
 
 /** Opens a checkpoint directory, builds (or finds) its graph and starts a session. */
@@ -54,6 +64,8 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     positions: opts.positions ?? "original",
     kvDtype: opts.kvDtype ?? "float32",
     logits: opts.allLogits ? "all" : "last",
+    weights: resolveWeights(checkpoint, opts.weights),
+    ...(opts.quant ? { quant: opts.quant } : {}),
     ...(opts.retainingHeads ? { retainingHeads: opts.retainingHeads } : {}),
   };
   const cached = await graphFor(checkpoint, graph);
