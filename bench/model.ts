@@ -1,19 +1,31 @@
 /**
- * The model layer at SmolLM2-360M shapes (random weights): checkpoint creation,
- * graph build time and size, cached-graph load time, and one prefill chunk
- * (512 tokens over 4096 retained entries) per graph variant.
+ * The model layer at SmolLM2-360M shapes (random weights), one weight type (or
+ * graph variant, or session option set) per child process so each peak RSS is
+ * its own: graph build time, size on disk against the weight bytes, session
+ * load, one prefill chunk (512 tokens over 4096 retained entries), one decode
+ * step (1 token over 4096), RSS after load and at the peak.
  *
  *   deno run -A bench/model.ts [--size 360m] [--chunk 512] [--past 4096] [--threads N]
+ *     [--weights f32,f16,bf16,q8,q4,q4:64:asym:0]   TYPE[:BLOCK[:sym|asym[:ACCURACY_LEVEL]]]
+ *     [--variants original-f32,original-f16kv,compact-f32]
+ *     [--session default,no-arena,no-mem-pattern]   onnxruntime session options, measured one by one
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { graphFor } from "../core/model/cache.ts";
 import { openCheckpoint } from "../core/model/checkpoint.ts";
 import { makeRandomModel, SIZES } from "../core/model/make.ts";
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../core/model/onnx/decoder.ts";
+import {
+  DEFAULT_GRAPH_OPTIONS,
+  DEFAULT_QUANT,
+  type GraphOptions,
+  type QuantOptions,
+  type WeightType,
+} from "../core/model/onnx/decoder.ts";
 import { ModelSession } from "../core/model/session.ts";
 import { rss } from "../core/meter/rss.ts";
-import { report, type Row } from "./report.ts";
+import { DENO_RUN, report, type Row } from "./report.ts";
+import type { Ort } from "../core/model/ort.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -21,7 +33,11 @@ const { values: args } = parseArgs({
     chunk: { type: "string", default: "512" },
     past: { type: "string", default: "4096" },
     threads: { type: "string" },
-    variants: { type: "string", default: "original-f32,original-f16kv,compact-f32" },
+    variants: { type: "string", default: "" },
+    weights: { type: "string", default: "f32,f16,q8,q4" },
+    session: { type: "string", default: "default" },
+    keep: { type: "boolean", default: false },
+    child: { type: "string" },
   },
 });
 const root = join(import.meta.dirname!, "results", "model-cache");
@@ -32,38 +48,53 @@ const S = Number(args.chunk);
 const P = Number(args.past);
 const threads = args.threads ? Number(args.threads) : undefined;
 
+/** Graph variants by name (positions, KV type). */
+const VARIANTS: Record<string, Partial<GraphOptions>> = {
+  "original-f32": {},
+  "original-f16kv": { kvDtype: "float16" },
+  "compact-f32": { positions: "compact" },
+};
+
+/** onnxruntime session option sets, by name. */
+const SESSIONS: Record<string, Ort.InferenceSession.SessionOptions> = {
+  default: {},
+  "no-arena": { enableCpuMemArena: false },
+  "no-mem-pattern": { enableMemPattern: false },
+  "no-arena-no-mem-pattern": { enableCpuMemArena: false, enableMemPattern: false },
+};
+
+/** `TYPE[:BLOCK[:sym|asym[:LEVEL]]]` → graph options. */
+export function parseWeightSpec(spec: string): Partial<GraphOptions> {
+  const [type, block, sym, level] = spec.split(":");
+  if (!["f32", "f16", "bf16", "q8", "q4"].includes(type)) throw new Error(`unknown weight type ${type}`);
+  const quant: QuantOptions = {
+    block: block ? Number(block) : DEFAULT_QUANT.block,
+    symmetric: sym ? sym === "sym" : DEFAULT_QUANT.symmetric,
+    accuracyLevel: level ? (Number(level) as 0 | 4) : DEFAULT_QUANT.accuracyLevel,
+  };
+  return { weights: type as WeightType, ...(type.startsWith("q") ? { quant } : {}) };
+}
+
 const seconds = async <T>(f: () => Promise<T>): Promise<[T, number]> => {
   const t0 = performance.now();
   const r = await f();
   return [r, (performance.now() - t0) / 1000];
 };
+const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1];
 
-const rows: Row[] = [];
-if (!(await Deno.stat(join(modelDir, "config.json")).then(() => true, () => false))) {
-  const [, s] = await seconds(() =>
-    makeRandomModel(modelDir, { arch: "llama", shape: SIZES[args.size!], seed: 0, dtype: "BF16", tokenizer })
-  );
-  rows.push({ step: `make-model tiny --size ${args.size} (bf16)`, seconds: s });
-}
-const ckpt = await openCheckpoint(modelDir);
-const c = ckpt.config;
-
-const VARIANTS: Record<string, Partial<GraphOptions>> = {
-  "original-f32": {},
-  "original-f16kv": { kvDtype: "float16" },
-  "compact-f32": { positions: "compact" },
-  "original-f16w": { weights: "f16" },
-};
-for (const name of args.variants!.split(",")) {
-  const opts: GraphOptions = { ...DEFAULT_GRAPH_OPTIONS, ...VARIANTS[name] };
-  await Deno.remove(join(root, "cache"), { recursive: true }).catch(() => {});
+if (args.child) {
+  const { name, opts: partial, session: sessionName } = JSON.parse(args.child);
+  const ckpt = await openCheckpoint(modelDir);
+  const c = ckpt.config;
+  const opts: GraphOptions = { ...DEFAULT_GRAPH_OPTIONS, ...partial };
   const [built, buildSeconds] = await seconds(() => graphFor(ckpt, opts));
   let bytes = 0;
   for await (const e of Deno.readDir(built.dir)) bytes += (await Deno.stat(join(built.dir, e.name))).size;
-  const [cached, findSeconds] = await seconds(() => graphFor(ckpt, opts));
-  if (cached.built) throw new Error("a second graphFor rebuilt the graph");
-  const [session, loadSeconds] = await seconds(() => ModelSession.open(c, opts, cached.path, { threads }));
-
+  const rssBefore = rss().now;
+  const [session, loadSeconds] = await seconds(() =>
+    ModelSession.open(c, opts, built.path, { threads, ort: SESSIONS[sessionName] })
+  );
+  const rssLoaded = rss().now;
   const f16 = opts.kvDtype === "float16";
   const n = c.kvHeads * P * c.headDim;
   const fill = () => {
@@ -73,29 +104,71 @@ for (const name of args.variants!.split(",")) {
   };
   const keys = Array.from({ length: c.layers }, fill);
   const values = Array.from({ length: c.layers }, fill);
+  const lengths = new Array(c.layers * c.kvHeads).fill(P);
   const ids = Array.from({ length: S }, (_, i) => (i * 7919) % c.vocab);
-  const run = () =>
+  const chunk = () =>
     session.run({
       ids,
       positions: ids.map((_, i) => P + i),
-      past: { keys, values, lengths: new Array(c.layers * c.kvHeads).fill(P) },
+      past: { keys, values, lengths },
       windowStart: S - 32,
       fetch: { logits: true, kv: true, stats: ["window"] },
     });
-  await run(); // warm-up
-  const times = [];
-  for (let i = 0; i < 3; i++) times.push((await seconds(run))[1]);
-  times.sort();
-  rows.push({
-    step: `graph ${name}`,
-    build_s: buildSeconds,
+  const step = () =>
+    session.run({ ids: [ids[0]], positions: [P], past: { keys, values, lengths }, fetch: { logits: true, kv: true } });
+  await chunk(); // warm-up
+  const chunkTimes = [];
+  for (let i = 0; i < 3; i++) chunkTimes.push((await seconds(chunk))[1]);
+  await step();
+  const stepTimes = [];
+  for (let i = 0; i < 7; i++) stepTimes.push((await seconds(step))[1]);
+  const row: Row = {
+    variant: name,
+    session: sessionName,
+    build_s: built.built ? buildSeconds : null,
     graph_mb: Math.round(bytes / 1e6),
-    cached_lookup_s: findSeconds,
     session_load_s: loadSeconds,
-    [`chunk_${S}_over_${P}_s`]: times[1],
-    prefill_tok_s: Math.round(S / times[1]),
+    [`chunk_${S}_over_${P}_s`]: median(chunkTimes),
+    prefill_tok_s: Math.round(S / median(chunkTimes)),
+    decode_step_ms: median(stepTimes) * 1000,
+    decode_tok_s: Math.round(10 / median(stepTimes)) / 10,
+    rss_load_mb: Math.round((rssLoaded - rssBefore) / 1e6),
     rss_mb: Math.round(rss().now / 1e6),
-  });
+    peak_rss_mb: Math.round(rss().peak / 1e6),
+  };
   await session.close();
+  console.log(JSON.stringify(row));
+} else {
+  const rows: Row[] = [];
+  if (!(await Deno.stat(join(modelDir, "config.json")).then(() => true, () => false))) {
+    const [, s] = await seconds(() =>
+      makeRandomModel(modelDir, { arch: "llama", shape: SIZES[args.size!], seed: 0, dtype: "BF16", tokenizer })
+    );
+    rows.push({ variant: `make-model tiny --size ${args.size} (bf16)`, build_s: s });
+  }
+  const jobs: { name: string; opts: Partial<GraphOptions> }[] = [
+    ...args.variants!.split(",").filter(Boolean).map((name) => ({ name, opts: VARIANTS[name] })),
+    ...args.weights!.split(",").filter(Boolean).map((w) => ({ name: w, opts: parseWeightSpec(w) })),
+  ];
+  if (!args.keep) await Deno.remove(join(root, "cache"), { recursive: true }).catch(() => {});
+  for (const job of jobs) {
+    for (const session of args.session!.split(",")) {
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          ...DENO_RUN,
+          import.meta.filename!,
+          ...Deno.args.filter((a) => !a.startsWith("--child")),
+          `--child=${JSON.stringify({ ...job, session })}`,
+        ],
+        stderr: "inherit",
+      });
+      const out = await child.output();
+      const text = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
+      if (!out.success) throw new Error(`${job.name}/${session} failed`);
+      const row = JSON.parse(text) as Row;
+      console.error(JSON.stringify(row));
+      rows.push(row);
+    }
+  }
+  await report(`model-${args.size}`, `deno run -A bench/model.ts ${Deno.args.join(" ")}`.trim(), rows);
 }
-await report(`model-${args.size}`, `deno run -A bench/model.ts ${Deno.args.join(" ")}`.trim(), rows);

@@ -61,6 +61,8 @@ export interface SessionOptions {
   /** Intra-op threads (default: onnxruntime's choice). */
   threads?: number;
   executionProviders?: string[];
+  /** Further onnxruntime session options (measured in bench/model.ts: arena, memory pattern). */
+  ort?: Ort.InferenceSession.SessionOptions;
 }
 
 /** int64 tensor data without intermediate arrays (this runs for every chunk and token). */
@@ -102,6 +104,7 @@ export class ModelSession {
         executionProviders: providers,
         graphOptimizationLevel: "all",
         ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
+        ...opts.ort,
       });
     } catch (err) {
       if (providers[0] === "cpu") throw err;
