@@ -15,13 +15,8 @@ import { join } from "node:path";
 import { graphFor } from "../core/model/cache.ts";
 import { openCheckpoint } from "../core/model/checkpoint.ts";
 import { makeRandomModel, SIZES } from "../core/model/make.ts";
-import {
-  DEFAULT_GRAPH_OPTIONS,
-  DEFAULT_QUANT,
-  type GraphOptions,
-  type QuantOptions,
-  type WeightType,
-} from "../core/model/onnx/decoder.ts";
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../core/model/onnx/decoder.ts";
+import { parseWeightSpec } from "./weight_spec.ts";
 import { ModelSession } from "../core/model/session.ts";
 import { rss } from "../core/meter/rss.ts";
 import { DENO_RUN, report, type Row } from "./report.ts";
@@ -62,18 +57,6 @@ const SESSIONS: Record<string, Ort.InferenceSession.SessionOptions> = {
   "no-mem-pattern": { enableMemPattern: false },
   "no-arena-no-mem-pattern": { enableCpuMemArena: false, enableMemPattern: false },
 };
-
-/** `TYPE[:BLOCK[:sym|asym[:LEVEL]]]` → graph options. */
-export function parseWeightSpec(spec: string): Partial<GraphOptions> {
-  const [type, block, sym, level] = spec.split(":");
-  if (!["f32", "f16", "bf16", "q8", "q4"].includes(type)) throw new Error(`unknown weight type ${type}`);
-  const quant: QuantOptions = {
-    block: block ? Number(block) : DEFAULT_QUANT.block,
-    symmetric: sym ? sym === "sym" : DEFAULT_QUANT.symmetric,
-    accuracyLevel: level ? (Number(level) as 0 | 4) : DEFAULT_QUANT.accuracyLevel,
-  };
-  return { weights: type as WeightType, ...(type.startsWith("q") ? { quant } : {}) };
-}
 
 const seconds = async <T>(f: () => Promise<T>): Promise<[T, number]> => {
   const t0 = performance.now();
