@@ -11,6 +11,7 @@ import { runPpl } from "../../core/eval/ppl.ts";
 import { runFidelity } from "../../core/eval/fidelity.ts";
 import { chooseDevice, type DeviceRequest, DEVICES } from "../../core/model/device.ts";
 import { readConfig } from "../../core/model/config.ts";
+import { WEIGHT_CHOICES, type WeightChoice } from "../../core/model/onnx/decoder.ts";
 import { resolveRun } from "../../core/mod.ts";
 import { needlePrompt } from "../../recipes/needle.ts";
 import { fsError } from "../../core/errors.ts";
@@ -31,6 +32,7 @@ interface EvalFlags {
   seed: string;
   chunk: string;
   kvDtype: "f16" | "f32";
+  weights: WeightChoice;
   positions: "original" | "compact" | "auto";
   device: DeviceRequest;
   threads?: string;
@@ -60,6 +62,7 @@ function common(cmd: Command, defaults: { policy: string; budget: string; length
     .option("--seed <n>", "seed for haystacks, names and codes", "0")
     .option("--chunk <n>", "tokens per prefill step", "512")
     .addOption(new Option("--kv-dtype <dtype>", "KV cache element type").choices(["f16", "f32"]).default("f16"))
+    .addOption(new Option("--weights <type>", "weight storage").choices(WEIGHT_CHOICES).default("auto"))
     .addOption(
       new Option("--positions <mode>", "position mode").choices(["original", "compact", "auto"]).default("auto"),
     )
@@ -99,6 +102,7 @@ async function settings(flags: EvalFlags) {
     threads: intFlag(flags.threads, "--threads"),
     policyOptions: { mask: flags.duoMask, sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1) },
     retainingHeads: flags.retainingHeads,
+    weights: flags.weights,
   };
   // every policy and budget resolved once, by the rule runs use, before any model work
   const config = await readConfig(model);
