@@ -106,7 +106,7 @@ export async function loadPrepared(p: Prepared, flags: RunFlags): Promise<Loaded
     weights: flags.weights,
   });
   p.say(
-    `${model.config.arch} ${model.config.layers} layers on ${p.device.device} (${p.device.reason}); ${
+    `${model.config.arch} ${model.config.layers} layers, ${model.graph.weights} weights, on ${p.device.device} (${p.device.reason}); ${
       model.built ? `graph built in ${model.buildSeconds.toFixed(1)}s` : "cached graph"
     }; ${run.policy.name}, budget ${run.budget} (${
       formatBytes(run.budget * run.tokenBytes)
