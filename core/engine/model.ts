@@ -6,6 +6,7 @@ import { type Checkpoint, openCheckpoint } from "../model/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
 import {
   DEFAULT_GRAPH_OPTIONS,
+  DEFAULT_QUANT,
   type GraphOptions,
   type QuantOptions,
   resolveWeights,
@@ -59,13 +60,14 @@ export interface LoadOptions {
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const checkpoint = await openCheckpoint(dir);
   const tokenizer = await loadTokenizer(dir);
+  const weights = resolveWeights(checkpoint, opts.weights);
   const graph: GraphOptions = {
     ...DEFAULT_GRAPH_OPTIONS,
     positions: opts.positions ?? "original",
     kvDtype: opts.kvDtype ?? "float32",
     logits: opts.allLogits ? "all" : "last",
-    weights: resolveWeights(checkpoint, opts.weights),
-    ...(opts.quant ? { quant: opts.quant } : {}),
+    weights,
+    ...(weights === "q8" || weights === "q4" ? { quant: opts.quant ?? DEFAULT_QUANT } : {}),
     ...(opts.retainingHeads ? { retainingHeads: opts.retainingHeads } : {}),
   };
   const cached = await graphFor(checkpoint, graph);
