@@ -13,6 +13,7 @@
  *   deno run -A --v8-flags=--optimize-for-size bench/engine.ts --part all [--size 360m] [--tokens 65536]
  */
 import { parseArgs } from "node:util";
+import process from "node:process";
 import { join } from "node:path";
 import { generate, type LoadedModel, loadModel, read, type ReadState } from "../core/mod.ts";
 import { makeRandomModel, SIZES } from "../core/model/make.ts";
@@ -116,12 +117,21 @@ if (parts.includes("decode")) {
   }
 }
 if (parts.includes("at4k")) {
+  const cpu = () => (process.cpuUsage().user + process.cpuUsage().system) / 1e6;
+  const c0 = cpu();
   const [state, seconds] = await timedRead(4096, "snapkv", 1024);
+  const prefillCpu = cpu() - c0;
   let n = 0;
   let first = 0;
+  let c1 = 0;
   for await (const _ of generate(state, { suffix: question, maxTokens: 33, sampling: { temperature: 0 }, eos: [] })) {
-    if (n++ === 0) first = performance.now();
+    if (n++ === 0) {
+      first = performance.now();
+      c1 = cpu();
+    }
   }
+  const decodeCpu = cpu() - c1;
+  const cores = args.threads ? Number(args.threads) : navigator.hardwareConcurrency;
   const generated = state.meter.summary().generatedTokens;
   rows.push({
     part: "4K tokens, snapkv b=1024",
@@ -129,6 +139,10 @@ if (parts.includes("at4k")) {
     prefill_tok_s: Math.round(4096 / seconds),
     evict_fraction: state.sequence.timings.evict / seconds,
     decode_tok_s: Number(((generated - 1) / ((performance.now() - first) / 1000)).toFixed(2)),
+    // CPU seconds of the work, and the rate on otherwise idle cores (the machine is shared)
+    prefill_cpu_s: prefillCpu,
+    prefill_tok_s_cpu_bound: Math.round((4096 * cores) / prefillCpu),
+    decode_tok_s_cpu_bound: Number((((generated - 1) * cores) / decodeCpu).toFixed(2)),
     peak_rss_mb: Math.round(rss().peak / 1e6),
   });
 }
@@ -145,7 +159,7 @@ if (parts.includes("chunks")) {
   }
 }
 await report(
-  `engine-${args.size}-${parts.join("+")}`,
+  `engine-${args.size}-${parts.join("+")}${args.weights === "auto" ? "" : `-${args.weights}`}`,
   `deno run -A --v8-flags=--optimize-for-size bench/engine.ts ${Deno.args.join(" ")}`.trim(),
   rows,
 );

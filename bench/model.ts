@@ -11,9 +11,11 @@
  *   deno run -A bench/model.ts [--size 360m] [--chunk 512] [--past 1024] [--threads N]
  *     [--weights f32,f16,bf16,q8,q4,q4:64:asym:0]   TYPE[:BLOCK[:sym|asym[:ACCURACY_LEVEL]]]
  *     [--variants original-f32,original-f16kv,compact-f32]
- *     [--session default,no-arena,no-mem-pattern]   onnxruntime session options, measured one by one
+ *     [--session default,no-arena,no-mem-pattern,no-arena-no-mem-pattern,no-prepack]
+ *                                                  onnxruntime session options, measured one by one
  */
 import { parseArgs } from "node:util";
+import process from "node:process";
 import { join } from "node:path";
 import { graphFor } from "../core/model/cache.ts";
 import { openCheckpoint } from "../core/model/checkpoint.ts";
@@ -59,12 +61,20 @@ const SESSIONS: Record<string, Ort.InferenceSession.SessionOptions> = {
   "no-arena": { enableCpuMemArena: false },
   "no-mem-pattern": { enableMemPattern: false },
   "no-arena-no-mem-pattern": { enableCpuMemArena: false, enableMemPattern: false },
+  "no-prepack": { extra: { session: { disable_prepacking: "1" } } },
 };
 
 const seconds = async <T>(f: () => Promise<T>): Promise<[T, number]> => {
   const t0 = performance.now();
   const r = await f();
   return [r, (performance.now() - t0) / 1000];
+};
+/** CPU seconds (all threads of this process) spent in `f`: the work, whatever else the machine runs. */
+const cpuSeconds = async (f: () => Promise<unknown>): Promise<number> => {
+  const u0 = process.cpuUsage();
+  await f();
+  const u = process.cpuUsage(u0);
+  return (u.user + u.system) / 1e6;
 };
 const best = (xs: number[]) => Math.min(...xs);
 
@@ -125,11 +135,14 @@ if (args.child) {
   const step = () =>
     session.run({ ids: [ids[0]], positions: [P], past: { keys, values, lengths }, fetch: { logits: true, kv: true } });
   await chunk(); // warm-up
-  const chunkTimes = [];
-  for (let i = 0; i < 3; i++) chunkTimes.push((await seconds(chunk))[1]);
+  const chunkTimes = [], chunkCpu = [];
+  for (let i = 0; i < 3; i++) {
+    chunkCpu.push(await cpuSeconds(async () => chunkTimes.push((await seconds(chunk))[1])));
+  }
   await step();
-  const stepTimes = [];
-  for (let i = 0; i < 5; i++) stepTimes.push((await seconds(step))[1]);
+  const stepTimes = [], stepCpu = [];
+  for (let i = 0; i < 5; i++) stepCpu.push(await cpuSeconds(async () => stepTimes.push((await seconds(step))[1])));
+  const cores = threads ?? navigator.hardwareConcurrency;
   const row: Row = {
     variant: name,
     session: sessionName,
@@ -138,6 +151,11 @@ if (args.child) {
     prefill_tok_s: Math.round(S / best(chunkTimes)),
     decode_step_ms: best(stepTimes) * 1000,
     decode_tok_s: Math.round(10 / best(stepTimes)) / 10,
+    // the work in CPU seconds, and the rate it gives on `cores` otherwise idle cores (perfect parallelism)
+    chunk_cpu_s: best(chunkCpu),
+    prefill_tok_s_cpu_bound: Math.round((S * cores) / best(chunkCpu)),
+    step_cpu_ms: best(stepCpu) * 1000,
+    decode_tok_s_cpu_bound: Math.round((10 * cores) / best(stepCpu)) / 10,
     rss_load_mb: Math.round((rssLoaded - rssBefore) / 1e6),
     rss_mb: Math.round(rss().now / 1e6),
     peak_rss_mb: Math.round(rss().peak / 1e6),
