@@ -135,12 +135,12 @@ if (args.child) {
   const step = () =>
     session.run({ ids: [ids[0]], positions: [P], past: { keys, values, lengths }, fetch: { logits: true, kv: true } });
   await chunk(); // warm-up
-  const chunkTimes = [], chunkCpu = [];
+  const chunkTimes: number[] = [], chunkCpu: number[] = [];
   for (let i = 0; i < 3; i++) {
     chunkCpu.push(await cpuSeconds(async () => chunkTimes.push((await seconds(chunk))[1])));
   }
   await step();
-  const stepTimes = [], stepCpu = [];
+  const stepTimes: number[] = [], stepCpu: number[] = [];
   for (let i = 0; i < 5; i++) stepCpu.push(await cpuSeconds(async () => stepTimes.push((await seconds(step))[1])));
   const cores = threads ?? navigator.hardwareConcurrency;
   const row: Row = {
