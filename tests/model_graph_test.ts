@@ -9,7 +9,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { graphFor } from "../core/model/cache.ts";
 import { type Checkpoint, openCheckpoint } from "../core/model/checkpoint.ts";
-import { DEFAULT_GRAPH_OPTIONS, DEFAULT_QUANT, type GraphOptions } from "../core/model/onnx/decoder.ts";
+import { DEFAULT_GRAPH_OPTIONS, DEFAULT_QUANT, type GraphOptions, resolveWeights } from "../core/model/onnx/decoder.ts";
+import { makeRandomModel, SIZES } from "../core/model/make.ts";
 import { appendEntries, forward, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
 import type { PositionMode } from "../core/model/config.ts";
 import { emptyPast, type KvArray, ModelSession, type StatName } from "../core/model/session.ts";
@@ -298,6 +299,24 @@ for (const name of ["llama", "qwen2", "qwen3"]) {
     });
   });
 }
+
+Deno.test("--weights auto is the checkpoint's own precision", async () => {
+  const f32 = await openCheckpoint(models.get("llama")!);
+  assert.equal(resolveWeights(f32), "f32");
+  assert.equal(resolveWeights(f32, "q4"), "q4");
+  const dir = join(root, "bf16-model");
+  await makeRandomModel(dir, {
+    arch: "llama",
+    shape: SIZES.tiny,
+    seed: 1,
+    dtype: "BF16",
+    tokenizer: join(root, "models", "tokenizer"),
+  });
+  const bf16 = await openCheckpoint(dir);
+  assert.equal(resolveWeights(bf16), "bf16");
+  assert.equal(resolveWeights(bf16, "auto"), "bf16");
+  assert.equal(resolveWeights(bf16, "f32"), "f32");
+});
 
 Deno.test("graph cache: a second request does not rebuild; options change the key", async () => {
   const ckpt = await openCheckpoint(models.get("llama")!);

@@ -101,13 +101,15 @@ export const OPSETS = { "": 23, "com.microsoft": 1 };
 
 /**
  * The weight type `auto` stands for: the checkpoint's own precision, read from
- * its embedding's safetensors dtype (F32 → f32; F16 and BF16 → f16, which
- * onnxruntime's CPU provider handles better than bf16).
+ * its embedding's safetensors dtype (F32 → f32, F16 → f16, BF16 → bf16), so
+ * nothing is rounded. On the CPU provider a 16-bit matrix is widened to
+ * float32 once, when the session loads (onnxruntime folds the Cast): it halves
+ * the cached graph on disk, not the memory (bench/model.ts).
  */
 export function resolveWeights(ckpt: Checkpoint, choice: WeightChoice = "auto"): WeightType {
   if (choice !== "auto") return choice;
   const dtype = ckpt.tensors.get("model.embed_tokens.weight")?.dtype ?? "F32";
-  return dtype === "F32" ? "f32" : "f16";
+  return dtype === "F32" ? "f32" : dtype === "F16" ? "f16" : "bf16";
 }
 
 export { type StatName, STATS };
