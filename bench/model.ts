@@ -57,7 +57,8 @@ const VARIANTS: Record<string, Partial<GraphOptions>> = {
 
 /** onnxruntime session option sets, by name. */
 const SESSIONS: Record<string, Ort.InferenceSession.SessionOptions> = {
-  default: {},
+  default: {}, // tome's: no arena, no memory pattern (core/model/session.ts)
+  "ort-default": { enableCpuMemArena: true, enableMemPattern: true },
   "no-arena": { enableCpuMemArena: false },
   "no-mem-pattern": { enableMemPattern: false },
   "no-arena-no-mem-pattern": { enableCpuMemArena: false, enableMemPattern: false },

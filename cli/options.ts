@@ -57,8 +57,11 @@ export function addRunOptions(cmd: Command): Command {
     .addOption(new Option("--device <device>", "where the model runs").choices(DEVICES).default("auto"))
     .addOption(new Option("--kv-dtype <dtype>", "KV cache element type").choices(["f16", "f32"]).default("f16"))
     .addOption(
-      new Option("--weights <type>", "weight storage: auto (the checkpoint's), f32, f16, bf16, q8, q4")
-        .choices(WEIGHT_CHOICES).default("auto"),
+      new Option(
+        "--weights <type>",
+        "weight storage: f32, q8 (half the memory), q4, f16, bf16, or auto (the checkpoint's)",
+      )
+        .choices(WEIGHT_CHOICES).default("f32"),
     )
     .option("--threads <n>", "CPU threads for onnxruntime")
     .option("--max-tokens <n>", "most tokens to generate")

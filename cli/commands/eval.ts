@@ -62,7 +62,7 @@ function common(cmd: Command, defaults: { policy: string; budget: string; length
     .option("--seed <n>", "seed for haystacks, names and codes", "0")
     .option("--chunk <n>", "tokens per prefill step", "512")
     .addOption(new Option("--kv-dtype <dtype>", "KV cache element type").choices(["f16", "f32"]).default("f16"))
-    .addOption(new Option("--weights <type>", "weight storage").choices(WEIGHT_CHOICES).default("auto"))
+    .addOption(new Option("--weights <type>", "weight storage").choices(WEIGHT_CHOICES).default("f32"))
     .addOption(
       new Option("--positions <mode>", "position mode").choices(["original", "compact", "auto"]).default("auto"),
     )

@@ -50,7 +50,7 @@ export interface LoadOptions {
   retainingHeads?: string;
   /** onnxruntime execution providers (default: cpu). */
   executionProviders?: string[];
-  /** How the graph stores weights (default `auto`: the checkpoint's own precision). */
+  /** How the graph stores weights (default f32; `auto` is the checkpoint's own precision). */
   weights?: WeightChoice;
   /** Block quantization for q8/q4 (default DEFAULT_QUANT). */
   quant?: QuantOptions;
@@ -60,7 +60,7 @@ export interface LoadOptions {
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const checkpoint = await openCheckpoint(dir);
   const tokenizer = await loadTokenizer(dir);
-  const weights = resolveWeights(checkpoint, opts.weights);
+  const weights = resolveWeights(checkpoint, opts.weights ?? "f32");
   const graph: GraphOptions = {
     ...DEFAULT_GRAPH_OPTIONS,
     positions: opts.positions ?? "original",

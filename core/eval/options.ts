@@ -19,7 +19,7 @@ export interface EvalOptions {
   policyOptions?: PolicyOptions;
   /** Locret retaining heads, built into every graph the evaluation opens. */
   retainingHeads?: string;
-  /** How the graphs store weights (default auto: the checkpoint's precision). */
+  /** How the graphs store weights (default f32). */
   weights?: WeightChoice;
 }
 
