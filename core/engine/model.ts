@@ -4,7 +4,14 @@ import { fsError, TomeError } from "../errors.ts";
 import { graphFor } from "../model/cache.ts";
 import { type Checkpoint, checkTokenizerFits, openCheckpoint } from "../model/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../model/onnx/decoder.ts";
+import {
+  DEFAULT_GRAPH_OPTIONS,
+  DEFAULT_QUANT,
+  type GraphOptions,
+  type QuantOptions,
+  resolveWeights,
+  type WeightChoice,
+} from "../model/onnx/decoder.ts";
 import { ModelSession } from "../model/session.ts";
 import { loadTokenizer, type Tokenizer } from "../tokens/tokenizer.ts";
 import type { KvDtype } from "./kv_store.ts";
@@ -43,6 +50,10 @@ export interface LoadOptions {
   retainingHeads?: string;
   /** onnxruntime execution providers (default: cpu). */
   executionProviders?: string[];
+  /** How the graph stores weights (default f32; `auto` is the checkpoint's own precision). */
+  weights?: WeightChoice;
+  /** Block quantization for q8/q4 (default DEFAULT_QUANT). */
+  quant?: QuantOptions;
 }
 
 /** Opens a checkpoint directory, builds (or finds) its graph and starts a session. */
@@ -50,11 +61,14 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   const checkpoint = await openCheckpoint(dir);
   const tokenizer = await loadTokenizer(dir);
   checkTokenizerFits(checkpoint, tokenizer.vocabSize);
+  const weights = resolveWeights(checkpoint, opts.weights ?? "f32");
   const graph: GraphOptions = {
     ...DEFAULT_GRAPH_OPTIONS,
     positions: opts.positions ?? "original",
     kvDtype: opts.kvDtype ?? "float32",
     logits: opts.allLogits ? "all" : "last",
+    weights,
+    ...(weights === "q8" || weights === "q4" ? { quant: opts.quant ?? DEFAULT_QUANT } : {}),
     ...(opts.retainingHeads ? { retainingHeads: opts.retainingHeads } : {}),
   };
   // the generation config is checked before the (possibly long) graph build

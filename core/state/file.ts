@@ -67,6 +67,7 @@ export async function saveState(
     },
     tokenizer: { digest: await tokenizerDigest(model.tokenizer.dir) },
     ...info,
+    run: { ...info.run, weights: model.graph.weights },
     position: seq.position,
     lengths: seq.store.layers.map((c) => Array.from(c.lengths)),
     meter: seq.meter.snapshot(),
@@ -132,6 +133,9 @@ export async function loadState(
     throw refuse(
       `made with ${header.run.positions} positions and ${header.run.kvDtype} KV, the model is loaded with ${model.graph.positions} and ${model.graph.kvDtype}`,
     );
+  }
+  if (header.run.weights !== undefined && header.run.weights !== model.graph.weights) {
+    throw refuse(`made with ${header.run.weights} weights, the model is loaded with ${model.graph.weights}`);
   }
   const layers = decodePayload(header, payload!);
   const store = new KvStore(c, header.run.kvDtype);

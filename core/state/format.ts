@@ -29,6 +29,8 @@ export interface StateHeader {
     window: number;
     questionPatch: boolean;
     decodeBudget: number | null;
+    /** How the graph stored the weights the K/V were computed with (f32, q8, …). */
+    weights?: string;
   };
   /** The recipe whose framing the prefix is, and the questions that shaped the read (empty: none). */
   recipe: string;
@@ -157,6 +159,7 @@ function checkHeader(h: unknown, bad: (what: string) => Error): void {
   need(r.positions === "original" || r.positions === "compact", "positions");
   need(r.kvDtype === "float32" || r.kvDtype === "float16", "kv dtype");
   need(typeof r.questionPatch === "boolean" && (r.decodeBudget === null || isInt(r.decodeBudget)), "run flags");
+  need(r.weights === undefined || isStr(r.weights), "weights");
   need(isStr(h.recipe) && Array.isArray(h.questions) && h.questions.every(isStr), "questions");
   need(typeof h.queryAgnostic === "boolean", "query-agnostic flag");
   need(Array.isArray(h.prefix) && h.prefix.every((x) => isInt(x, 2 ** 31 - 1)), "prefix tokens");
