@@ -3,7 +3,8 @@
  * (`tome tokens FILE --json`): 4 MiB of one repeated character, 4 MB and 50 MB
  * of base64. Time, tokens per second and peak RSS; with `--before DIR` (a
  * checkout of older code, `deno install`ed) the same runs with that code, each
- * under `--timeout` seconds, and their token counts compared.
+ * under `--timeout` seconds, and their token counts compared. CPU seconds (the
+ * child's user + system time) are the figure to compare on a shared machine.
  *
  *   deno run -A bench/tokens_solid.ts [--before /tmp/tome-before] [--timeout 300]
  */
@@ -51,25 +52,39 @@ const inputs: [string, string][] = [];
 interface Run {
   tokens: number | null;
   seconds: number;
+  cpuSeconds: number | null;
   peak_rss_bytes: number | null;
   finished: boolean;
 }
 
 async function runCli(codeRoot: string, path: string): Promise<Run> {
   const started = performance.now();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [...DENO_RUN, join(codeRoot, "cli/main.ts"), "tokens", path, "-t", tokenizerDir, "--json", "--no-progress"],
+  // bash's `time` gives the child's CPU seconds: on a shared machine, the work done, whatever the load
+  const args = [
+    ...DENO_RUN,
+    join(codeRoot, "cli/main.ts"),
+    "tokens",
+    path,
+    "-t",
+    tokenizerDir,
+    "--json",
+    "--no-progress",
+  ];
+  const child = new Deno.Command("bash", {
+    args: ["-c", 'TIMEFORMAT="cpu %U %S"; time "$@" 2>/dev/null', "bash", Deno.execPath(), ...args],
     cwd: codeRoot,
     stdout: "piped",
-    stderr: "null",
+    stderr: "piped",
   }).spawn();
   const timer = setTimeout(() => child.kill("SIGKILL"), timeoutS * 1000);
   const out = await child.output();
   clearTimeout(timer);
   const seconds = (performance.now() - started) / 1000;
-  if (!out.success) return { tokens: null, seconds, peak_rss_bytes: null, finished: false };
+  const cpu = new TextDecoder().decode(out.stderr).match(/cpu ([\d.]+) ([\d.]+)/);
+  const cpuSeconds = cpu ? Number(cpu[1]) + Number(cpu[2]) : null;
+  if (!out.success) return { tokens: null, seconds, cpuSeconds, peak_rss_bytes: null, finished: false };
   const r = JSON.parse(new TextDecoder().decode(out.stdout));
-  return { tokens: r.tokens, seconds: r.seconds, peak_rss_bytes: r.peak_rss_bytes, finished: true };
+  return { tokens: r.tokens, seconds: r.seconds, cpuSeconds, peak_rss_bytes: r.peak_rss_bytes, finished: true };
 }
 
 const rows: Row[] = [];
@@ -87,7 +102,8 @@ for (const [name, path] of inputs) {
       finished: r.finished ? "yes" : `no (killed at ${timeoutS} s)`,
       tokens: r.tokens,
       seconds: Math.round(r.seconds * 10) / 10,
-      us_per_byte: r.finished ? Math.round(r.seconds / bytes * 1e8) / 100 : null,
+      cpu_seconds: r.cpuSeconds === null ? null : Math.round(r.cpuSeconds * 10) / 10,
+      cpu_us_per_byte: r.finished && r.cpuSeconds !== null ? Math.round(r.cpuSeconds / bytes * 1e8) / 100 : null,
       peak_rss_mb: r.peak_rss_bytes === null ? null : Math.round(r.peak_rss_bytes / 1e6),
     });
   }

@@ -47,7 +47,7 @@ const HOSTILE: [string, string][] = [
   ["loops 1e10 times writing nothing", TEN + nest(10, "")],
   [
     "nested loops over long ranges with empty bodies",
-    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% for i in range(20000) %}{% for j in range(20000) %}{% endfor %}{% endfor %}",
   ],
   [
     "doubles a string 40 times",
@@ -63,7 +63,7 @@ const HOSTILE: [string, string][] = [
   [
     "a list grown item by item",
     "{% set ns = namespace(l=[]) %}" +
-    "{% for i in range(100000) %}{% for j in range(100000) %}{% set ns.l = ns.l + [j] %}{% endfor %}{% endfor %}",
+    "{% for i in range(20000) %}{% for j in range(20000) %}{% set ns.l = ns.l + [j] %}{% endfor %}{% endfor %}",
   ],
   ["endless recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"],
   ["a template of 2M characters", "x".repeat(2_000_000)],
@@ -82,7 +82,7 @@ Deno.test("hostile chat templates fail fast, as an invalid model, without alloca
       assert.equal(err.kind, "modelInvalid");
       assert.equal(err.code, 10);
       assert.match(err.message, /^\/models\/hostile\/tokenizer_config\.json: chat template /);
-      assert.ok(ms < TEMPLATE_LIMITS.ms + 2_000, `took ${ms.toFixed(0)} ms`);
+      assert.ok(ms < TEMPLATE_LIMITS.ms + 3_000, `took ${ms.toFixed(0)} ms`);
     });
   }
   const grew = rss().peak - peakBefore;
@@ -102,6 +102,12 @@ Deno.test("the limits name the cause", () => {
   assert.match(cause(TEN + nest(10, "")), /^did not finish rendering within 1000 ms/);
   assert.match(cause(hostile("doubles a string 40 times")), /^writes more than 1000000 characters/);
   assert.match(cause(hostile("endless recursion")), /^failed to render: /);
+  // one step from a string within the limit (1e6 characters) to 1e12: refused before it is built
+  const million = X10 + "{% set m = s" + "|replace('x', s)".repeat(5) + " %}";
+  assert.equal(renderBounded(million + "{{ m|length }}", {}), "1000000");
+  assert.match(cause(million + "{{ m|replace('x', m) }}"), /^writes more than 1000000 characters/);
+  assert.match(cause(million + "{{ m.replace('x', m) }}"), /^writes more than 1000000 characters/);
+  assert.match(cause(million + "{{ [m, m]|join(m) }}"), /^writes more than 1000000 characters/);
   assert.match(cause("{{ raise_exception('no system role') }}"), /^failed to render: no system role/);
   assert.match(cause("{% for m in messages %}{% endfor %}"), /^does not place the user message once/);
 });
