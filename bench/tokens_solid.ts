@@ -71,14 +71,18 @@ async function runCli(codeRoot: string, path: string): Promise<Run> {
     "--no-progress",
   ];
   const child = new Deno.Command("bash", {
-    args: ["-c", 'TIMEFORMAT="cpu %U %S"; time "$@" 2>/dev/null', "bash", Deno.execPath(), ...args],
+    args: [
+      "-c",
+      'TIMEFORMAT="cpu %U %S"; time timeout -s KILL "$0" "$@" 2>/dev/null',
+      String(timeoutS),
+      Deno.execPath(),
+      ...args,
+    ],
     cwd: codeRoot,
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutS * 1000);
   const out = await child.output();
-  clearTimeout(timer);
   const seconds = (performance.now() - started) / 1000;
   const cpu = new TextDecoder().decode(out.stderr).match(/cpu ([\d.]+) ([\d.]+)/);
   const cpuSeconds = cpu ? Number(cpu[1]) + Number(cpu[2]) : null;
