@@ -1,13 +1,14 @@
 /**
  * Prompt framing: the document sits inside the user turn of the model's chat
- * template (`tokenizer_config.json`, rendered with @huggingface/jinja), between
+ * template (`tokenizer_config.json`, rendered with @huggingface/jinja within time and size limits), between
  * a header and the request. The tokens before the document are the prefix; the
  * request and the template's tail (up to the assistant's turn) are the suffix,
  * known before reading — so they ride along each chunk as the question patch.
  */
-import { Template } from "@huggingface/jinja";
+import { join } from "node:path";
 import { TomeError } from "../core/errors.ts";
 import type { Tokenizer } from "../core/tokens/tokenizer.ts";
+import { renderBounded, TemplateLimitError } from "./chat_template.ts";
 
 /** What a recipe asks. */
 export interface Framing {
@@ -46,17 +47,15 @@ export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: 
       { role: "user", content },
     ];
     try {
-      text = new Template(template).render({
+      text = renderBounded(template, {
         messages,
         add_generation_prompt: true,
         bos_token: tokenText(tokenizer.config.bos_token),
         eos_token: tokenText(tokenizer.config.eos_token),
       });
     } catch (err) {
-      throw new TomeError(
-        "modelInvalid",
-        `chat template of ${tokenizer.dir} failed to render: ${(err as Error).message}`,
-      );
+      const what = err instanceof TemplateLimitError ? err.message : `failed to render: ${(err as Error)?.message}`;
+      throw new TomeError("modelInvalid", `${configPath(tokenizer)}: chat template ${what}`);
     }
     chat = true;
   } else {
@@ -66,7 +65,7 @@ export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: 
   }
   const at = text.indexOf(DOCUMENT);
   if (at < 0 || text.indexOf(DOCUMENT, at + 1) >= 0) {
-    throw new TomeError("modelInvalid", `chat template of ${tokenizer.dir} does not place the user message once`);
+    throw new TomeError("modelInvalid", `${configPath(tokenizer)}: chat template does not place the user message once`);
   }
   return {
     prefix: tokenizer.encodePrompt(text.slice(0, at)),
@@ -75,6 +74,8 @@ export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: 
     chat,
   };
 }
+
+const configPath = (tokenizer: Tokenizer) => join(tokenizer.dir, "tokenizer_config.json");
 
 function tokenText(v: unknown): string {
   if (typeof v === "string") return v;
