@@ -27,10 +27,6 @@ export interface Prompt {
   prefix: number[];
   /** The request and the template's tail: prefilled after the document, and the observation window. */
   suffix: number[];
-  /** The rendered text, with `{document}` where the document goes (for --verbose and tests). */
-  text: string;
-  /** Whether the chat template was used (false: a plain prompt for base models). */
-  chat: boolean;
 }
 
 const DOCUMENT = "\u0000tome-document\u0000";
@@ -40,7 +36,6 @@ export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: 
   const template = tokenizer.config.chat_template;
   const content = `${framing.header}\n\n${DOCUMENT}\n\n${framing.request}`;
   let text: string;
-  let chat = false;
   if (typeof template === "string" && template.length > 0) {
     const messages = [
       ...(framing.system ? [{ role: "system", content: framing.system }] : []),
@@ -57,7 +52,6 @@ export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: 
       const what = err instanceof TemplateLimitError ? err.message : `failed to render: ${(err as Error)?.message}`;
       throw new TomeError("modelInvalid", `${configPath(tokenizer)}: chat template ${what}`);
     }
-    chat = true;
   } else {
     const bos = bosTokenId !== null ? tokenizer.idToToken(bosTokenId) ?? "" : "";
     const request = framing.plainRequest ?? `${framing.request}\nAnswer:`;
@@ -70,8 +64,6 @@ export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: 
   return {
     prefix: tokenizer.encodePrompt(text.slice(0, at)),
     suffix: tokenizer.encodePrompt(text.slice(at + DOCUMENT.length)),
-    text: text.replace(DOCUMENT, "{document}"),
-    chat,
   };
 }
 

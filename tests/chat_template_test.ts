@@ -154,12 +154,10 @@ Deno.test({
       }
     }
     const p = buildPrompt(tok, askFraming("Why did the job fail?"));
-    assert.ok(p.chat);
     assert.match(
-      p.text,
+      tok.decode(p.prefix) + "{document}" + tok.decode(p.suffix),
       /^(<\|im_start\|>system\n[\s\S]*)?<\|im_start\|>user\n[\s\S]*\{document\}[\s\S]*<\|im_start\|>assistant\n$/,
     );
-    assert.equal(tok.decode(p.prefix) + "{document}" + tok.decode(p.suffix), p.text);
   },
 });
 
