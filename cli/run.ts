@@ -28,7 +28,7 @@ import { removePartialBuilds } from "../core/model/lock.ts";
 import { type ModelConfig, readConfig } from "../core/model/config.ts";
 import type { WeightChoice } from "../core/model/onnx/decoder.ts";
 import { type AdapterInfo, chooseDevice, type DeviceChoice } from "../core/model/device.ts";
-import type { Meter } from "../core/meter/meter.ts";
+import { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
@@ -204,7 +204,13 @@ export async function runReading(input: string | null, reading: Reading, flags: 
     }
     // the read is shaped by every question at once: their suffixes together are the observation window
     const patch = prompts.flatMap((p) => p.suffix);
-    const { state, cached } = await readOnce(model, prepared, flags, source, { prefix, patch, onEvent, reading });
+    const { state, cached } = await readOnce(model, prepared, flags, source, {
+      prefix,
+      patch,
+      onEvent,
+      reading,
+      onMeter: (m) => (meter = m),
+    });
     meter = state.meter;
     display.clear();
     if (cached) prepared.say(`answering from ${cached}`);
@@ -315,6 +321,7 @@ export async function runRead(
       patch,
       onEvent: (e) => display.event(e),
       reading,
+      onMeter: (m) => (meter = m),
     });
     meter = state.meter;
     display.clear();
@@ -361,7 +368,14 @@ async function readOnce(
   p: Prepared,
   flags: RunFlags,
   source: Source | null,
-  o: { prefix: number[]; patch: number[]; onEvent: (e: MeterEvent) => void; reading: Reading },
+  o: {
+    prefix: number[];
+    patch: number[];
+    onEvent: (e: MeterEvent) => void;
+    reading: Reading;
+    /** Called with the read's meter as soon as it exists (an interrupt reports it). */
+    onMeter: (m: Meter) => void;
+  },
 ): Promise<{ state: ReadState; cached: string | null }> {
   const info = (): StateInfo => ({
     run: {
@@ -392,6 +406,7 @@ async function readOnce(
       );
     }
     const loaded = await loadState(flags.state!, model, o.onEvent);
+    o.onMeter(loaded.sequence.meter);
     const state = await read(source ?? { ids: [] }, { model, run: p.run, question: o.patch, from: loaded.sequence });
     if (flags.save) await saveState(flags.save, model, state.sequence, info());
     return { state, cached: source ? null : flags.state! };
@@ -413,6 +428,7 @@ async function readOnce(
   if (cachePath && await Deno.stat(cachePath).then(() => true, () => false)) {
     try {
       const loaded = await loadState(cachePath, model, o.onEvent);
+      o.onMeter(loaded.sequence.meter);
       await touchState(cachePath);
       return {
         state: await read({ ids: [] }, { model, run: p.run, question: o.patch, from: loaded.sequence }),
@@ -424,13 +440,9 @@ async function readOnce(
       await Deno.remove(cachePath).catch(() => {});
     }
   }
-  const state = await read(source!, {
-    model,
-    run: p.run,
-    prefix: o.prefix,
-    question: o.patch,
-    onEvent: o.onEvent,
-  });
+  const fresh = new Meter(p.run.tokenBytes, o.onEvent);
+  o.onMeter(fresh);
+  const state = await read(source!, { model, run: p.run, prefix: o.prefix, question: o.patch, meter: fresh });
   if (flags.save) await saveState(flags.save, model, state.sequence, info());
   if (cachePath) {
     await Deno.mkdir(stateCacheDir(), { recursive: true });
