@@ -13,6 +13,7 @@ import { inspectCommand } from "./commands/inspect.ts";
 import { summarizeCommand } from "./commands/summarize.ts";
 import { makeModelCommand } from "./commands/make_model.ts";
 import { tokensCommand } from "./commands/tokens.ts";
+import { trainCommand } from "./commands/train.ts";
 import { StdoutClosed } from "./output.ts";
 
 /** The `tome` program with every subcommand. */
@@ -34,6 +35,7 @@ export function program(): Command {
   tokensCommand(p);
   inspectCommand(p);
   makeModelCommand(p);
+  trainCommand(p);
   cacheCommand(p);
   convertCommand(p);
   completionsCommand(p);
