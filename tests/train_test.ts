@@ -15,11 +15,11 @@ import { readRetainingHeads } from "../core/model/onnx/retaining.ts";
 import { forward, loadWeights } from "../core/model/reference.ts";
 import { parseDuoMask } from "../core/policies/duo.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
-import { measureDuo } from "../core/train/duo.ts";
+import { measureDuo, streamingHead } from "../core/train/duo.ts";
 import { buildPools, initHead, LOCRET_DEFAULTS, type LocretTrainOptions, trainHeads } from "../core/train/locret.ts";
 import { locretLoss } from "../core/train/loss.ts";
 import { needleSample } from "../core/train/samples.ts";
-import { featureWidth, sampleTargets } from "../core/train/targets.ts";
+import { featureWidth, prefill, sampleTargets, step } from "../core/train/targets.ts";
 import { tome } from "./helpers.ts";
 import { writeTestTokenizer } from "./model_fixtures.ts";
 
@@ -222,4 +222,36 @@ Deno.test("train duo: a head that keeps its whole cache moves nothing; one cut t
   const cut = measureDuo(c, weights, tok, { ...o, sinks: 2, recent: 4 });
   assert.ok(cut.deviation.flat().every((v) => v > 1e-6), `${cut.deviation}`);
   assert.equal(Math.max(...cut.alpha.flat()), 1);
+});
+
+Deno.test("train duo: the streaming head sees exactly its sinks and recent entries, the other heads everything", () => {
+  const s = needleSample(corpus, tok, c.bosTokenId, 80, 4);
+  const past = prefill(c, weights, s.ids, 60, 32);
+  const [l, h, sinks, recent] = [1, 0, 3, 5];
+  const cut = streamingHead(c, past, l, h, sinks, recent);
+  // the same run on a cache rebuilt by hand: head h of layer l holds only the kept entries, the rest zeros
+  const d = c.headDim, P = past.length, K = c.kvHeads;
+  const kept = [...Array(P).keys()].filter((t) => t < sinks || t >= P - recent);
+  const rebuild = (a: Float32Array) => {
+    const y = a.slice();
+    y.fill(0, h * P * d, (h + 1) * P * d);
+    kept.forEach((t, i) => {
+      for (let j = 0; j < d; j++) y[(h * P + i) * d + j] = a[(h * P + t) * d + j];
+    });
+    return y;
+  };
+  const hand = {
+    length: P,
+    layers: past.layers.map((x, i) => (i === l ? { keys: rebuild(x.keys), values: rebuild(x.values) } : x)),
+    lengths: Array.from(
+      { length: c.layers },
+      (_, i) => Array.from({ length: K }, (_, k) => (i === l && k === h ? kept.length : P)),
+    ),
+  };
+  const ids = s.ids.slice(60, 70);
+  const a = step(c, weights, ids, 60, cut, true).logits;
+  const b = step(c, weights, ids, 60, hand, true).logits;
+  const full = step(c, weights, ids, 60, past, true).logits;
+  assert.ok(a.every((v, i) => Math.abs(v - b[i]) < 1e-4));
+  assert.ok(a.some((v, i) => Math.abs(v - full[i]) > 1e-4), "cutting the head changes the output");
 });
