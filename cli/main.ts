@@ -14,6 +14,7 @@ import { summarizeCommand } from "./commands/summarize.ts";
 import { makeModelCommand } from "./commands/make_model.ts";
 import { selftestCommand } from "./commands/selftest.ts";
 import { tokensCommand } from "./commands/tokens.ts";
+import { trainCommand } from "./commands/train.ts";
 import { StdoutClosed } from "./output.ts";
 
 /** The `tome` program with every subcommand. */
@@ -35,6 +36,7 @@ export function program(): Command {
   tokensCommand(p);
   inspectCommand(p);
   makeModelCommand(p);
+  trainCommand(p);
   cacheCommand(p);
   convertCommand(p);
   selftestCommand(p);
