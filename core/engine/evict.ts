@@ -1,12 +1,14 @@
 /**
  * One layer's eviction after a run: every KV head's retained entries followed
  * by the run's new ones are scored by the policy and cut to the plan's count
- * by the one selection path, then the store compacts the survivors in place.
+ * by the one selection path, then (with a merger) dropped entries are folded
+ * into kept ones, and the store compacts the survivors in place.
  */
 import { fromF16Bits } from "../../kernels/fp16.ts";
 import type { KvArray, RunResult, StatName } from "../model/session.ts";
 import { type ScoreView, select } from "../policies/mod.ts";
 import type { HeadUpdate, KvStore } from "./kv_store.ts";
+import { mergeLayer, writeMerged } from "./merge_step.ts";
 import type { EvictionRule } from "./plan.ts";
 
 export interface EvictStep {
@@ -101,7 +103,10 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
     else if (policy.sharedAcrossHeads && h > 0) updates[h].keep = updates[0].keep;
     else updates[h].keep = select(policy.score(v), v.n, keep, protect);
   }
-  store.commit(l, updates, { keys: newKeys, values: result.newValues[l], stride: S });
+  const fresh = { keys: newKeys, values: result.newValues[l], stride: S };
+  const merged = rule.merge && mergeLayer(store, l, updates, { ...fresh, count: c }, protect, rule.merge);
+  store.commit(l, updates, fresh);
+  if (merged) writeMerged(store, l, merged);
 }
 
 /** ‖k‖₂ of P retained keys followed by c new ones (f32 values or f16 bit patterns). */

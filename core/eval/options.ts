@@ -18,6 +18,8 @@ export interface EvalOptions {
   policyOptions?: PolicyOptions;
   /** Locret retaining heads, built into every graph the evaluation opens. */
   retainingHeads?: string;
+  /** Merge methods swept per policy (`none`: drop-only); default drop-only. */
+  merges?: string[];
 }
 
 /** The prompt around a needle haystack (the caller's recipe): prefix before the document, suffix after. */
