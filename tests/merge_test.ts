@@ -193,7 +193,9 @@ const anchorsOracle: OracleMerge = (all, kept, _acc, _p, state) => {
 
 const models_ = new Map<string, LoadedModel>();
 async function tiny(kvDtype: KvDtype): Promise<LoadedModel> {
-  if (!models_.has(kvDtype)) models_.set(kvDtype, await loadModel(models.get("llama")!, { positions: "original", kvDtype }));
+  if (!models_.has(kvDtype)) {
+    models_.set(kvDtype, await loadModel(models.get("llama")!, { positions: "original", kvDtype }));
+  }
   return models_.get(kvDtype)!;
 }
 
@@ -272,6 +274,8 @@ for (const kvDtype of ["float32", "float16"] as const) {
     // a low threshold, so the tiny random model's keys form sets at all
     const merged = await check("snapkv", kvmerger(0.2), kvmergerOracle(0.2), kvDtype);
     assert.ok(merged > 0, "nothing was merged: the test would not see the formula");
+    // threshold −1: the whole unprotected middle is one set with many kept members, so the pivot's choice shows
+    assert.ok(await check("h2o", kvmerger(-1), kvmergerOracle(-1), kvDtype) > 0);
   });
   Deno.test(`anchors (${kvDtype}): every evicted entry is averaged into its nearest kept anchor`, async () => {
     const merged = await check("h2o", anchors(), anchorsOracle, kvDtype);
