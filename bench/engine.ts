@@ -6,6 +6,8 @@
  *   --part prefill   prefill tokens/s, full vs snapkv, at 8K tokens
  *   --part decode    decode tokens/s at budget 1024 vs 4096
  *   --part chunks    prefill tokens/s by chunk size (how the default chunk was chosen)
+ *   --part merge     snapkv at budget 1024 with each --merge method: the extra time per chunk
+ *                    (similarity search and averaging) as a share of prefill, at --tokens
  *
  *   deno run -A --v8-flags=--optimize-for-size bench/engine.ts --part all [--size 360m] [--tokens 65536]
  */
@@ -45,9 +47,15 @@ const book = Int32Array.from(tok.encode(await Deno.readTextFile(join(shared, "co
 const question = tok.encode("What is the pass code of Natasha?");
 const model: LoadedModel = await loadModel(modelDir, { threads: args.threads ? Number(args.threads) : undefined });
 
-async function timedRead(n: number, policy: string, budget: number, chunk = 512): Promise<[ReadState, number]> {
+async function timedRead(
+  n: number,
+  policy: string,
+  budget: number,
+  chunk = 512,
+  merge?: string,
+): Promise<[ReadState, number]> {
   const t0 = performance.now();
-  const state = await read({ ids: book.subarray(0, n) }, { model, policy, budget, chunk, question });
+  const state = await read({ ids: book.subarray(0, n) }, { model, policy, budget, chunk, question, merge });
   return [state, (performance.now() - t0) / 1000];
 }
 
@@ -69,6 +77,26 @@ if (parts.includes("fraction")) {
     prefill_tok_s: Math.round(n / seconds),
     peak_rss_mb: Math.round(rss().peak / 1e6),
   });
+}
+if (parts.includes("merge")) {
+  const n = Number(args.tokens);
+  const [base] = await timedRead(n, "snapkv", 1024);
+  const chunks = Math.ceil(n / 512);
+  for (const merge of ["d2o", "kvmerger", "anchors"]) {
+    const [state, seconds] = await timedRead(n, "snapkv", 1024, 512, merge);
+    const extra = state.sequence.timings.evict - base.sequence.timings.evict;
+    rows.push({
+      part: "merge share of prefill",
+      model: label,
+      tokens: n,
+      policy: `snapkv+${merge} b=1024 c=512`,
+      prefill_s: seconds,
+      evict_s: state.sequence.timings.evict,
+      evict_drop_only_s: base.sequence.timings.evict,
+      merge_ms_per_chunk: Math.round((extra / chunks) * 1000),
+      merge_fraction: extra / seconds,
+    });
+  }
 }
 if (parts.includes("prefill")) {
   for (const policy of ["full", "snapkv"]) {
