@@ -96,15 +96,16 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
     updates.push({ keep: new Int32Array(0), positions, accumulated, seen, importance });
   }
   if (policy.arrive) { for (const v of views) policy.arrive(v); }
+  const scores: Float32Array[] = [];
   for (let h = 0; h < K; h++) {
     const v = views[h];
     const keep = rule.keep(l, h);
     if (v.n <= keep) updates[h].keep = Int32Array.from({ length: v.n }, (_, i) => i);
-    else if (policy.sharedAcrossHeads && h > 0) updates[h].keep = updates[0].keep;
-    else updates[h].keep = select(policy.score(v), v.n, keep, protect);
+    else if (policy.sharedAcrossHeads && h > 0) updates[h].keep = updates[0].keep, scores[h] = scores[0];
+    else updates[h].keep = select(scores[h] = policy.score(v), v.n, keep, protect);
   }
   const fresh = { keys: newKeys, values: result.newValues[l], stride: S };
-  const merged = rule.merge && mergeLayer(store, l, updates, { ...fresh, count: c }, protect, rule.merge);
+  const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
   store.commit(l, updates, fresh);
   if (merged) writeMerged(store, l, merged);
 }

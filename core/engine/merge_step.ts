@@ -20,6 +20,7 @@ export function mergeLayer(
   store: KvStore,
   l: number,
   updates: HeadUpdate[],
+  scores: Float32Array[],
   fresh: FreshEntries & { count: number },
   protect: Protection,
   merger: Merger,
@@ -59,7 +60,7 @@ export function mergeLayer(
       keep: u.keep,
       protect: { sinks, recent },
       positions: u.positions,
-      accumulated: u.accumulated,
+      importance: scores[h],
     });
     // the slot of a kept entry is its rank in keep
     const slotOf = new Map<number, number>();

@@ -4,9 +4,10 @@
  * set of entry i − 1 when cos(k_{i−1}, k_i) ≥ the threshold (0.8 here); the
  * protected sinks and recent entries belong to no set. Each set merges into
  * its pivot p, the entry with the largest accumulated attention — here the
- * kept member with the largest, since the selection has already chosen what
- * stays (a set with no kept member is dropped; other kept members stay as
- * they are). The set's dropped members i are averaged into p with Gaussian-
+ * kept member the policy scores highest (H2O's score is the accumulated
+ * attention per query; SnapKV's the window's attention), since the selection
+ * has already chosen what stays (a set with no kept member is dropped; other
+ * kept members stay as they are). The set's dropped members i are averaged into p with Gaussian-
  * kernel weights w_i = exp(−‖k_i − k_p‖² / 2σ²), the pivot weighing
  * exp(0) = 1 (plus what it already stands for from earlier merges):
  *   k_p ← (W_p·k_p + Σ w_i·k_i) / (W_p + Σ w_i), and the same for v.
@@ -31,7 +32,7 @@ export function kvmerger(threshold = KVMERGER_THRESHOLD): Merger {
     summary:
       "runs of alike consecutive keys merge into their most-attended kept entry, Gaussian weights (arXiv 2407.08454)",
     merge(h: MergeHead): Int32Array {
-      const { n, d, keys, values, keep, positions, accumulated, layer, head } = h;
+      const { n, d, keys, values, keep, positions, importance, layer, head } = h;
       const kept = new Uint8Array(n);
       for (const i of keep) kept[i] = 1;
       const lo = h.protect.sinks, hi = n - h.protect.recent;
@@ -52,7 +53,7 @@ export function kvmerger(threshold = KVMERGER_THRESHOLD): Merger {
       function mergeSet(from: number, to: number): void {
         let p = -1;
         for (let i = from; i < to; i++) {
-          if (kept[i] && (p < 0 || accumulated[i] > accumulated[p])) p = i;
+          if (kept[i] && (p < 0 || importance[i] > importance[p])) p = i;
         }
         if (p < 0) return;
         const members: number[] = [];

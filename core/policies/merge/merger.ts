@@ -23,8 +23,8 @@ export interface MergeHead {
   protect: Protection;
   /** Original position of each entry (a merged entry keeps its kept entry's). */
   positions: Int32Array;
-  /** Attention accumulated by each entry so far (this chunk included). */
-  accumulated: Float32Array;
+  /** The policy's score of each entry, the importance the selection kept by (H2O's: accumulated attention ÷ queries). */
+  importance: Float32Array;
 }
 
 /** Folds dropped entries into kept ones. */
