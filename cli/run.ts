@@ -26,6 +26,7 @@ import { gcStates, inputDigest, stateCacheDir, statePath, touchState } from "../
 import { modelDigest, tokenizerDigest } from "../core/state/digest.ts";
 import { removePartialBuilds } from "../core/model/lock.ts";
 import { type ModelConfig, readConfig } from "../core/model/config.ts";
+import type { WeightChoice } from "../core/model/onnx/decoder.ts";
 import { type AdapterInfo, chooseDevice, type DeviceChoice } from "../core/model/device.ts";
 import type { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
@@ -140,9 +141,11 @@ export async function loadPrepared(p: Prepared, flags: RunFlags): Promise<Loaded
     threads: p.threads,
     executionProviders: p.device.providers,
     retainingHeads: flags.retainingHeads,
+    // a saved state was computed with its weights; the flag decides otherwise
+    weights: (p.state?.run.weights as WeightChoice | undefined) ?? flags.weights,
   });
   p.say(
-    `${model.config.arch} ${model.config.layers} layers on ${p.device.device} (${p.device.reason}); ${
+    `${model.config.arch} ${model.config.layers} layers, ${model.graph.weights} weights, on ${p.device.device} (${p.device.reason}); ${
       model.built ? `graph built in ${model.buildSeconds.toFixed(1)}s` : "cached graph"
     }; ${run.policy.name}, budget ${run.budget} (${
       formatBytes(run.budget * run.tokenBytes)
@@ -401,6 +404,7 @@ async function readOnce(
       model: await modelDigest(model.checkpoint),
       tokenizer: await tokenizerDigest(model.tokenizer.dir),
       run: info().run,
+      weights: model.graph.weights,
       prefix: o.prefix,
       patch: p.run.questionPatch ? o.patch : [],
     })

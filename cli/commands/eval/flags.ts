@@ -58,7 +58,7 @@ export function addEvalOptions(cmd: Command, defaults: EvalDefaults): Command {
     )
     .option("--seed <n>", "seed for haystacks, names and codes", "0")
     .option("--merge <list>", "merge methods, comma-separated: none (drop), d2o, kvmerger, anchors", "none");
-  return addShared(cmd, "chunk", "kvDtype", "positions", "device", "threads")
+  return addShared(cmd, "chunk", "kvDtype", "weights", "positions", "device", "threads")
     .option("--json", "print the results as JSON")
     .option("-q, --quiet", "no progress on stderr")
     .option("--out <dir>", "where plots and the JSONL log go", "tome-eval")
@@ -95,6 +95,7 @@ export async function evalSettings(flags: EvalFlags) {
     seed: intFlag(flags.seed, "--seed", 0)!,
     chunk: intFlag(flags.chunk, "--chunk")!,
     kvDtype: kvDtypeFlag(flags.kvDtype),
+    weights: flags.weights,
     positions: flags.positions,
     threads: intFlag(flags.threads, "--threads"),
     policyOptions: { mask: flags.duoMask, sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1) },

@@ -9,9 +9,9 @@ import onnxProto from "onnx-proto";
 const { onnx } = onnxProto;
 
 /** Element types used in tome's graphs. */
-export type ElemType = "float32" | "float16" | "int64" | "bool";
-const ONNX_TYPE: Record<ElemType, number> = { float32: 1, int64: 7, bool: 9, float16: 10 };
-const BYTES: Record<ElemType, number> = { float32: 4, int64: 8, bool: 1, float16: 2 };
+export type ElemType = "float32" | "float16" | "bfloat16" | "uint8" | "int64" | "bool";
+const ONNX_TYPE: Record<ElemType, number> = { float32: 1, uint8: 2, int64: 7, bool: 9, float16: 10, bfloat16: 16 };
+const BYTES: Record<ElemType, number> = { float32: 4, uint8: 1, int64: 8, bool: 1, float16: 2, bfloat16: 2 };
 
 /** A dimension: a number, or a symbolic name such as `"S"`. */
 export type Dim = number | string;
