@@ -8,6 +8,7 @@
  *   --part chunks    prefill tokens/s by chunk size (how the default chunk was chosen)
  *   --part merge     snapkv at budget 1024 with each --merge method: the extra time per chunk
  *                    (similarity search and averaging) as a share of prefill, at --tokens
+ *                    (--merges LIST: which methods; default d2o,kvmerger,anchors)
  *   --part at4k      prefill tokens/s over 4K tokens with snapkv at budget 1024, then decode tokens/s
  *                    (32 tokens), and the peak RSS: run once per weight type (own process, own peak)
  *   --weights TYPE   the graph's weight type (auto, f32, f16, bf16, q8, q4; default auto)
@@ -30,6 +31,7 @@ const { values: args } = parseArgs({
     size: { type: "string", default: "360m" },
     tokens: { type: "string", default: "65536" },
     threads: { type: "string" },
+    merges: { type: "string", default: "d2o,kvmerger,anchors" },
     weights: { type: "string", default: "auto" },
   },
 });
@@ -90,9 +92,10 @@ if (parts.includes("fraction")) {
 }
 if (parts.includes("merge")) {
   const n = Number(args.tokens);
+  await timedRead(1536, "snapkv", 1024, 512, "d2o"); // warm-up: the first read pays for compiling the code it runs
   const [base] = await timedRead(n, "snapkv", 1024);
   const chunks = Math.ceil(n / 512);
-  for (const merge of ["d2o", "kvmerger", "anchors"]) {
+  for (const merge of args.merges!.split(",")) {
     const [state, seconds] = await timedRead(n, "snapkv", 1024, 512, merge);
     const extra = state.sequence.timings.evict - base.sequence.timings.evict;
     rows.push({
