@@ -6,6 +6,9 @@
  *   --part prefill   prefill tokens/s, full vs snapkv, at 8K tokens
  *   --part decode    decode tokens/s at budget 1024 vs 4096
  *   --part chunks    prefill tokens/s by chunk size (how the default chunk was chosen)
+ *   --part merge     snapkv at budget 1024 with each --merge method: the extra time per chunk
+ *                    (similarity search and averaging) as a share of prefill, at --tokens
+ *                    (--merges LIST: which methods; default d2o,kvmerger,anchors)
  *   --part at4k      prefill tokens/s over 4K tokens with snapkv at budget 1024, then decode tokens/s
  *                    (32 tokens), and the peak RSS: run once per weight type (own process, own peak)
  *   --weights TYPE   the graph's weight type (auto, f32, f16, bf16, q8, q4; default auto)
@@ -28,6 +31,7 @@ const { values: args } = parseArgs({
     size: { type: "string", default: "360m" },
     tokens: { type: "string", default: "65536" },
     threads: { type: "string" },
+    merges: { type: "string", default: "d2o,kvmerger,anchors" },
     weights: { type: "string", default: "auto" },
   },
 });
@@ -54,9 +58,15 @@ const model: LoadedModel = await loadModel(modelDir, {
   weights: args.weights as WeightChoice,
 });
 
-async function timedRead(n: number, policy: string, budget: number, chunk = 512): Promise<[ReadState, number]> {
+async function timedRead(
+  n: number,
+  policy: string,
+  budget: number,
+  chunk = 512,
+  merge?: string,
+): Promise<[ReadState, number]> {
   const t0 = performance.now();
-  const state = await read({ ids: book.subarray(0, n) }, { model, policy, budget, chunk, question });
+  const state = await read({ ids: book.subarray(0, n) }, { model, policy, budget, chunk, question, merge });
   return [state, (performance.now() - t0) / 1000];
 }
 
@@ -79,6 +89,27 @@ if (parts.includes("fraction")) {
     prefill_tok_s: Math.round(n / seconds),
     peak_rss_mb: Math.round(rss().peak / 1e6),
   });
+}
+if (parts.includes("merge")) {
+  const n = Number(args.tokens);
+  await timedRead(1536, "snapkv", 1024, 512, "d2o"); // warm-up: the first read pays for compiling the code it runs
+  const [base] = await timedRead(n, "snapkv", 1024);
+  const chunks = Math.ceil(n / 512);
+  for (const merge of args.merges!.split(",")) {
+    const [state, seconds] = await timedRead(n, "snapkv", 1024, 512, merge);
+    const extra = state.sequence.timings.evict - base.sequence.timings.evict;
+    rows.push({
+      part: "merge share of prefill",
+      model: label,
+      tokens: n,
+      policy: `snapkv+${merge} b=1024 c=512`,
+      prefill_s: seconds,
+      evict_s: state.sequence.timings.evict,
+      evict_drop_only_s: base.sequence.timings.evict,
+      merge_ms_per_chunk: Math.round((extra / chunks) * 1000),
+      merge_fraction: extra / seconds,
+    });
+  }
 }
 if (parts.includes("prefill")) {
   for (const policy of ["full", "snapkv"]) {

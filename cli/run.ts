@@ -116,6 +116,7 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
     decodeBudget,
     window: state?.run.window,
     questionPatch: state?.run.questionPatch ?? flags.questionPatch,
+    merge: state ? state.run.merge ?? undefined : flags.merge,
     retainingHeads: flags.retainingHeads,
   }, { bytes: state ? null : source?.totalBytes, extraTokens: POSITION_MARGIN + maxTokens });
   if (state && state.model.layers !== config.layers) {
@@ -387,6 +388,7 @@ async function readOnce(
       window: p.run.window,
       questionPatch: p.run.questionPatch,
       decodeBudget: p.run.plan.decodeBudget ?? null,
+      merge: p.run.merge,
     },
     recipe: o.reading.recipes[0].name,
     questions: p.state?.questions ?? o.reading.questions ?? [],

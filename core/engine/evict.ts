@@ -1,12 +1,14 @@
 /**
  * One layer's eviction after a run: every KV head's retained entries followed
  * by the run's new ones are scored by the policy and cut to the plan's count
- * by the one selection path, then the store compacts the survivors in place.
+ * by the one selection path, then (with a merger) dropped entries are folded
+ * into kept ones, and the store compacts the survivors in place.
  */
 import { fromF16Bits } from "../../kernels/fp16.ts";
 import type { KvArray, RunResult, StatName } from "../model/session.ts";
 import { type ScoreView, select } from "../policies/mod.ts";
 import type { HeadUpdate, KvStore } from "./kv_store.ts";
+import { mergeLayer, writeMerged } from "./merge_step.ts";
 import type { EvictionRule } from "./plan.ts";
 
 export interface EvictStep {
@@ -94,14 +96,18 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
     updates.push({ keep: new Int32Array(0), positions, accumulated, seen, importance });
   }
   if (policy.arrive) { for (const v of views) policy.arrive(v); }
+  const scores: Float32Array[] = [];
   for (let h = 0; h < K; h++) {
     const v = views[h];
     const keep = rule.keep(l, h);
     if (v.n <= keep) updates[h].keep = Int32Array.from({ length: v.n }, (_, i) => i);
-    else if (policy.sharedAcrossHeads && h > 0) updates[h].keep = updates[0].keep;
-    else updates[h].keep = select(policy.score(v), v.n, keep, protect);
+    else if (policy.sharedAcrossHeads && h > 0) updates[h].keep = updates[0].keep, scores[h] = scores[0];
+    else updates[h].keep = select(scores[h] = policy.score(v), v.n, keep, protect);
   }
-  store.commit(l, updates, { keys: newKeys, values: result.newValues[l], stride: S });
+  const fresh = { keys: newKeys, values: result.newValues[l], stride: S };
+  const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
+  store.commit(l, updates, fresh);
+  if (merged) writeMerged(store, l, merged);
 }
 
 /** ‖k‖₂ of P retained keys followed by c new ones (f32 values or f16 bit patterns). */

@@ -6,6 +6,7 @@
  * decides a budget.
  */
 import { TomeError } from "../errors.ts";
+import type { Merger } from "../policies/merge/mod.ts";
 import type { Policy, Protection } from "../policies/policy.ts";
 
 /** How one phase (reading, or generating) evicts: per-head entry counts and protection. */
@@ -15,6 +16,8 @@ export interface EvictionRule {
   keep(l: number, h: number): number;
   /** Entries layer `l` always keeps, given the step's observation-window queries and whether the question patch rode along. */
   protect(l: number, windowQueries: number, patch: boolean): Protection;
+  /** Folds the entries the selection drops into kept ones instead of dropping them (D2O, KVMerger, anchors). */
+  merge?: Merger;
 }
 
 /** A run's budgets: per layer while reading, and while generating when the decode budget is set. */
@@ -38,6 +41,8 @@ export interface PlanOptions {
   /** Overrides of the policy's protected sinks / recent entries. */
   sinks?: number;
   recent?: number;
+  /** The run's merger (one per run: it holds per-entry weights). */
+  merge?: Merger;
 }
 
 /** The budget plan of `policy` for a model of `layers` × `kvHeads`. */
@@ -51,6 +56,7 @@ export function planBudgets(policy: Policy, dims: { layers: number }, o: PlanOpt
       const base = policy.protect(budgetOf(l), w, patch);
       return { sinks: o.sinks ?? base.sinks, recent: o.recent ?? base.recent };
     },
+    ...(o.merge && !policy.keepsAll ? { merge: o.merge } : {}),
   });
   const evictsWhileGenerating = o.decodeBudget !== undefined && !policy.keepsAll;
   return {

@@ -7,6 +7,7 @@
 import { TomeError } from "../errors.ts";
 import { kvBytesPerToken, type KvDtype, kvElementBytes, type ModelConfig, type PositionMode } from "../model/config.ts";
 import { DEFAULT_POLICY, makePolicy, type Policy, type PolicyOptions } from "../policies/mod.ts";
+import { makeMerger } from "../policies/merge/mod.ts";
 import { parseBudget } from "./budget.ts";
 import { type BudgetPlan, checkPlan, planBudgets } from "./plan.ts";
 import { DEFAULT_WINDOW } from "./prefill.ts";
@@ -41,6 +42,8 @@ export interface RunOptions {
   recent?: number;
   /** Locret retaining heads the model is loaded with (a policy that reads them needs them). */
   retainingHeads?: string;
+  /** Fold evicted entries into kept ones: `d2o`, `kvmerger`, `anchors` (default none: drop them). */
+  merge?: string;
 }
 
 /** What is known of the input before reading it, for `positions: auto`. */
@@ -67,6 +70,8 @@ export interface ResolvedRun {
   /** Observation window without the patch; whether the patch rides along when a question is known. */
   window: number;
   questionPatch: boolean;
+  /** The merge method's name, null when evicted entries are dropped (the merger itself rides on the plan's rules). */
+  merge: string | null;
 }
 
 /** Resolves user options for a model; every bad option is a usage error here, before any model work. */
@@ -88,7 +93,8 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
       throw new TomeError("usage", `${name} must be an integer ≥ 0, got ${v}`);
     }
   }
-  const plan = planBudgets(policy, config, { budget, decodeBudget, sinks: o.sinks, recent: o.recent });
+  const merger = makeMerger(o.merge);
+  const plan = planBudgets(policy, config, { budget, decodeBudget, sinks: o.sinks, recent: o.recent, merge: merger });
   const questionPatch = (o.questionPatch ?? true) && policy.attention;
   checkPlan(plan, window, questionPatch);
   return {
@@ -102,6 +108,7 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
     tokenBytes: kvBytesPerToken(config, bytesPerElement),
     window,
     questionPatch,
+    merge: merger && !policy.keepsAll ? merger.name : null,
   };
 }
 

@@ -8,6 +8,7 @@
 import { generate, type LoadedModel, read } from "../mod.ts";
 import { choosePositions } from "../engine/resolve.ts";
 import { makePolicy } from "../policies/mod.ts";
+import { NO_MERGE } from "../policies/merge/mod.ts";
 import { haystack, scoreAnswer, trialSeed } from "./haystack.ts";
 import { type EvalOptions, type NeedleFraming, openModel } from "./options.ts";
 
@@ -72,44 +73,47 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
           const h = haystack(o.corpus, model.tokenizer, length, depth, trialSeed(o.seed, length, depth, trial));
           const prompt = o.frame(model, h);
           for (const policy of policies) {
-            for (const budget of policy.keepsAll ? [null] : o.budgets) {
-              const t0 = performance.now();
-              const state = await read(h.text, {
-                model,
-                policy,
-                budget: budget ?? 1,
-                chunk: o.chunk,
-                prefix: prompt.prefix,
-                question: prompt.suffix,
-              });
-              let answer = "";
-              const maxTokens = isChat(model) ? MAX_TOKENS.chat : MAX_TOKENS.completion;
-              for await (
-                const piece of generate(state, { suffix: prompt.suffix, maxTokens, sampling: { temperature: 0 } })
-              ) {
-                answer += piece;
+            for (const merge of policy.keepsAll ? [NO_MERGE] : o.merges ?? [NO_MERGE]) {
+              for (const budget of policy.keepsAll ? [null] : o.budgets) {
+                const t0 = performance.now();
+                const state = await read(h.text, {
+                  model,
+                  policy,
+                  budget: budget ?? 1,
+                  chunk: o.chunk,
+                  prefix: prompt.prefix,
+                  question: prompt.suffix,
+                  merge,
+                });
+                let answer = "";
+                const maxTokens = isChat(model) ? MAX_TOKENS.chat : MAX_TOKENS.completion;
+                for await (
+                  const piece of generate(state, { suffix: prompt.suffix, maxTokens, sampling: { temperature: 0 } })
+                ) {
+                  answer += piece;
+                }
+                const s = state.meter.summary();
+                const score = scoreAnswer(answer, h.needle.code);
+                yield {
+                  policy: merge === NO_MERGE ? policy.name : `${policy.name}+${merge}`,
+                  budget,
+                  length,
+                  tokens: s.documentTokens,
+                  depth,
+                  placed: h.placed,
+                  trial,
+                  positions,
+                  code: h.needle.code,
+                  answer,
+                  exact: score.exact,
+                  partial: score.partial,
+                  kv_peak_bytes: s.kvPeakBytes,
+                  kv_full_bytes: s.fullKvBytes,
+                  footprint: s.footprint,
+                  peak_fraction: s.peakFraction,
+                  seconds: (performance.now() - t0) / 1000,
+                };
               }
-              const s = state.meter.summary();
-              const score = scoreAnswer(answer, h.needle.code);
-              yield {
-                policy: policy.name,
-                budget,
-                length,
-                tokens: s.documentTokens,
-                depth,
-                placed: h.placed,
-                trial,
-                positions,
-                code: h.needle.code,
-                answer,
-                exact: score.exact,
-                partial: score.partial,
-                kv_peak_bytes: s.kvPeakBytes,
-                kv_full_bytes: s.fullKvBytes,
-                footprint: s.footprint,
-                peak_fraction: s.peakFraction,
-                seconds: (performance.now() - t0) / 1000,
-              };
             }
           }
         }

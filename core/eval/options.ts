@@ -19,6 +19,8 @@ export interface EvalOptions {
   policyOptions?: PolicyOptions;
   /** Locret retaining heads, built into every graph the evaluation opens. */
   retainingHeads?: string;
+  /** Merge methods swept per policy (`none`: drop-only); default drop-only. */
+  merges?: string[];
   /** How the graphs store weights (default f32). */
   weights?: WeightChoice;
 }

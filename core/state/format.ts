@@ -29,6 +29,8 @@ export interface StateHeader {
     window: number;
     questionPatch: boolean;
     decodeBudget: number | null;
+    /** The merge method evicted entries were folded by (null or absent: dropped). */
+    merge?: string | null;
     /** How the graph stored the weights the K/V were computed with (f32, q8, …). */
     weights?: string;
   };
@@ -159,6 +161,7 @@ function checkHeader(h: unknown, bad: (what: string) => Error): void {
   need(r.positions === "original" || r.positions === "compact", "positions");
   need(r.kvDtype === "float32" || r.kvDtype === "float16", "kv dtype");
   need(typeof r.questionPatch === "boolean" && (r.decodeBudget === null || isInt(r.decodeBudget)), "run flags");
+  need(r.merge === undefined || r.merge === null || isStr(r.merge), "merge method");
   need(r.weights === undefined || isStr(r.weights), "weights");
   need(isStr(h.recipe) && Array.isArray(h.questions) && h.questions.every(isStr), "questions");
   need(typeof h.queryAgnostic === "boolean", "query-agnostic flag");

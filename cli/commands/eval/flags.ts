@@ -33,6 +33,7 @@ export interface EvalFlags extends ModelFlags {
   plots: boolean;
   text?: string;
   last: string;
+  merge: string;
 }
 
 /** A subcommand's defaults for the lists it sweeps. */
@@ -55,7 +56,8 @@ export function addEvalOptions(cmd: Command, defaults: EvalDefaults): Command {
       "--corpus <file>",
       "text to cut haystacks from (default: ../shared/corpus/war_and_peace.txt, else the project's own text)",
     )
-    .option("--seed <n>", "seed for haystacks, names and codes", "0");
+    .option("--seed <n>", "seed for haystacks, names and codes", "0")
+    .option("--merge <list>", "merge methods, comma-separated: none (drop), d2o, kvmerger, anchors", "none");
   return addShared(cmd, "chunk", "kvDtype", "weights", "positions", "device", "threads")
     .option("--json", "print the results as JSON")
     .option("-q, --quiet", "no progress on stderr")
@@ -98,10 +100,13 @@ export async function evalSettings(flags: EvalFlags) {
     threads: intFlag(flags.threads, "--threads"),
     policyOptions: { mask: flags.duoMask, sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1) },
     retainingHeads: flags.retainingHeads,
+    merges: flags.merge.split(",").map((x) => x.trim()).filter(Boolean),
   };
   const config = await readConfig(model);
   for (const policy of policies) {
-    for (const budget of s.budgets) await resolveRun(config, { ...s, policy, budget, positions: "compact" });
+    for (const merge of s.merges) {
+      for (const budget of s.budgets) await resolveRun(config, { ...s, policy, budget, merge, positions: "compact" });
+    }
   }
   const device = await chooseDevice(flags.device);
   return { ...s, executionProviders: device.providers };
