@@ -111,6 +111,8 @@ async function openDirectory(root: string, stats: InputStats): Promise<Source> {
 
 async function* directoryText(root: string, files: WalkedFile[], stats: InputStats): AsyncGenerator<string> {
   let endsWithNewline = true;
+  // small files' text, gathered into segments of about SMALL_FILE characters
+  let pending = "";
   for (const f of files) {
     if (f.size <= SMALL_FILE) {
       // a small file is read whole in one call (a stream per file costs more than its bytes)
@@ -126,11 +128,18 @@ async function* directoryText(root: string, files: WalkedFile[], stats: InputSta
         }
         stats.files++;
         const text = decodeUtf8Whole(whole, stats);
-        yield (endsWithNewline ? (stats.files > 1 ? "\n" : "") : "\n\n") + fileHeader(f.rel);
-        if (text.length > 0) yield text;
+        pending += (endsWithNewline ? (stats.files > 1 ? "\n" : "") : "\n\n") + fileHeader(f.rel) + text;
         endsWithNewline = text.length > 0 ? text.endsWith("\n") : true;
+        if (pending.length >= SMALL_FILE) {
+          yield pending;
+          pending = "";
+        }
         continue;
       }
+    }
+    if (pending) {
+      yield pending;
+      pending = "";
     }
     let head: Uint8Array;
     let bytes: ReadableStream<Uint8Array>;
@@ -154,6 +163,7 @@ async function* directoryText(root: string, files: WalkedFile[], stats: InputSta
       endsWithNewline = segment.endsWith("\n");
     }
   }
+  if (pending) yield pending;
   if (stats.files === 0) {
     const why = stats.skipped.length > 0
       ? ` (${stats.skipped.length} skipped: ${summarizeSkipped(stats.skipped)})`
