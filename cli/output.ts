@@ -5,14 +5,18 @@ const encoder = new TextEncoder();
 /** Thrown when stdout's reader has gone away (e.g. `tome … | head`): the run ends quietly. */
 export class StdoutClosed extends Error {}
 
-/** Writes all of `text` to stdout; a closed pipe becomes {@link StdoutClosed}. */
+/**
+ * Writes all of `text` to stdout; a closed pipe becomes {@link StdoutClosed},
+ * any other failure (`/dev/full`, a full disk) a `TomeError` of kind `output` (exit 13).
+ */
 export async function writeStdout(text: string): Promise<void> {
   const bytes = encoder.encode(text);
   try {
     for (let at = 0; at < bytes.length;) at += await Deno.stdout.write(bytes.subarray(at));
   } catch (err) {
     if (err instanceof Deno.errors.BrokenPipe) throw new StdoutClosed();
-    throw err;
+    const msg = err instanceof Error ? err.message : String(err);
+    throw new TomeError("output", `cannot write to standard output: ${msg.replace(/ \(os error \d+\)$/, "")}`);
   }
 }
 

@@ -557,7 +557,11 @@ class MetricsFile {
 
   write(e: MeterEvent): void {
     const line = new TextEncoder().encode(JSON.stringify(e) + "\n");
-    for (let at = 0; at < line.length;) at += this.file.writeSync(line.subarray(at));
+    try {
+      for (let at = 0; at < line.length;) at += this.file.writeSync(line.subarray(at));
+    } catch (err) {
+      throw new TomeError("output", `cannot write --metrics ${this.path}: ${(err as Error).message}`);
+    }
   }
 
   /** Keeps the file (success, or an interrupted run's record) or removes it (an error). */
