@@ -33,7 +33,7 @@ import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
 import { checkWritable, intFlag, numberFlag, type RunFlags } from "./options.ts";
 import { formatBytes, formatCount } from "./progress.ts";
-import { note, round, StdoutClosed, usage, writeStdout } from "./output.ts";
+import { note, removeDeadWritersTemps, round, StdoutClosed, usage, writeStdout } from "./output.ts";
 
 export interface Recipe {
   name: string;
@@ -548,6 +548,7 @@ class MetricsFile {
 
   static async open(path: string): Promise<MetricsFile> {
     const tmp = join(path, "..", `.${path.split("/").pop()}.tmp-${Deno.pid}`);
+    removeDeadWritersTemps(join(path, ".."), `.${path.split("/").pop()}.tmp-`);
     try {
       return new MetricsFile(path, tmp, await Deno.open(tmp, { write: true, create: true, truncate: true }));
     } catch (err) {

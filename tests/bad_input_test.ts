@@ -968,4 +968,68 @@ Deno.test("make-model --force replaces its own output whole: Ctrl-C removes its 
   assert.deepEqual(await contents(out), fresh);
 });
 
+/** NDJSON lines' shape: each line's event type, and the tokens of chunk events (what a whole file holds, timings aside). */
+function metricsShape(text: string): string[] {
+  assert.ok(text.endsWith("\n"), "a metrics file ends its last line");
+  return text.trimEnd().split("\n").map((line) => {
+    const e = JSON.parse(line);
+    return e.type === "chunk" ? `chunk ${e.tokens}` : e.type;
+  });
+}
+
+Deno.test("--metrics under SIGKILL: the target is absent or whole, never half-written; the next run works and removes the dead run's temp file", async () => {
+  const d = await Deno.makeTempDir({ dir: root, prefix: "metrics-kill-" });
+  const docPath = join(d, "doc.txt");
+  await Deno.writeTextFile(docPath, mixedText(7, 30_000));
+  const target = join(d, "m.ndjson");
+  const args = ["ask", "q", docPath, "-m", model, "--max-tokens", "4", "--no-progress", "--metrics", target];
+  const env = { TOME_CACHE: join(d, "cache") };
+  // the reference: a whole run, once the graph is cached
+  assert.equal((await run(args, d, undefined, env)).code, 0);
+  const reference = await run(args, d, undefined, env);
+  assert.equal(reference.code, 0, reference.stderr);
+  const whole = metricsShape(await Deno.readTextFile(target));
+  assert.ok(whole.length > 5 && whole.at(-1) === "token", whole.join());
+  const temps = () => [...Deno.readDirSync(d)].map((e) => e.name).filter((n) => n.startsWith(".m.ndjson.tmp-"));
+  let next = 0.31;
+  const outcomes: string[] = [];
+  for (let trial = 0; trial < 6; trial++) {
+    await Deno.remove(target).catch(() => {});
+    next = (next * 7.13 + 0.17) % 1; // points spread over the run, the same each time
+    const delay = Math.round((0.15 + 0.95 * next) * reference.seconds * 1000);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--quiet",
+        "--allow-read",
+        "--allow-write",
+        "--allow-env",
+        "--allow-ffi",
+        "--allow-sys",
+        join(ROOT, "cli", "main.ts"),
+        ...args,
+      ],
+      env: { ...env, NO_COLOR: "1", TOME_MODEL: "" },
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    await new Promise((r) => setTimeout(r, delay));
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // it had finished
+    }
+    await child.status;
+    const text = await Deno.readTextFile(target).catch(() => null);
+    if (text !== null) assert.deepEqual(metricsShape(text), whole, `half-written after SIGKILL at ${delay} ms`);
+    outcomes.push(`${delay} ms: ${text === null ? "absent" : "whole"}${temps().length ? " + temp" : ""}`);
+  }
+  console.log(`SIGKILL during --metrics: ${outcomes.join(", ")}`);
+  // killed runs leave their temp files; the next run works and removes them
+  const after = await run(args, d, undefined, env);
+  assert.equal(after.code, 0, after.stderr);
+  assert.deepEqual(metricsShape(await Deno.readTextFile(target)), whole);
+  assert.deepEqual(temps(), []);
+});
+
 Deno.test({ name: "cleanup bad input files", fn: () => Deno.remove(root, { recursive: true }) });
