@@ -14,7 +14,8 @@
  *
  * The checker does not render templates. It knows: an unmutated seed must be
  * accepted, and its text holds the framing verbatim; an accepted template's
- * text places the document exactly once, holds the request, and is at most
+ * text places the document exactly once, holds the user message (in any case)
+ * exactly once — the document can only be in one place — and is at most
  * 1,000,000 characters (tome's documented limit); a config without a string
  * template gets the plain prompt. A rejection must be a `modelInvalid`
  * TomeError; any other error, or no answer in time, is a failure.
@@ -89,7 +90,12 @@ export function makeMutator(runaway: boolean): (next: () => number, i: number) =
         if (how < 0.2) t = t.slice(0, at) + t.slice(at + 1 + Math.floor(next() * 12));
         else if (how < 0.3) t = t.replaceAll(pick(next, ["message['content']", "message.content"]), "''");
         else if (runaway && how < 0.45) t = pick(next, RUNAWAY) + t; // where it parses
-        else t = t.slice(0, at) + pick(next, FRAGMENTS) + t.slice(at);
+        else {
+          // mostly where a tag ends (so the fragment parses and runs), else anywhere
+          const ends = [0, t.length, ...[...t.matchAll(/[}%]\}/g)].map((m) => m.index! + 2)];
+          const where = next() < 0.7 ? pick(next, ends) : at;
+          t = t.slice(0, where) + pick(next, FRAGMENTS) + t.slice(where);
+        }
       }
       template = t;
     }
@@ -113,9 +119,9 @@ export function judge(input: Uint8Array, outcome: Outcome): string | null {
   if (!got.ids) return "token ids out of range";
   if (got.text.length > MAX_CHARS) return `accepted a prompt of ${got.text.length} characters`;
   if (got.text.split("{document}").length !== 2) return "the document is not placed exactly once";
-  if (!got.text.includes("What is it?") && !got.text.toUpperCase().includes("WHAT IS IT?")) {
-    return "the request is missing";
-  }
+  // the user message holds the document: the rendering may hold it (and so the request) once, never twice
+  const requests = got.text.toUpperCase().split("WHAT IS IT?").length - 1;
+  if (requests !== 1) return `the user message appears ${requests} times`;
   if (seed && !got.text.includes("Read this.\n\n{document}\n\nWhat is it?")) return "a seed lost the framing";
   return null;
 }
