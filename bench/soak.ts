@@ -16,7 +16,7 @@
  * holds the same files with the same sizes as after the first (its entries,
  * nothing more: no leaked temp files, locks or builds).
  *
- * Prints tables and writes bench/results/soak.json. Exit 1 when a check fails.
+ * Prints tables and writes bench/results/soak-PART.json. Exit 1 when a check fails.
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
@@ -167,7 +167,7 @@ if (args.part === "ask" || args.part === "all") {
   }
 }
 
-await report("soak", command, rows);
+await report(`soak-${args.part}`, command, rows);
 if (failures.length) {
   console.log(`FAILED:\n  ${failures.join("\n  ")}`);
   Deno.exit(1);
