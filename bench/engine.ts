@@ -6,16 +6,21 @@
  *   --part prefill   prefill tokens/s, full vs snapkv, at 8K tokens
  *   --part decode    decode tokens/s at budget 1024 vs 4096
  *   --part chunks    prefill tokens/s by chunk size (how the default chunk was chosen)
+ *   --part at4k      prefill tokens/s over 4K tokens with snapkv at budget 1024, then decode tokens/s
+ *                    (32 tokens), and the peak RSS: run once per weight type (own process, own peak)
+ *   --weights TYPE   the graph's weight type (auto, f32, f16, bf16, q8, q4; default auto)
  *
  *   deno run -A --v8-flags=--optimize-for-size bench/engine.ts --part all [--size 360m] [--tokens 65536]
  */
 import { parseArgs } from "node:util";
+import process from "node:process";
 import { join } from "node:path";
 import { generate, type LoadedModel, loadModel, read, type ReadState } from "../core/mod.ts";
 import { makeRandomModel, SIZES } from "../core/model/make.ts";
 import { rss } from "../core/meter/rss.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { report, type Row } from "./report.ts";
+import type { WeightChoice } from "../core/model/onnx/decoder.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -23,6 +28,7 @@ const { values: args } = parseArgs({
     size: { type: "string", default: "360m" },
     tokens: { type: "string", default: "65536" },
     threads: { type: "string" },
+    weights: { type: "string", default: "auto" },
   },
 });
 const parts = args.part === "all" ? ["fraction", "prefill", "decode", "chunks"] : args.part!.split(",");
@@ -43,7 +49,10 @@ if (!(await Deno.stat(join(modelDir, "config.json")).then(() => true, () => fals
 const tok = await loadTokenizer(tokenizerDir);
 const book = Int32Array.from(tok.encode(await Deno.readTextFile(join(shared, "corpus", "war_and_peace.txt"))));
 const question = tok.encode("What is the pass code of Natasha?");
-const model: LoadedModel = await loadModel(modelDir, { threads: args.threads ? Number(args.threads) : undefined });
+const model: LoadedModel = await loadModel(modelDir, {
+  threads: args.threads ? Number(args.threads) : undefined,
+  weights: args.weights as WeightChoice,
+});
 
 async function timedRead(n: number, policy: string, budget: number, chunk = 512): Promise<[ReadState, number]> {
   const t0 = performance.now();
@@ -52,7 +61,8 @@ async function timedRead(n: number, policy: string, budget: number, chunk = 512)
 }
 
 const rows: Row[] = [];
-const label = `${args.size} (${model.config.layers} layers, hidden ${model.config.hidden})`;
+const label =
+  `${args.size} (${model.config.layers} layers, hidden ${model.config.hidden}), ${model.graph.weights} weights`;
 if (parts.includes("fraction")) {
   const n = Number(args.tokens);
   const [state, seconds] = await timedRead(n, "snapkv", 1024);
@@ -106,6 +116,36 @@ if (parts.includes("decode")) {
     });
   }
 }
+if (parts.includes("at4k")) {
+  const cpu = () => (process.cpuUsage().user + process.cpuUsage().system) / 1e6;
+  const c0 = cpu();
+  const [state, seconds] = await timedRead(4096, "snapkv", 1024);
+  const prefillCpu = cpu() - c0;
+  let n = 0;
+  let first = 0;
+  let c1 = 0;
+  for await (const _ of generate(state, { suffix: question, maxTokens: 33, sampling: { temperature: 0 }, eos: [] })) {
+    if (n++ === 0) {
+      first = performance.now();
+      c1 = cpu();
+    }
+  }
+  const decodeCpu = cpu() - c1;
+  const cores = args.threads ? Number(args.threads) : navigator.hardwareConcurrency;
+  const generated = state.meter.summary().generatedTokens;
+  rows.push({
+    part: "4K tokens, snapkv b=1024",
+    model: label,
+    prefill_tok_s: Math.round(4096 / seconds),
+    evict_fraction: state.sequence.timings.evict / seconds,
+    decode_tok_s: Number(((generated - 1) / ((performance.now() - first) / 1000)).toFixed(2)),
+    // CPU seconds of the work, and the rate on otherwise idle cores (the machine is shared)
+    prefill_cpu_s: prefillCpu,
+    prefill_tok_s_cpu_bound: Math.round((4096 * cores) / prefillCpu),
+    decode_tok_s_cpu_bound: Number((((generated - 1) * cores) / decodeCpu).toFixed(2)),
+    peak_rss_mb: Math.round(rss().peak / 1e6),
+  });
+}
 if (parts.includes("chunks")) {
   for (const chunk of [128, 256, 512, 1024]) {
     const [, seconds] = await timedRead(4096, "snapkv", 1024, chunk);
@@ -119,7 +159,7 @@ if (parts.includes("chunks")) {
   }
 }
 await report(
-  `engine-${args.size}-${parts.join("+")}`,
+  `engine-${args.size}-${parts.join("+")}${args.weights === "auto" ? "" : `-${args.weights}`}`,
   `deno run -A --v8-flags=--optimize-for-size bench/engine.ts ${Deno.args.join(" ")}`.trim(),
   rows,
 );

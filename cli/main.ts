@@ -12,7 +12,9 @@ import { evalCommand } from "./commands/eval.ts";
 import { inspectCommand } from "./commands/inspect.ts";
 import { summarizeCommand } from "./commands/summarize.ts";
 import { makeModelCommand } from "./commands/make_model.ts";
+import { selftestCommand } from "./commands/selftest.ts";
 import { tokensCommand } from "./commands/tokens.ts";
+import { trainCommand } from "./commands/train.ts";
 import { StdoutClosed } from "./output.ts";
 
 /** The `tome` program with every subcommand. */
@@ -34,8 +36,10 @@ export function program(): Command {
   tokensCommand(p);
   inspectCommand(p);
   makeModelCommand(p);
+  trainCommand(p);
   cacheCommand(p);
   convertCommand(p);
+  selftestCommand(p);
   completionsCommand(p);
   for (const c of p.commands) c.exitOverride().configureOutput({ outputError: oneLine });
   return p;

@@ -5,6 +5,7 @@
 import { type Command, Option } from "commander";
 import { DEFAULT_BUDGET, DEFAULT_CHUNK } from "../core/mod.ts";
 import { type DeviceRequest, DEVICES } from "../core/model/device.ts";
+import { WEIGHT_CHOICES, type WeightChoice } from "../core/model/onnx/decoder.ts";
 import { DEFAULT_POLICY, FILE_POLICIES, POLICIES, PYRAMID_PREFIX } from "../core/policies/mod.ts";
 import { dirname, join, resolve } from "node:path";
 import { TomeError } from "../core/errors.ts";
@@ -18,6 +19,7 @@ export interface ModelFlags {
   positions: "original" | "compact" | "auto";
   device: DeviceRequest;
   kvDtype: "f16" | "f32";
+  weights: WeightChoice;
   threads?: string;
   duoMask?: string;
   duoSparsity?: string;
@@ -53,6 +55,12 @@ const SHARED = {
       .choices(["original", "compact", "auto"]).default("auto"),
   device: () => new Option("--device <device>", "where the model runs").choices(DEVICES).default("auto"),
   kvDtype: () => new Option("--kv-dtype <dtype>", "KV cache element type").choices(["f16", "f32"]).default("f16"),
+  weights: () =>
+    new Option(
+      "--weights <type>",
+      "weight storage: f32, q8 (half the memory), q4, f16, bf16, or auto (the checkpoint's)",
+    )
+      .choices(WEIGHT_CHOICES).default("f32"),
   threads: () => new Option("--threads <n>", "CPU threads for onnxruntime"),
   duoMask: () => new Option("--duo-mask <file>", "duo: head mask TSV (rows = layers, columns = KV heads)"),
   duoSparsity: () => new Option("--duo-sparsity <x>", "duo: fraction of heads made streaming heads").default("0.5"),
@@ -82,7 +90,7 @@ export function addRunOptions(cmd: Command): Command {
       String(DEFAULT_BUDGET),
     );
   addShared(cmd, "chunk").addOption(policyOption());
-  return addShared(cmd, "positions", "device", "kvDtype", "threads")
+  return addShared(cmd, "positions", "device", "kvDtype", "weights", "threads")
     .option("--max-tokens <n>", "most tokens to generate")
     .option("--temperature <t>", "sampling temperature (0: greedy)")
     .option("--top-p <p>", "nucleus sampling")
@@ -160,4 +168,9 @@ export async function checkWritable(path: string, flag: string): Promise<void> {
     if (err instanceof TomeError) throw err;
     throw new TomeError("output", `${flag} ${path} cannot be written: ${(err as Error).message}`);
   }
+}
+
+/** `--kv-dtype f16|f32` as the KV store's element type. */
+export function kvDtypeFlag(v: "f16" | "f32"): "float16" | "float32" {
+  return v === "f32" ? "float32" : "float16";
 }

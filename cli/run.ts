@@ -26,12 +26,13 @@ import { gcStates, inputDigest, stateCacheDir, statePath, touchState } from "../
 import { modelDigest, tokenizerDigest } from "../core/state/digest.ts";
 import { removePartialBuilds } from "../core/model/lock.ts";
 import { type ModelConfig, readConfig } from "../core/model/config.ts";
-import { chooseDevice, type DeviceChoice } from "../core/model/device.ts";
-import type { Meter } from "../core/meter/meter.ts";
+import type { WeightChoice } from "../core/model/onnx/decoder.ts";
+import { type AdapterInfo, chooseDevice, type DeviceChoice } from "../core/model/device.ts";
+import { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
-import { checkWritable, intFlag, numberFlag, type RunFlags } from "./options.ts";
+import { checkWritable, intFlag, kvDtypeFlag, numberFlag, type RunFlags } from "./options.ts";
 import { formatBytes, formatCount } from "./progress.ts";
 import { note, removeDeadWritersTemps, round, StdoutClosed, usage, writeStdout } from "./output.ts";
 
@@ -111,7 +112,7 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
     budget: state?.run.budget ?? flags.budget,
     chunk: state?.run.chunk ?? chunk,
     positions: state?.run.positions ?? flags.positions,
-    kvDtype: state?.run.kvDtype ?? (flags.kvDtype === "f32" ? "float32" : "float16"),
+    kvDtype: state?.run.kvDtype ?? kvDtypeFlag(flags.kvDtype),
     decodeBudget,
     window: state?.run.window,
     questionPatch: state?.run.questionPatch ?? flags.questionPatch,
@@ -139,9 +140,11 @@ export async function loadPrepared(p: Prepared, flags: RunFlags): Promise<Loaded
     threads: p.threads,
     executionProviders: p.device.providers,
     retainingHeads: flags.retainingHeads,
+    // a saved state was computed with its weights; the flag decides otherwise
+    weights: (p.state?.run.weights as WeightChoice | undefined) ?? flags.weights,
   });
   p.say(
-    `${model.config.arch} ${model.config.layers} layers on ${p.device.device} (${p.device.reason}); ${
+    `${model.config.arch} ${model.config.layers} layers, ${model.graph.weights} weights, on ${p.device.device} (${p.device.reason}); ${
       model.built ? `graph built in ${model.buildSeconds.toFixed(1)}s` : "cached graph"
     }; ${run.policy.name}, budget ${run.budget} (${
       formatBytes(run.budget * run.tokenBytes)
@@ -201,7 +204,13 @@ export async function runReading(input: string | null, reading: Reading, flags: 
     }
     // the read is shaped by every question at once: their suffixes together are the observation window
     const patch = prompts.flatMap((p) => p.suffix);
-    const { state, cached } = await readOnce(model, prepared, flags, source, { prefix, patch, onEvent, reading });
+    const { state, cached } = await readOnce(model, prepared, flags, source, {
+      prefix,
+      patch,
+      onEvent,
+      reading,
+      onMeter: (m) => (meter = m),
+    });
     meter = state.meter;
     display.clear();
     if (cached) prepared.say(`answering from ${cached}`);
@@ -241,6 +250,8 @@ export async function runReading(input: string | null, reading: Reading, flags: 
           recipe: a.recipe,
           model: dir,
           device: device.device,
+          adapter: device.adapter,
+          gpuKvBytes: device.device === "cpu" ? undefined : model.session.kvFedPeakBytes,
           policy: run.policy.name,
           budget: run.budget,
           chunk: run.chunk,
@@ -310,6 +321,7 @@ export async function runRead(
       patch,
       onEvent: (e) => display.event(e),
       reading,
+      onMeter: (m) => (meter = m),
     });
     meter = state.meter;
     display.clear();
@@ -356,7 +368,14 @@ async function readOnce(
   p: Prepared,
   flags: RunFlags,
   source: Source | null,
-  o: { prefix: number[]; patch: number[]; onEvent: (e: MeterEvent) => void; reading: Reading },
+  o: {
+    prefix: number[];
+    patch: number[];
+    onEvent: (e: MeterEvent) => void;
+    reading: Reading;
+    /** Called with the read's meter as soon as it exists (an interrupt reports it). */
+    onMeter: (m: Meter) => void;
+  },
 ): Promise<{ state: ReadState; cached: string | null }> {
   const info = (): StateInfo => ({
     run: {
@@ -387,6 +406,7 @@ async function readOnce(
       );
     }
     const loaded = await loadState(flags.state!, model, o.onEvent);
+    o.onMeter(loaded.sequence.meter);
     const state = await read(source ?? { ids: [] }, { model, run: p.run, question: o.patch, from: loaded.sequence });
     if (flags.save) await saveState(flags.save, model, state.sequence, info());
     return { state, cached: source ? null : flags.state! };
@@ -397,6 +417,7 @@ async function readOnce(
       model: await modelDigest(model.checkpoint),
       tokenizer: await tokenizerDigest(model.tokenizer.dir),
       run: info().run,
+      weights: model.graph.weights,
       prefix: o.prefix,
       patch: p.run.questionPatch ? o.patch : [],
     })
@@ -407,6 +428,7 @@ async function readOnce(
   if (cachePath && await Deno.stat(cachePath).then(() => true, () => false)) {
     try {
       const loaded = await loadState(cachePath, model, o.onEvent);
+      o.onMeter(loaded.sequence.meter);
       await touchState(cachePath);
       return {
         state: await read({ ids: [] }, { model, run: p.run, question: o.patch, from: loaded.sequence }),
@@ -418,13 +440,9 @@ async function readOnce(
       await Deno.remove(cachePath).catch(() => {});
     }
   }
-  const state = await read(source!, {
-    model,
-    run: p.run,
-    prefix: o.prefix,
-    question: o.patch,
-    onEvent: o.onEvent,
-  });
+  const fresh = new Meter(p.run.tokenBytes, o.onEvent);
+  o.onMeter(fresh);
+  const state = await read(source!, { model, run: p.run, prefix: o.prefix, question: o.patch, meter: fresh });
   if (flags.save) await saveState(flags.save, model, state.sequence, info());
   if (cachePath) {
     await Deno.mkdir(stateCacheDir(), { recursive: true });
@@ -479,6 +497,10 @@ export function jsonResult(r: {
   recipe: string;
   model: string;
   device: string;
+  /** The WebGPU adapter, on webgpu. */
+  adapter?: AdapterInfo;
+  /** On a GPU: the most KV bytes one run fed to the device. */
+  gpuKvBytes?: number;
   policy: string;
   budget: number;
   chunk: number;
@@ -495,6 +517,18 @@ export function jsonResult(r: {
     recipe: r.recipe,
     model: r.model,
     device: r.device,
+    ...(r.adapter
+      ? {
+        adapter: {
+          vendor: r.adapter.vendor,
+          architecture: r.adapter.architecture,
+          device: r.adapter.device,
+          description: r.adapter.description,
+          software: r.adapter.software,
+        },
+      }
+      : {}),
+    ...(r.gpuKvBytes === undefined ? {} : { gpu_kv_bytes_per_run_peak: r.gpuKvBytes }),
     policy: r.policy,
     budget: r.budget,
     chunk: r.chunk,

@@ -1,13 +1,14 @@
 /**
  * Prompt framing: the document sits inside the user turn of the model's chat
- * template (`tokenizer_config.json`, rendered with @huggingface/jinja), between
+ * template (`tokenizer_config.json`, rendered with @huggingface/jinja within time and size limits), between
  * a header and the request. The tokens before the document are the prefix; the
  * request and the template's tail (up to the assistant's turn) are the suffix,
  * known before reading — so they ride along each chunk as the question patch.
  */
-import { Template } from "@huggingface/jinja";
+import { join } from "node:path";
 import { TomeError } from "../core/errors.ts";
 import type { Tokenizer } from "../core/tokens/tokenizer.ts";
+import { renderBounded, TemplateLimitError } from "./chat_template.ts";
 
 /** What a recipe asks. */
 export interface Framing {
@@ -26,10 +27,6 @@ export interface Prompt {
   prefix: number[];
   /** The request and the template's tail: prefilled after the document, and the observation window. */
   suffix: number[];
-  /** The rendered text, with `{document}` where the document goes (for --verbose and tests). */
-  text: string;
-  /** Whether the chat template was used (false: a plain prompt for base models). */
-  chat: boolean;
 }
 
 const DOCUMENT = "\u0000tome-document\u0000";
@@ -39,26 +36,22 @@ export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: 
   const template = tokenizer.config.chat_template;
   const content = `${framing.header}\n\n${DOCUMENT}\n\n${framing.request}`;
   let text: string;
-  let chat = false;
   if (typeof template === "string" && template.length > 0) {
     const messages = [
       ...(framing.system ? [{ role: "system", content: framing.system }] : []),
       { role: "user", content },
     ];
     try {
-      text = new Template(template).render({
+      text = renderBounded(template, {
         messages,
         add_generation_prompt: true,
         bos_token: tokenText(tokenizer.config.bos_token),
         eos_token: tokenText(tokenizer.config.eos_token),
       });
     } catch (err) {
-      throw new TomeError(
-        "modelInvalid",
-        `chat template of ${tokenizer.dir} failed to render: ${(err as Error).message}`,
-      );
+      const what = err instanceof TemplateLimitError ? err.message : `failed to render: ${(err as Error)?.message}`;
+      throw new TomeError("modelInvalid", `${configPath(tokenizer)}: chat template ${what}`);
     }
-    chat = true;
   } else {
     const bos = bosTokenId !== null ? tokenizer.idToToken(bosTokenId) ?? "" : "";
     const request = framing.plainRequest ?? `${framing.request}\nAnswer:`;
@@ -66,15 +59,15 @@ export function buildPrompt(tokenizer: Tokenizer, framing: Framing, bosTokenId: 
   }
   const at = text.indexOf(DOCUMENT);
   if (at < 0 || text.indexOf(DOCUMENT, at + 1) >= 0) {
-    throw new TomeError("modelInvalid", `chat template of ${tokenizer.dir} does not place the user message once`);
+    throw new TomeError("modelInvalid", `${configPath(tokenizer)}: chat template does not place the user message once`);
   }
   return {
     prefix: tokenizer.encodePrompt(text.slice(0, at)),
     suffix: tokenizer.encodePrompt(text.slice(at + DOCUMENT.length)),
-    text: text.replace(DOCUMENT, "{document}"),
-    chat,
   };
 }
+
+const configPath = (tokenizer: Tokenizer) => join(tokenizer.dir, "tokenizer_config.json");
 
 function tokenText(v: unknown): string {
   if (typeof v === "string") return v;

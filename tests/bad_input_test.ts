@@ -544,6 +544,48 @@ const table: Case[] = [
     code: EXIT.modelInvalid,
     cause: /num_hidden_layers must be a positive integer ≤ 1024/,
   },
+  {
+    name: "generation_config.json that is not JSON",
+    setup: async (d) => {
+      await copyModel(join(d, "m"));
+      await Deno.writeTextFile(join(d, "m", "generation_config.json"), "{ not json");
+      await doc(d);
+    },
+    args: (d) => ask(d),
+    code: EXIT.modelInvalid,
+    cause: /generation_config\.json is not valid JSON/,
+  },
+  {
+    name: "generation_config.json that is not an object",
+    setup: async (d) => {
+      await copyModel(join(d, "m"));
+      await Deno.writeTextFile(join(d, "m", "generation_config.json"), "[1, 2]");
+      await doc(d);
+    },
+    args: (d) => ask(d),
+    code: EXIT.modelInvalid,
+    cause: /generation_config\.json is not a JSON object/,
+  },
+  {
+    name: "ask --state on a file that is not a state",
+    setup: async (d) => {
+      await copyModel(join(d, "m"));
+      await Deno.writeTextFile(join(d, "s.tstate"), "a text file named like a state");
+    },
+    args: (d) => ["ask", "--state", join(d, "s.tstate"), "what?", "--model", join(d, "m")],
+    code: EXIT.stateInvalid,
+    cause: /s\.tstate: not a valid tome state/,
+  },
+  {
+    name: "ask: --policy pyramid:nope",
+    setup: async (d) => {
+      await copyModel(join(d, "m"));
+      await doc(d);
+    },
+    args: (d) => [...ask(d), "--policy", "pyramid:nope"],
+    code: EXIT.usage,
+    cause: /--policy: unknown policy "pyramid:nope"/,
+  },
   // --- tokenizer against the model ---
   {
     name: "tokenizer larger than the embedding",

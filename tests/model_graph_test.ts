@@ -1,19 +1,23 @@
 /**
  * The ONNX decoder graph against the TypeScript reference forward pass, for
  * every architecture: logits, new K/V and attention statistics, in one pass and
- * in chunks with the cache carried, in both position modes, with f16 KV.
+ * in chunks with the cache carried, in both position modes, with f16 KV; and
+ * at every weight type against the reference fed the weights as stored.
  */
 import { STATS as GRAPH_STATS } from "../core/model/onnx/stats.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { graphFor } from "../core/model/cache.ts";
 import { type Checkpoint, openCheckpoint } from "../core/model/checkpoint.ts";
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../core/model/onnx/decoder.ts";
+import { DEFAULT_GRAPH_OPTIONS, DEFAULT_QUANT, type GraphOptions, resolveWeights } from "../core/model/onnx/decoder.ts";
+import { makeRandomModel, SIZES } from "../core/model/make.ts";
 import { appendEntries, forward, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
 import type { PositionMode } from "../core/model/config.ts";
 import { emptyPast, type KvArray, ModelSession, type StatName } from "../core/model/session.ts";
 import { bruteForceStats, makeTinyModels, maxAbsDiff, TINY_MODELS } from "./model_fixtures.ts";
 import { rng } from "./helpers.ts";
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../kernels/fp16.ts";
+import { dequantizeBlocks, quantizeBlocks } from "../kernels/quant.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-graph-test-" });
 Deno.env.set("TOME_CACHE", join(root, "cache"));
@@ -203,13 +207,116 @@ for (const { name } of TINY_MODELS) {
     });
 
     await t.step("f16 weights within 2e-2 relative of f32", async () => {
-      const f16w = await m.session({ weightDtype: "float16" });
+      const f16w = await m.session({ weights: "f16" });
       const r = await f16w.run({ ids, positions, past: emptyPast(c, "float32") });
       const rel = maxAbsDiff(r.logits!, full.logits) / maxAbsDiff(full.logits, new Float32Array(full.logits.length));
       assert.ok(rel < 2e-2, `relative difference ${rel}`);
     });
   });
 }
+
+/**
+ * The reference's weights as a graph of this type stores them: every matrix (2-D tensor: linear layers,
+ * embedding, LM head) rounded to 16 bits or quantized and dequantized per block of its rows; norms and
+ * biases (1-D) unchanged.
+ */
+function storedWeights(w: Weights, opts: GraphOptions): Weights {
+  const q = opts.quant!;
+  const store = (x: Float32Array, cols: number): Float32Array => {
+    switch (opts.weights) {
+      case "f16":
+        return f16ToF32(f32ToF16(x));
+      case "bf16":
+        return bf16ToF32(f32ToBf16(x));
+      case "q8":
+      case "q4": {
+        const spec = { bits: opts.weights === "q8" ? 8 as const : 4 as const, block: q.block, symmetric: q.symmetric };
+        return dequantizeBlocks(quantizeBlocks(x, x.length / cols, cols, spec));
+      }
+      default:
+        return x;
+    }
+  };
+  const D = w.norm.length;
+  const embed = store(w.embed, D);
+  return {
+    embed,
+    norm: w.norm,
+    lmHead: w.lmHead === w.embed ? embed : store(w.lmHead, D),
+    layers: w.layers.map((l) => ({
+      ...l,
+      wq: store(l.wq, D),
+      wk: store(l.wk, D),
+      wv: store(l.wv, D),
+      wo: store(l.wo, l.wo.length / D),
+      wGate: store(l.wGate, D),
+      wUp: store(l.wUp, D),
+      wDown: store(l.wDown, l.wDown.length / D),
+    })),
+  };
+}
+
+const WEIGHT_CASES: Partial<GraphOptions>[] = [
+  { weights: "f16" },
+  { weights: "bf16" },
+  { weights: "q8", quant: { block: 32, symmetric: true, accuracyLevel: 0 } },
+  { weights: "q8", quant: { block: 64, symmetric: false, accuracyLevel: 0 } },
+  { weights: "q4", quant: { block: 32, symmetric: true, accuracyLevel: 0 } },
+  { weights: "q4", quant: { block: 16, symmetric: false, accuracyLevel: 0 } },
+];
+
+for (const name of ["llama", "qwen2", "qwen3"]) {
+  Deno.test(`weight types = reference on the weights as stored: ${name}`, async (t) => {
+    const m = await load(models.get(name)!);
+    const c = m.ckpt.config;
+    const ids = randomIds(40, c.vocab, 5);
+    const positions = ids.map((_, i) => i);
+    for (const wcase of WEIGHT_CASES) {
+      const opts = { ...DEFAULT_GRAPH_OPTIONS, logits: "all" as const, quant: DEFAULT_QUANT, ...wcase };
+      const label = opts.weights.startsWith("q") ? `${opts.weights} ${JSON.stringify(opts.quant)}` : opts.weights;
+      await t.step(`${label}: logits, K/V, statistics ≤ ${TOL}`, async () => {
+        const stored: Loaded = { ...m, weights: storedWeights(m.weights, opts) };
+        const session = await m.session(opts);
+        await compareRun(stored, session, ids, positions, { length: 0, layers: [] }, "original", 30);
+        // and the type changes the model: the original weights are further away
+        const r = await session.run({ ids, positions, past: emptyPast(c, "float32") });
+        assert.ok(maxAbsDiff(r.logits!, forward(c, m.weights, ids, positions).logits) > TOL);
+      });
+    }
+    // int8 activations (one scale per block of 32, max/127) measured 1.5–1.9% of the logits' range on these
+    // models (random weights, 2 layers); the bound leaves that margin, a real error (a wrong block, scale
+    // or zero point) moves logits by the whole range
+    await t.step("accuracy level 4 (int8 activations): within 3% of the logits' range", async () => {
+      for (const weights of ["q8", "q4"] as const) {
+        const opts = { ...DEFAULT_GRAPH_OPTIONS, logits: "all" as const, weights, quant: DEFAULT_QUANT };
+        const session = await m.session(opts);
+        const r = await session.run({ ids, positions, past: emptyPast(c, "float32") });
+        const e = forward(c, storedWeights(m.weights, opts), ids, positions).logits;
+        const rel = maxAbsDiff(r.logits!, e) / maxAbsDiff(e, new Float32Array(e.length));
+        if (Deno.env.get("TOME_SHOW")) console.log(`${weights} accuracy level 4: relative difference ${rel}`);
+        assert.ok(rel < 3e-2, `${weights}: relative difference ${rel}`);
+      }
+    });
+  });
+}
+
+Deno.test("--weights auto is the checkpoint's own precision", async () => {
+  const f32 = await openCheckpoint(models.get("llama")!);
+  assert.equal(resolveWeights(f32), "f32");
+  assert.equal(resolveWeights(f32, "q4"), "q4");
+  const dir = join(root, "bf16-model");
+  await makeRandomModel(dir, {
+    arch: "llama",
+    shape: SIZES.tiny,
+    seed: 1,
+    dtype: "BF16",
+    tokenizer: join(root, "models", "tokenizer"),
+  });
+  const bf16 = await openCheckpoint(dir);
+  assert.equal(resolveWeights(bf16), "bf16");
+  assert.equal(resolveWeights(bf16, "auto"), "bf16");
+  assert.equal(resolveWeights(bf16, "f32"), "f32");
+});
 
 Deno.test("graph cache: a second request does not rebuild; options change the key", async () => {
   const ckpt = await openCheckpoint(models.get("llama")!);

@@ -14,8 +14,8 @@ function graphVariants(): GraphOptions[] {
   const out: GraphOptions[] = [];
   for (const positions of ["original", "compact"] as const) {
     for (const kvDtype of ["float32", "float16"] as const) {
-      for (const weightDtype of ["float32", "float16"] as const) {
-        for (const logits of ["last", "all"] as const) out.push({ positions, kvDtype, weightDtype, logits });
+      for (const weights of ["f32", "f16", "bf16", "q8", "q4"] as const) {
+        for (const logits of ["last", "all"] as const) out.push({ positions, kvDtype, weights, logits });
       }
     }
   }
@@ -153,13 +153,13 @@ export function inspectCommand(program: Command): void {
 }
 
 function sameOptions(a: GraphOptions, b: GraphOptions): boolean {
-  return a.positions === b.positions && a.kvDtype === b.kvDtype && a.weightDtype === b.weightDtype &&
+  return a.positions === b.positions && a.kvDtype === b.kvDtype && a.weights === b.weights &&
     a.logits === b.logits;
 }
 
 function describe(g: GraphOptions): string {
   const short = (t: string) => (t === "float32" ? "f32" : "f16");
-  return `${g.positions}/kv-${short(g.kvDtype)}/w-${short(g.weightDtype)}/logits-${g.logits}`;
+  return `${g.positions}/kv-${short(g.kvDtype)}/w-${g.weights}/logits-${g.logits}`;
 }
 
 function ggufLines(g: GgufDescription): string[][] {

@@ -11,12 +11,30 @@ import type { KvArray, PastKv } from "../model/session.ts";
 
 export type { KvDtype };
 
-/** One layer's cache. */
-export interface LayerCache {
-  /** Slots per head. */
-  capacity: number;
+/** Entries as rows: keys and values [rows, d], and per row its position and statistics. */
+export interface EntryRows {
   keys: KvArray;
   values: KvArray;
+  positions: Int32Array;
+  accumulated: Float32Array;
+  seen: Float32Array;
+  importance: Float32Array;
+}
+
+/** Copies rows `from`…`from + n − 1` of `src` to rows `to`… of `dst` (head dim `d`), every field. */
+export function copyRows(src: EntryRows, from: number, dst: EntryRows, to: number, n: number, d: number): void {
+  dst.keys.set(src.keys.subarray(from * d, (from + n) * d), to * d);
+  dst.values.set(src.values.subarray(from * d, (from + n) * d), to * d);
+  dst.positions.set(src.positions.subarray(from, from + n), to);
+  dst.accumulated.set(src.accumulated.subarray(from, from + n), to);
+  dst.seen.set(src.seen.subarray(from, from + n), to);
+  dst.importance.set(src.importance.subarray(from, from + n), to);
+}
+
+/** One layer's cache. */
+export interface LayerCache extends EntryRows {
+  /** Slots per head. */
+  capacity: number;
   /** Valid entries of each KV head. */
   lengths: Int32Array;
   /** [Hkv, capacity]: original token position of each entry. */
@@ -140,15 +158,8 @@ export class KvStore {
       if (need <= c.capacity) continue;
       const t = this.#allocate(need);
       for (let h = 0; h < K; h++) {
-        const n = c.lengths[h];
-        const from = h * c.capacity, to = h * need;
-        t.keys.set(c.keys.subarray(from * d, (from + n) * d), to * d);
-        t.values.set(c.values.subarray(from * d, (from + n) * d), to * d);
-        t.positions.set(c.positions.subarray(from, from + n), to);
-        t.accumulated.set(c.accumulated.subarray(from, from + n), to);
-        t.seen.set(c.seen.subarray(from, from + n), to);
-        t.importance.set(c.importance.subarray(from, from + n), to);
-        t.lengths[h] = n;
+        copyRows(c, h * c.capacity, t, h * need, c.lengths[h], d);
+        t.lengths[h] = c.lengths[h];
       }
       this.layers[l] = t;
     }

@@ -4,7 +4,14 @@ import { fsError, TomeError } from "../errors.ts";
 import { graphFor } from "../model/cache.ts";
 import { type Checkpoint, checkTokenizerFits, openCheckpoint } from "../model/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../model/onnx/decoder.ts";
+import {
+  DEFAULT_GRAPH_OPTIONS,
+  DEFAULT_QUANT,
+  type GraphOptions,
+  type QuantOptions,
+  resolveWeights,
+  type WeightChoice,
+} from "../model/onnx/decoder.ts";
 import { ModelSession } from "../model/session.ts";
 import { loadTokenizer, type Tokenizer } from "../tokens/tokenizer.ts";
 import type { KvDtype } from "./kv_store.ts";
@@ -43,6 +50,10 @@ export interface LoadOptions {
   retainingHeads?: string;
   /** onnxruntime execution providers (default: cpu). */
   executionProviders?: string[];
+  /** How the graph stores weights (default f32; `auto` is the checkpoint's own precision). */
+  weights?: WeightChoice;
+  /** Block quantization for q8/q4 (default DEFAULT_QUANT). */
+  quant?: QuantOptions;
 }
 
 /** Opens a checkpoint directory, builds (or finds) its graph and starts a session. */
@@ -50,13 +61,18 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   const checkpoint = await openCheckpoint(dir);
   const tokenizer = await loadTokenizer(dir);
   checkTokenizerFits(checkpoint, tokenizer.vocabSize);
+  const weights = resolveWeights(checkpoint, opts.weights ?? "f32");
   const graph: GraphOptions = {
     ...DEFAULT_GRAPH_OPTIONS,
     positions: opts.positions ?? "original",
     kvDtype: opts.kvDtype ?? "float32",
     logits: opts.allLogits ? "all" : "last",
+    weights,
+    ...(weights === "q8" || weights === "q4" ? { quant: opts.quant ?? DEFAULT_QUANT } : {}),
     ...(opts.retainingHeads ? { retainingHeads: opts.retainingHeads } : {}),
   };
+  // the generation config is checked before the (possibly long) graph build
+  const generation = await generationDefaults(dir, checkpoint.config, tokenizer);
   const cached = await graphFor(checkpoint, graph);
   const t0 = performance.now();
   const session = await ModelSession.open(checkpoint.config, graph, cached.path, {
@@ -68,7 +84,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     checkpoint,
     config: checkpoint.config,
     tokenizer,
-    generation: await generationDefaults(dir, checkpoint.config, tokenizer),
+    generation,
     session,
     graph,
     built: cached.built,
@@ -109,7 +125,7 @@ async function readGenerationConfig(path: string): Promise<Record<string, unknow
   try {
     text = await Deno.readTextFile(path);
   } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return {};
+    if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) return {};
     throw fsError(err, path, "generation config");
   }
   let g: unknown;

@@ -5,6 +5,7 @@
 import { type LoadedModel, loadModel } from "../mod.ts";
 import type { Haystack } from "./haystack.ts";
 import type { PolicyOptions } from "../policies/mod.ts";
+import type { WeightChoice } from "../model/onnx/decoder.ts";
 
 export interface EvalOptions {
   model: string;
@@ -18,6 +19,8 @@ export interface EvalOptions {
   policyOptions?: PolicyOptions;
   /** Locret retaining heads, built into every graph the evaluation opens. */
   retainingHeads?: string;
+  /** How the graphs store weights (default f32). */
+  weights?: WeightChoice;
 }
 
 /** The prompt around a needle haystack (the caller's recipe): prefix before the document, suffix after. */
@@ -36,5 +39,6 @@ export function openModel(
     threads: o.threads,
     executionProviders: o.executionProviders,
     retainingHeads: o.retainingHeads,
+    weights: o.weights,
   });
 }

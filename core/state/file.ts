@@ -5,7 +5,7 @@
  */
 import { basename, dirname, join } from "node:path";
 import { TomeError } from "../errors.ts";
-import { KvStore } from "../engine/kv_store.ts";
+import { copyRows, KvStore } from "../engine/kv_store.ts";
 import { Sequence } from "../engine/sequence.ts";
 import type { LoadedModel } from "../engine/model.ts";
 import { Meter, type MeterEvent } from "../meter/meter.ts";
@@ -51,13 +51,7 @@ export async function saveState(
     };
     let at = 0;
     c.lengths.forEach((len, h) => {
-      const from = h * c.capacity;
-      out.keys.set(c.keys.subarray(from * d, (from + len) * d), at * d);
-      out.values.set(c.values.subarray(from * d, (from + len) * d), at * d);
-      out.positions.set(c.positions.subarray(from, from + len), at);
-      out.accumulated.set(c.accumulated.subarray(from, from + len), at);
-      out.seen.set(c.seen.subarray(from, from + len), at);
-      out.importance.set(c.importance.subarray(from, from + len), at);
+      copyRows(c, h * c.capacity, out, at, len, d);
       at += len;
     });
     return out;
@@ -73,6 +67,7 @@ export async function saveState(
     },
     tokenizer: { digest: await tokenizerDigest(model.tokenizer.dir) },
     ...info,
+    run: { ...info.run, weights: model.graph.weights },
     position: seq.position,
     lengths: seq.store.layers.map((c) => Array.from(c.lengths)),
     meter: seq.meter.snapshot(),
@@ -139,6 +134,9 @@ export async function loadState(
       `made with ${header.run.positions} positions and ${header.run.kvDtype} KV, the model is loaded with ${model.graph.positions} and ${model.graph.kvDtype}`,
     );
   }
+  if (header.run.weights !== undefined && header.run.weights !== model.graph.weights) {
+    throw refuse(`made with ${header.run.weights} weights, the model is loaded with ${model.graph.weights}`);
+  }
   const layers = decodePayload(header, payload!);
   const store = new KvStore(c, header.run.kvDtype);
   const d = c.headDim;
@@ -161,13 +159,7 @@ export async function loadState(
     };
     let at = 0;
     lengths.forEach((len, h) => {
-      const to = h * cap;
-      layer.keys.set(src.keys.subarray(at * d, (at + len) * d), to * d);
-      layer.values.set(src.values.subarray(at * d, (at + len) * d), to * d);
-      layer.positions.set(src.positions.subarray(at, at + len), to);
-      layer.accumulated.set(src.accumulated.subarray(at, at + len), to);
-      layer.seen.set(src.seen.subarray(at, at + len), to);
-      layer.importance.set(src.importance.subarray(at, at + len), to);
+      copyRows(src, at, layer, h * cap, len, d);
       at += len;
     });
   });

@@ -7,7 +7,7 @@
  * untrusted input: every field is checked before anything is allocated.
  */
 import { TomeError } from "../errors.ts";
-import type { KvDtype } from "../model/config.ts";
+import { type KvDtype, kvElementBytes } from "../model/config.ts";
 import type { MeterSnapshot } from "../meter/meter.ts";
 
 export const STATE_MAGIC = "TOMESTATE";
@@ -29,6 +29,8 @@ export interface StateHeader {
     window: number;
     questionPatch: boolean;
     decodeBudget: number | null;
+    /** How the graph stored the weights the K/V were computed with (f32, q8, …). */
+    weights?: string;
   };
   /** The recipe whose framing the prefix is, and the questions that shaped the read (empty: none). */
   recipe: string;
@@ -58,7 +60,7 @@ export interface StateLayer {
 
 /** Bytes of the payload the header's lengths imply. */
 export function payloadBytes(h: Pick<StateHeader, "lengths" | "model" | "run">): number {
-  const el = h.run.kvDtype === "float32" ? 4 : 2;
+  const el = kvElementBytes(h.run.kvDtype);
   let n = 0;
   for (const layer of h.lengths) for (const len of layer) n += len * (2 * h.model.headDim * el + 4 * 4);
   return n;
@@ -122,7 +124,7 @@ export function decodePayload(header: StateHeader, payload: Uint8Array): StateLa
   };
   return header.lengths.map((heads) => {
     const n = heads.reduce((a, b) => a + b, 0);
-    const el = f32 ? 4 : 2;
+    const el = kvElementBytes(header.run.kvDtype);
     const kv = () => (f32 ? new Float32Array(take(n * d * el)) : new Uint16Array(take(n * d * el)));
     return {
       keys: kv(),
@@ -157,6 +159,7 @@ function checkHeader(h: unknown, bad: (what: string) => Error): void {
   need(r.positions === "original" || r.positions === "compact", "positions");
   need(r.kvDtype === "float32" || r.kvDtype === "float16", "kv dtype");
   need(typeof r.questionPatch === "boolean" && (r.decodeBudget === null || isInt(r.decodeBudget)), "run flags");
+  need(r.weights === undefined || isStr(r.weights), "weights");
   need(isStr(h.recipe) && Array.isArray(h.questions) && h.questions.every(isStr), "questions");
   need(typeof h.queryAgnostic === "boolean", "query-agnostic flag");
   need(Array.isArray(h.prefix) && h.prefix.every((x) => isInt(x, 2 ** 31 - 1)), "prefix tokens");

@@ -7,7 +7,15 @@ import { resolveRun } from "../../../core/mod.ts";
 import { readConfig } from "../../../core/model/config.ts";
 import { chooseDevice } from "../../../core/model/device.ts";
 import { needlePrompt } from "../../../recipes/needle.ts";
-import { addShared, intFlag, type ModelFlags, numberFlag, policyOption, sharedOption } from "../../options.ts";
+import {
+  addShared,
+  intFlag,
+  kvDtypeFlag,
+  type ModelFlags,
+  numberFlag,
+  policyOption,
+  sharedOption,
+} from "../../options.ts";
 import { usage } from "../../output.ts";
 import { modelDir } from "../../run.ts";
 
@@ -48,7 +56,7 @@ export function addEvalOptions(cmd: Command, defaults: EvalDefaults): Command {
       "text to cut haystacks from (default: ../shared/corpus/war_and_peace.txt, else the project's own text)",
     )
     .option("--seed <n>", "seed for haystacks, names and codes", "0");
-  return addShared(cmd, "chunk", "kvDtype", "positions", "device", "threads")
+  return addShared(cmd, "chunk", "kvDtype", "weights", "positions", "device", "threads")
     .option("--json", "print the results as JSON")
     .option("-q, --quiet", "no progress on stderr")
     .option("--out <dir>", "where plots and the JSONL log go", "tome-eval")
@@ -84,7 +92,8 @@ export async function evalSettings(flags: EvalFlags) {
     needles: intFlag(flags.needles, "--needles")!,
     seed: intFlag(flags.seed, "--seed", 0)!,
     chunk: intFlag(flags.chunk, "--chunk")!,
-    kvDtype: flags.kvDtype === "f32" ? "float32" as const : "float16" as const,
+    kvDtype: kvDtypeFlag(flags.kvDtype),
+    weights: flags.weights,
     positions: flags.positions,
     threads: intFlag(flags.threads, "--threads"),
     policyOptions: { mask: flags.duoMask, sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1) },

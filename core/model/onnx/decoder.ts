@@ -3,11 +3,15 @@
  * `core/model/reference.ts` step for step, with the same names.
  *
  * Inputs (zero-copy from JavaScript):
- *   input_ids, positions   int64 [1, S]      new tokens and their RoPE positions
+ *   input_ids              int64 [1, S]      new tokens
+ *   positions              f32 [1, S]        their RoPE positions (integers, exact below 2^24)
  *   window_start           int64 [1]         queries s ≥ window_start form the observation window (≤ S − 1)
  *   past_key_L, past_value_L  [1, Hkv, P_L, d] layer L's cache buffer at its capacity P_L (f32 or f16)
- *   past_lengths           int64 [L, Hkv]    valid entries of each layer and KV head: slots at or
+ *   past_lengths           f32 [L, Hkv]      valid entries of each layer and KV head: slots at or
  *                                            past the length are masked out (any finite content)
+ * Positions, lengths and the masks made from them are float, not int64: the
+ * WebGPU provider has no int64 arithmetic, so int64 Range/Less/Greater would
+ * run on the CPU (tests/webgpu_test.ts checks every node's placement).
  * A fixed capacity per layer means the engine hands its buffers over as they
  * are in every phase (warm-up, steady prefill, decode, per-head budgets) and
  * compacts them in place. In compact mode a cached key is rotated to its slot
@@ -40,7 +44,8 @@
  * suits decode; both are left to the engine work.
  */
 import { type StatName, STATS } from "./stats.ts";
-import { f32ToF16 } from "../../../kernels/fp16.ts";
+import { f32ToBf16, f32ToF16 } from "../../../kernels/fp16.ts";
+import { quantizeBlocks, zeroPointBytes } from "../../../kernels/quant.ts";
 import type { Checkpoint } from "../checkpoint.ts";
 import { layerTensorNames, loadTensor } from "../checkpoint.ts";
 import type { PositionMode } from "../config.ts";
@@ -49,11 +54,40 @@ import { attend, attentionShapes, shape } from "./attention.ts";
 import { readRetainingHeads, retainingHead } from "./retaining.ts";
 import { float, Graph } from "./graph.ts";
 
+/**
+ * How the graph stores its weight matrices (the linear layers, the embedding and
+ * the LM head; norms and biases stay float32). Compute is float32 except where
+ * `MatMulNBits` runs with `accuracyLevel` 4 (activations quantized to int8):
+ *   f32         MatMul / Gemm
+ *   f16, bf16   stored at 16 bits, cast to float32 for MatMul (saves disk, see the README's table for memory)
+ *   q8, q4      MatMulNBits (com.microsoft) blocks; the embedding through GatherBlockQuantized on the same
+ *               blocks, the LM head a MatMulNBits (one copy when tied)
+ */
+export type WeightType = "f32" | "f16" | "bf16" | "q8" | "q4";
+/** What `--weights` accepts: a weight type, or `auto`, the checkpoint's own precision. */
+export type WeightChoice = WeightType | "auto";
+export const WEIGHT_CHOICES: readonly WeightChoice[] = ["auto", "f32", "f16", "bf16", "q8", "q4"];
+
+/** Block quantization of q8/q4 weights. */
+export interface QuantOptions {
+  /** Columns per block: a power of two, 16–256. */
+  block: number;
+  /** Symmetric (zero point 2^(bits−1), none stored) or asymmetric (a zero point per block). */
+  symmetric: boolean;
+  /** MatMulNBits `accuracy_level`: 0 computes in float32, 4 quantizes activations to int8 (the VNNI kernels). */
+  accuracyLevel: 0 | 4;
+}
+
+/** The measured default (README, "Weight types"). */
+export const DEFAULT_QUANT: QuantOptions = { block: 32, symmetric: true, accuracyLevel: 4 };
+
 /** Options that change the graph (and so the cache key). */
 export interface GraphOptions {
   positions: PositionMode;
   kvDtype: "float32" | "float16";
-  weightDtype: "float32" | "float16";
+  weights: WeightType;
+  /** For q8/q4 (default {@link DEFAULT_QUANT}). */
+  quant?: QuantOptions;
   logits: "last" | "all";
   /** Locret retaining heads (a safetensors file): adds the `retain_L` outputs. */
   retainingHeads?: string;
@@ -62,12 +96,25 @@ export interface GraphOptions {
 export const DEFAULT_GRAPH_OPTIONS: GraphOptions = {
   positions: "original",
   kvDtype: "float32",
-  weightDtype: "float32",
+  weights: "f32",
   logits: "last",
 };
 
 /** The ONNX opsets the graph uses. */
-export const OPSETS = { "": 23 };
+export const OPSETS = { "": 23, "com.microsoft": 1 };
+
+/**
+ * The weight type `auto` stands for: the checkpoint's own precision, read from
+ * its embedding's safetensors dtype (F32 → f32, F16 → f16, BF16 → bf16), so
+ * nothing is rounded. On the CPU provider a 16-bit matrix is widened to
+ * float32 once, when the session loads (onnxruntime folds the Cast): it halves
+ * the cached graph on disk, not the memory (bench/model.ts).
+ */
+export function resolveWeights(ckpt: Checkpoint, choice: WeightChoice = "auto"): WeightType {
+  if (choice !== "auto") return choice;
+  const dtype = ckpt.tensors.get("model.embed_tokens.weight")?.dtype ?? "F32";
+  return dtype === "F32" ? "f32" : dtype === "F16" ? "f16" : "bf16";
+}
 
 export { type StatName, STATS };
 
@@ -90,22 +137,50 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   const { hidden: D, heads: H, kvHeads: K, headDim: d, vocab: V } = c;
   const kvType = opts.kvDtype;
 
-  /** A linear layer's weight, transposed to [in, out] for MatMul. */
-  const linearWeight = async (name: string, out: number, inn: number) => {
+  const wt = opts.weights;
+  const quant = opts.quant ?? DEFAULT_QUANT;
+  const bits = wt === "q8" ? 8 : wt === "q4" ? 4 : 0;
+  /** A matrix as float32, or stored at 16 bits and cast back to float32. */
+  const matrix = (name: string, dims: number[], data: Float32Array) => {
+    if (wt === "f16") return g.op("Cast", [g.weight(`${name}.f16`, "float16", dims, f32ToF16(data))], { to: 1 });
+    if (wt === "bf16") return g.op("Cast", [g.weight(`${name}.bf16`, "bfloat16", dims, f32ToBf16(data))], { to: 1 });
+    return g.weight(name, "float32", dims, data);
+  };
+  /** A [rows, cols] matrix as MatMulNBits blocks: data [rows, blocks, blob], scales [rows, blocks], zero points. */
+  const blocks = (name: string, w: Float32Array, rows: number, cols: number) => {
+    const q = quantizeBlocks(w, rows, cols, { bits: bits as 4 | 8, block: quant.block, symmetric: quant.symmetric });
+    const nb = q.scales.length / rows;
+    return {
+      q,
+      data: g.weight(`${name}.q${bits}`, "uint8", [rows, nb, q.data.length / rows / nb], q.data),
+      scales: g.weight(`${name}.scales`, "float32", [rows, nb], q.scales),
+      zeros: q.zeroPoints
+        ? g.weight(`${name}.zeros`, "uint8", [rows, zeroPointBytes(nb, bits)], q.zeroPoints)
+        : undefined,
+    };
+  };
+  type Blocks = ReturnType<typeof blocks>;
+  /** x [.., K] times a quantized [N, K] matrix, transposed: MatMulNBits. */
+  const matMulNBits = (x: string, b: Blocks) =>
+    g.op("MatMulNBits", [x, b.data, b.scales, ...(b.zeros ? [b.zeros] : [])], {
+      K: b.q.cols,
+      N: b.q.rows,
+      bits,
+      block_size: quant.block,
+      accuracy_level: quant.accuracyLevel,
+    }, { domain: "com.microsoft" });
+  /** x times a linear layer's weight [out, in], transposed: MatMul on [in, out], or MatMulNBits. */
+  const linear = async (x: string, name: string, out: number, inn: number) => {
     const w = await loadTensor(ckpt, name);
+    if (bits) return matMulNBits(x, blocks(name, w, out, inn));
     const t = new Float32Array(w.length);
     for (let o = 0; o < out; o++) for (let i = 0; i < inn; i++) t[i * out + o] = w[o * inn + i];
-    return weight(`${name}.T`, [inn, out], t);
+    return g.op("MatMul", [x, matrix(`${name}.T`, [inn, out], t)]);
   };
-  /** A weight as float32, or stored as float16 and cast back when `weightDtype` is float16. */
-  const weight = (name: string, dims: number[], data: Float32Array) => {
-    if (opts.weightDtype === "float32") return g.weight(name, "float32", dims, data);
-    const half = g.weight(`${name}.f16`, "float16", dims, f32ToF16(data));
-    return g.op("Cast", [half], { to: 1 });
-  };
+  /** Norm weights and biases: float32 at every weight type. */
   const vector = async (name: string) => {
     const t = await loadTensor(ckpt, name);
-    return weight(name, [t.length], t);
+    return g.weight(name, "float32", [t.length], t);
   };
   const rmsnorm = (x: string, w: string) => g.op("RMSNormalization", [x, w], { axis: -1, epsilon: float(c.rmsEps) });
   const toF32 = (x: string) => (kvType === "float16" ? g.op("Cast", [x], { to: 1 }) : x);
@@ -114,13 +189,13 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
 
   // inputs
   const ids = g.input("input_ids", "int64", [1, "S"]);
-  const positions = g.input("positions", "int64", [1, "S"]);
+  const positions = g.input("positions", "float32", [1, "S"]);
   const windowStart = g.input("window_start", "int64", [1]);
   for (let l = 0; l < c.layers; l++) {
     g.input(io.pastKey(l), kvType, [1, K, `P${l}`, d]);
     g.input(io.pastValue(l), kvType, [1, K, `P${l}`, d]);
   }
-  const pastLengths = g.input("past_lengths", "int64", [c.layers, K]);
+  const pastLengths = g.input("past_lengths", "float32", [c.layers, K]);
 
   // sizes and shared tables
   const [S, SminusOne] = g.within("sizes", () => {
@@ -129,10 +204,10 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   });
   const S1 = g.op("Unsqueeze", [S, g.ints([0])]);
   const inv = g.weight("rope.inv_freq", "float32", [d / 2], inverseFrequencies(c));
-  /** cos and sin [1, 1, n, d] of positions int64 [1, n]. */
+  /** cos and sin [1, 1, n, d] of positions f32 [1, n]. */
   const ropeTables = (pos: string) =>
     g.within("rope", () => {
-      const angles = g.op("Mul", [g.op("Unsqueeze", [g.op("Cast", [pos], { to: 1 }), g.ints([-1])]), inv]); // [1,n,d/2]
+      const angles = g.op("Mul", [g.op("Unsqueeze", [pos, g.ints([-1])]), inv]); // [1,n,d/2]
       const emb = g.op("Unsqueeze", [g.op("Concat", [angles, angles], { axis: -1 }), g.ints([1])]); // [1,1,n,d]
       return [g.op("Cos", [emb]), g.op("Sin", [emb])];
     });
@@ -144,11 +219,11 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])]);
     });
   const [cos, sin] = ropeTables(positions);
-  /** Layer l's capacity P_l as int64 [1], its slot indices [P_l], and the additive mask [1,K,1,P_l] of its valid slots. */
+  /** Layer l's slot indices f32 [P_l] and the additive mask [1,K,1,P_l] of its valid slots. */
   const pastSlots = (l: number) =>
     g.within("past", () => {
-      const cap = g.op("Gather", [g.op("Shape", [io.pastKey(l)]), g.ints([2], [])]);
-      const slots = g.op("Range", [g.ints([0], []), cap, g.ints([1], [])]);
+      const cap = g.op("Cast", [g.op("Gather", [g.op("Shape", [io.pastKey(l)]), g.ints([2], [])])], { to: 1 });
+      const slots = g.op("Range", [g.floats([0], []), cap, g.floats([1], [])]);
       const lengths = g.op("Unsqueeze", [g.op("Gather", [pastLengths, g.ints([l], [])], { axis: 0 }), g.ints([1])]); // [K,1]
       const valid = g.op("Less", [g.op("Unsqueeze", [slots, g.ints([0])]), lengths]); // [K,P]
       const mask = g.op("Unsqueeze", [
@@ -162,14 +237,42 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
 
   const retaining = opts.retainingHeads ? await readRetainingHeads(opts.retainingHeads, c) : null;
 
-  // embed
-  const embed = g.weight(
-    "model.embed_tokens.weight",
-    "float32",
-    [V, D],
-    await loadTensor(ckpt, "model.embed_tokens.weight"),
-  );
-  let x = g.op("Gather", [embed, ids], { axis: 0 }); // [1,S,D]
+  // embed: a row lookup on the table as stored (16-bit rows cast after the lookup; blocks dequantized by
+  // GatherBlockQuantized), so the table is never widened to float32
+  const embedName = "model.embed_tokens.weight";
+  const embedW = await loadTensor(ckpt, embedName);
+  let x: string;
+  let embed: string | Blocks;
+  if (bits) {
+    // GatherBlockQuantized reads MatMulNBits' data [V, blocks, blob] as [V, blocks, block] quantized along
+    // axis 2; it wants its scales (and zero points, one a byte) shaped [V, blocks, 1], a small second copy
+    const b = blocks(embedName, embedW, V, D);
+    embed = b;
+    const nb = b.q.scales.length / V;
+    const zeros = b.q.zeroPoints ? unpackZeros(b.q.zeroPoints, V, nb, bits) : null;
+    const rowsOut = g.op(
+      "GatherBlockQuantized",
+      [
+        b.data,
+        ids,
+        g.weight(`${embedName}.gather_scales`, "float32", [V, nb, 1], b.q.scales),
+        ...(zeros ? [g.weight(`${embedName}.gather_zeros`, "uint8", [V, nb, 1], zeros)] : []),
+      ],
+      { gather_axis: 0, quantize_axis: 2, block_size: quant.block, bits },
+      { domain: "com.microsoft" },
+    ); // [1,S,nb,block]
+    x = g.op("Reshape", [rowsOut, g.ints([1, -1, nb * quant.block])]);
+    if (nb * quant.block !== D) x = g.op("Slice", [x, g.ints([0]), g.ints([D]), g.ints([2])]);
+  } else if (wt === "f32") {
+    embed = g.weight(embedName, "float32", [V, D], embedW);
+    x = g.op("Gather", [embed, ids], { axis: 0 });
+  } else {
+    const half = wt === "f16"
+      ? g.weight(`${embedName}.f16`, "float16", [V, D], f32ToF16(embedW))
+      : g.weight(`${embedName}.bf16`, "bfloat16", [V, D], f32ToBf16(embedW));
+    embed = g.op("Cast", [half], { to: 1 });
+    x = g.op("Cast", [g.op("Gather", [half, ids], { axis: 0 })], { to: 1 });
+  }
 
   const shapes = attentionShapes(g, S, H, K, d, windowStart);
   const qHeads = shape(g, [1, S1, H, d]);
@@ -181,7 +284,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       // attention: RMSNorm → q, k, v projections → (Qwen3) per-head q/k RMSNorm → RoPE
       const xb = rmsnorm(x, await vector(n.attnNorm));
       const proj = async (w: string, b: string, out: number, has: boolean) => {
-        const y = g.op("MatMul", [xb, await linearWeight(w, out, D)]);
+        const y = await linear(xb, w, out, D);
         return has ? g.op("Add", [y, await vector(b)]) : y;
       };
       const qFlat = await proj(n.wq, n.bq, H * d, c.qkvBias);
@@ -218,7 +321,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
 
       const statNames = Object.fromEntries(STATS.map((s) => [s, io.stat(s, l)])) as Record<StatName, string>;
       const { out, stats } = attend(g, shapes, q, k, v, pastK, pastV, past.mask, statNames);
-      let o = g.op("MatMul", [out, await linearWeight(n.wo, D, H * d)]);
+      let o = await linear(out, n.wo, D, H * d);
       if (c.oBias) o = g.op("Add", [o, await vector(n.bo)]);
       let h = g.op("Add", [x, o]);
 
@@ -230,7 +333,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       // MLP: RMSNorm → SwiGLU → residual
       const xm = rmsnorm(h, await vector(n.mlpNorm));
       const mlp = async (w: string, b: string, out: number, inn: number, input: string) => {
-        const y = g.op("MatMul", [input, await linearWeight(w, out, inn)]);
+        const y = await linear(input, w, out, inn);
         return c.mlpBias ? g.op("Add", [y, await vector(b)]) : y;
       };
       const gate = await mlp(n.wGate, n.bGate, c.intermediate, D, xm);
@@ -243,11 +346,20 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   // final norm → logits (last position, or all); the output projection is the embedding when tied
   x = rmsnorm(x, await vector("model.norm.weight"));
   if (opts.logits === "last") x = g.op("Slice", [x, lastStart, g.op("Unsqueeze", [S, g.ints([0])]), g.ints([1])]);
-  const head = ckpt.tiedEmbeddings
-    ? embed
-    : g.weight("lm_head.weight", "float32", [V, D], await loadTensor(ckpt, "lm_head.weight"));
   const rows = g.op("Reshape", [x, g.ints([-1, D])]);
-  const logits = g.op("Gemm", [rows, head], { transB: 1 });
+  let logits: string;
+  if (bits) {
+    // the LM head is MatMulNBits on the embedding's blocks when tied (one copy), else on its own
+    const head = ckpt.tiedEmbeddings
+      ? embed as Blocks
+      : blocks("lm_head.weight", await loadTensor(ckpt, "lm_head.weight"), V, D);
+    logits = matMulNBits(rows, head);
+  } else {
+    const head = ckpt.tiedEmbeddings
+      ? embed as string
+      : matrix("lm_head.weight", [V, D], await loadTensor(ckpt, "lm_head.weight"));
+    logits = g.op("Gemm", [rows, head], { transB: 1 });
+  }
   g.op("Reshape", [logits, shape(g, [1, -1, V])], {}, { out: "logits" });
 
   for (let l = 0; l < c.layers; l++) {
@@ -259,4 +371,16 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   }
   g.output("logits", "float32", [1, opts.logits === "last" ? 1 : "S", V]);
   if (retaining) { for (let l = 0; l < c.layers; l++) g.output(io.retain(l), "float32", [1, K, "S"]); }
+}
+
+/** Zero points packed `bits` wide, [rows, ⌈blocks·bits/8⌉] → one a byte, [rows·blocks]. */
+function unpackZeros(packed: Uint8Array, rows: number, blocks: number, bits: number): Uint8Array {
+  const out = new Uint8Array(rows * blocks);
+  const row = zeroPointBytes(blocks, bits);
+  for (let r = 0; r < rows; r++) {
+    for (let b = 0; b < blocks; b++) {
+      out[r * blocks + b] = bits === 8 ? packed[r * row + b] : (packed[r * row + (b >> 1)] >> ((b & 1) * 4)) & 15;
+    }
+  }
+  return out;
 }

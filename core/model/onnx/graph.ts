@@ -9,9 +9,9 @@ import onnxProto from "onnx-proto";
 const { onnx } = onnxProto;
 
 /** Element types used in tome's graphs. */
-export type ElemType = "float32" | "float16" | "int64" | "bool";
-const ONNX_TYPE: Record<ElemType, number> = { float32: 1, int64: 7, bool: 9, float16: 10 };
-const BYTES: Record<ElemType, number> = { float32: 4, int64: 8, bool: 1, float16: 2 };
+export type ElemType = "float32" | "float16" | "bfloat16" | "uint8" | "int64" | "bool";
+const ONNX_TYPE: Record<ElemType, number> = { float32: 1, uint8: 2, int64: 7, bool: 9, float16: 10, bfloat16: 16 };
+const BYTES: Record<ElemType, number> = { float32: 4, uint8: 1, int64: 8, bool: 1, float16: 2, bfloat16: 2 };
 
 /** A dimension: a number, or a symbolic name such as `"S"`. */
 export type Dim = number | string;
@@ -167,10 +167,13 @@ export class Graph {
   /**
    * Returns `x` unchanged, but computed after `deps` in any topological order:
    * x + 0·Σ deps, exact for finite `deps` (an ONNX graph has no control edges).
+   * The sum is a chain of `Add`s, not `Sum`: WebGPU has no `Sum` kernel, and a
+   * CPU node here would pull every layer's hidden state through the host.
    */
   after(x: string, deps: string[]): string {
     const sums = deps.map((d) => this.op("ReduceSum", [d], { keepdims: 0 }));
-    const zero = this.op("Mul", [this.op("Sum", sums), this.floats([0], [])]);
+    const total = sums.reduce((a, b) => this.op("Add", [a, b]));
+    const zero = this.op("Mul", [total, this.floats([0], [])]);
     return this.op("Add", [x, zero]);
   }
 

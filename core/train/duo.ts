@@ -1,0 +1,111 @@
+/**
+ * `tome train duo`: DuoAttention's head classification (Xiao et al., arXiv
+ * 2410.10819) by measurement, not yet by gate optimization: for each KV head,
+ * how far the model's answer distribution moves when that head alone turns
+ * streaming (keeps `sinks` first + `recent` last entries of the prompt) while
+ * every other head keeps its full cache. The answer span is teacher-forced
+ * after a full-attention prefill of the prompt; the distance is the mean KL
+ * divergence of the next-token distributions over the answer's queries. α per
+ * head is its mean distance over the samples, scaled to [0, 1] by the largest;
+ * the duo policy thresholds it (`--duo-sparsity`).
+ */
+import type { ModelConfig } from "../model/config.ts";
+import type { Past, Weights } from "../model/reference.ts";
+import type { Tokenizer } from "../tokens/tokenizer.ts";
+import { samples } from "./samples.ts";
+import { prefill, step } from "./targets.ts";
+
+export interface DuoTrainOptions {
+  samples: number;
+  length: number;
+  chunk: number;
+  seed: number;
+  sinks: number;
+  recent: number;
+  corpus: string;
+  data: string[];
+}
+
+/** Defaults: the duo policy's 64 sinks, a 256-entry recent window. */
+export const DUO_DEFAULTS = { samples: 8, length: 1024, chunk: 256, seed: 0, sinks: 64, recent: 256 };
+
+/** KL(p ‖ q) of each row's softmax, averaged over rows: logits [S, V]. */
+export function meanKl(p: Float32Array, q: Float32Array, S: number, V: number): number {
+  let total = 0;
+  for (let s = 0; s < S; s++) {
+    const lp = logSoftmax(p.subarray(s * V, (s + 1) * V));
+    const lq = logSoftmax(q.subarray(s * V, (s + 1) * V));
+    let kl = 0;
+    for (let i = 0; i < V; i++) kl += Math.exp(lp[i]) * (lp[i] - lq[i]);
+    total += Math.max(0, kl);
+  }
+  return total / Math.max(1, S);
+}
+
+function logSoftmax(x: Float32Array): Float64Array {
+  let m = -Infinity;
+  for (const v of x) if (v > m) m = v;
+  let z = 0;
+  for (const v of x) z += Math.exp(v - m);
+  const lz = m + Math.log(z);
+  return Float64Array.from(x, (v) => v - lz);
+}
+
+/** The cache with layer l's KV head h cut to its first `sinks` and last `recent` entries (moved to the front). */
+export function streamingHead(c: ModelConfig, past: Past, l: number, h: number, sinks: number, recent: number): Past {
+  const { kvHeads: K, headDim: d } = c;
+  const P = past.length;
+  const keep = [...Array(P).keys()].filter((t) => t < sinks || t >= P - recent);
+  const cut = (a: Float32Array) => {
+    const y = a.slice();
+    keep.forEach((t, i) => y.set(a.subarray((h * P + t) * d, (h * P + t + 1) * d), (h * P + i) * d));
+    return y;
+  };
+  const layers = past.layers.map((x, i) => (i === l ? { keys: cut(x.keys), values: cut(x.values) } : x));
+  const lengths = Array.from(
+    { length: c.layers },
+    (_, i) => Array.from({ length: K }, (_, k) => (i === l && k === h ? keep.length : P)),
+  );
+  return { length: P, layers, lengths };
+}
+
+/** Per layer and KV head, the mean answer KL when that head alone is streaming; and α (scaled to [0, 1]). */
+export function measureDuo(
+  c: ModelConfig,
+  w: Weights,
+  tok: Tokenizer,
+  o: DuoTrainOptions,
+  progress?: (done: number, total: number) => void,
+): { deviation: number[][]; alpha: number[][] } {
+  const dev = Array.from({ length: c.layers }, () => new Array(c.kvHeads).fill(0));
+  let done = 0;
+  const gen = samples({
+    corpus: o.corpus,
+    data: o.data,
+    tok,
+    bos: c.bosTokenId,
+    length: o.length,
+    count: o.samples,
+    seed: o.seed,
+  });
+  for (const s of gen) {
+    const qStart = s.answerStart - 1;
+    const past = prefill(c, w, s.ids, qStart, o.chunk);
+    const window = s.ids.slice(qStart, s.ids.length - 1);
+    const full = step(c, w, window, qStart, past, true).logits;
+    for (let l = 0; l < c.layers; l++) {
+      for (let h = 0; h < c.kvHeads; h++) {
+        const cut = streamingHead(c, past, l, h, o.sinks, o.recent);
+        dev[l][h] += meanKl(full, step(c, w, window, qStart, cut, true).logits, window.length, c.vocab) / o.samples;
+      }
+    }
+    progress?.(++done, o.samples);
+  }
+  const top = Math.max(...dev.flat());
+  return { deviation: dev, alpha: dev.map((r) => r.map((v) => (top > 0 ? v / top : 0))) };
+}
+
+/** The mask file the duo policy reads (parseDuoMask): α rows per layer, tab-separated, with a comment header. */
+export function duoTsv(alpha: number[][], header: string[]): string {
+  return [...header.map((h) => `# ${h}`), ...alpha.map((r) => r.map((v) => v.toFixed(6)).join("\t"))].join("\n") + "\n";
+}
