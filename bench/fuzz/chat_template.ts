@@ -114,15 +114,17 @@ export function judge(input: Uint8Array, outcome: Outcome): string | null {
   const chat = typeof t === "string" && t.length > 0;
   const seed = chat && SEEDS.includes(t) && config.bos_token === "<s>" && config.eos_token === "</s>";
   if (!outcome.accepted) return seed || !chat ? "rejected-valid" : null;
-  const got = outcome.result as { text: string; chat: boolean; ids: boolean };
-  if (got.chat !== chat) return `chat ${got.chat}, the config says ${chat}`;
+  const got = outcome.result as { text: string; ids: boolean };
+  // a plain prompt (no template) ends asking for the answer; the seeds' chat turns never do
+  const plain = /Answer:\s*$/.test(got.text);
+  if (plain === chat) return `${plain ? "a plain" : "a chat"} prompt, the config says ${chat ? "chat" : "plain"}`;
   if (!got.ids) return "token ids out of range";
   if (got.text.length > MAX_CHARS) return `accepted a prompt of ${got.text.length} characters`;
   if (got.text.split("{document}").length !== 2) return "the document is not placed exactly once";
   // the user message holds the document: the rendering may hold it (and so the request) once, never twice
   const requests = got.text.toUpperCase().split("WHAT IS IT?").length - 1;
   if (requests !== 1) return `the user message appears ${requests} times`;
-  if (seed && !got.text.includes("Read this.\n\n{document}\n\nWhat is it?")) return "a seed lost the framing";
+  if (seed && !/Read this\.\s*\{document\}\s*What is it\?/.test(got.text)) return "a seed lost the framing";
   return null;
 }
 

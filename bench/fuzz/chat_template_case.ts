@@ -17,15 +17,15 @@ export async function setup(dir: string): Promise<void> {
   await writeTestTokenizer(join(dir, "tok"));
 }
 
-/** Loads the tokenizer with the case's config and builds the prompt; returns its text and token counts. */
+/** Loads the tokenizer with the case's config and builds the prompt; returns its tokens decoded around the document. */
 export async function runCase(input: Uint8Array, dir: string): Promise<unknown> {
   const tok = join(dir, "tok");
   await Deno.writeFile(join(tok, "tokenizer_config.json"), input);
   const tokenizer = await loadTokenizer(tok);
   const p = buildPrompt(tokenizer, FRAMING, 1);
+  // the prompt as the model sees it: both sides decoded, the document's place marked
   return {
-    text: p.text,
-    chat: p.chat,
+    text: `${tokenizer.decode(p.prefix)}{document}${tokenizer.decode(p.suffix)}`,
     ids: [...p.prefix, ...p.suffix].every((id) => Number.isInteger(id) && id >= 0),
   };
 }
