@@ -70,13 +70,36 @@ function exitCode(err: unknown): number {
     return EXIT.usage;
   }
   if (err instanceof TomeError) {
-    console.error(`tome: ${err.message}`);
+    console.error(`tome: ${withoutDenoAdvice(err.message)}`);
     return err.code;
   }
-  const msg = err instanceof Error ? err.message : String(err);
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code === "string" && WRITE_FAILURES.has(code)) {
+    // only a write can fail this way, wherever it happened
+    console.error(`tome: cannot write: ${withoutDenoAdvice((err as Error).message)}`);
+    return EXIT.output;
+  }
+  const msg = withoutDenoAdvice(err instanceof Error ? err.message : String(err));
   console.error(`tome: internal error: ${msg.split("\n")[0]} (set TOME_DEBUG=1 for details)`);
   if (Deno.env.get("TOME_DEBUG")) console.error(err);
   return EXIT.internal;
+}
+
+/** errno names that only a write can raise: no space, quota, read-only file system, file too large. */
+const WRITE_FAILURES = new Set(["ENOSPC", "EDQUOT", "EROFS", "EFBIG"]);
+
+/**
+ * Deno's own advice in an error message (`Requires all access to "/proc/…",
+ * run again with the --allow-all flag`), said as tome says it: tome never asks
+ * for more permissions, so the advice would only mislead.
+ */
+export function withoutDenoAdvice(message: string): string {
+  return message
+    .replace(
+      /Requires (?:\w+ )?access to "([^"]*)", run again with the --allow-[\w-]+ flag/g,
+      "$1 is a special file tome does not open",
+    )
+    .replace(/ \(os error \d+\)/g, "");
 }
 
 if (import.meta.main) {

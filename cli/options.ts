@@ -158,8 +158,14 @@ export async function checkWritable(path: string, flag: string): Promise<void> {
     const d = await Deno.stat(dir);
     if (!d.isDirectory) throw new TomeError("output", `${flag} ${path}: ${dir} is not a directory`);
     const probe = join(dir, `.tome-write-probe-${Deno.pid}`);
-    await Deno.writeFile(probe, new Uint8Array(0), { createNew: true });
-    await Deno.remove(probe);
+    // one byte, not none: a full disk still has room for an empty file
+    const f = await Deno.open(probe, { write: true, createNew: true });
+    try {
+      await f.write(new Uint8Array(1));
+    } finally {
+      f.close();
+      await Deno.remove(probe);
+    }
   } catch (err) {
     if (err instanceof TomeError) throw err;
     throw new TomeError("output", `${flag} ${path} cannot be written: ${(err as Error).message}`);

@@ -5,14 +5,18 @@ const encoder = new TextEncoder();
 /** Thrown when stdout's reader has gone away (e.g. `tome … | head`): the run ends quietly. */
 export class StdoutClosed extends Error {}
 
-/** Writes all of `text` to stdout; a closed pipe becomes {@link StdoutClosed}. */
+/**
+ * Writes all of `text` to stdout; a closed pipe becomes {@link StdoutClosed},
+ * any other failure (`/dev/full`, a full disk) a `TomeError` of kind `output` (exit 13).
+ */
 export async function writeStdout(text: string): Promise<void> {
   const bytes = encoder.encode(text);
   try {
     for (let at = 0; at < bytes.length;) at += await Deno.stdout.write(bytes.subarray(at));
   } catch (err) {
     if (err instanceof Deno.errors.BrokenPipe) throw new StdoutClosed();
-    throw err;
+    const msg = err instanceof Error ? err.message : String(err);
+    throw new TomeError("output", `cannot write to standard output: ${msg.replace(/ \(os error \d+\)$/, "")}`);
   }
 }
 
@@ -30,4 +34,29 @@ export function usage(message: string): TomeError {
 export function round(x: number, digits = 3): number {
   const f = 10 ** digits;
   return Math.round(x * f) / f;
+}
+
+/**
+ * Removes `dir/PREFIX<pid>…` files whose writer (process `pid`) is no longer
+ * running: what a killed run left beside its target. Only where the running
+ * processes can be seen (/proc); elsewhere nothing is removed. Never throws.
+ */
+export function removeDeadWritersTemps(dir: string, prefix: string): void {
+  try {
+    if (Deno.build.os !== "linux") return;
+    for (const e of Deno.readDirSync(dir)) {
+      if (!e.isFile || !e.name.startsWith(prefix)) continue;
+      const pid = Number(e.name.slice(prefix.length).split(/\D/)[0]);
+      if (!Number.isInteger(pid) || pid <= 0 || pid === Deno.pid) continue;
+      let alive = true;
+      try {
+        Deno.statSync(`/proc/${pid}`);
+      } catch {
+        alive = false;
+      }
+      if (!alive) Deno.removeSync(`${dir}/${e.name}`);
+    }
+  } catch {
+    // an unreadable directory fails the write itself, with its own message
+  }
 }

@@ -34,7 +34,7 @@ import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
 import { checkWritable, intFlag, kvDtypeFlag, numberFlag, type RunFlags } from "./options.ts";
 import { formatBytes, formatCount } from "./progress.ts";
-import { note, round, StdoutClosed, usage, writeStdout } from "./output.ts";
+import { note, removeDeadWritersTemps, round, StdoutClosed, usage, writeStdout } from "./output.ts";
 
 export interface Recipe {
   name: string;
@@ -584,6 +584,7 @@ class MetricsFile {
 
   static async open(path: string): Promise<MetricsFile> {
     const tmp = join(path, "..", `.${path.split("/").pop()}.tmp-${Deno.pid}`);
+    removeDeadWritersTemps(join(path, ".."), `.${path.split("/").pop()}.tmp-`);
     try {
       return new MetricsFile(path, tmp, await Deno.open(tmp, { write: true, create: true, truncate: true }));
     } catch (err) {
@@ -593,7 +594,11 @@ class MetricsFile {
 
   write(e: MeterEvent): void {
     const line = new TextEncoder().encode(JSON.stringify(e) + "\n");
-    for (let at = 0; at < line.length;) at += this.file.writeSync(line.subarray(at));
+    try {
+      for (let at = 0; at < line.length;) at += this.file.writeSync(line.subarray(at));
+    } catch (err) {
+      throw new TomeError("output", `cannot write --metrics ${this.path}: ${(err as Error).message}`);
+    }
   }
 
   /** Keeps the file (success, or an interrupted run's record) or removes it (an error). */

@@ -29,6 +29,13 @@ interface Case {
   cause: RegExp;
   /** An early check the lead's cli/run.ts owns. */
   lead?: boolean;
+  /**
+   * A bash script that runs tome as `"$@"` (to redirect stdout, set the
+   * environment, or mount a file system first); see {@link inMounts}.
+   */
+  sh?: (d: string) => string;
+  /** Needs `unshare -m` and tmpfs mounts (skipped where they are not permitted). */
+  mounts?: boolean;
   /** Not true yet (lead rows only). */
   ignore?: boolean;
   /**
@@ -57,11 +64,12 @@ async function run(
   cwd: string,
   stdin?: string,
   env: Record<string, string> = {},
-  opts: { hold?: boolean; limitSeconds?: number } = {},
+  opts: { hold?: boolean; limitSeconds?: number; sh?: string } = {},
 ) {
   const t0 = performance.now();
-  const child = new Deno.Command(Deno.execPath(), {
+  const child = new Deno.Command(opts.sh ? "bash" : Deno.execPath(), {
     args: [
+      ...(opts.sh ? ["-c", opts.sh, "tome", Deno.execPath()] : []),
       "run",
       "--quiet",
       "--v8-flags=--optimize-for-size",
@@ -158,7 +166,151 @@ const askHeld = (...flags: string[]) => (_d: string) => ["ask", "q", "-", "-m", 
 const HELD = { held: true, stdin: mixedText(3, 64 * 1024) };
 const doc = async (d: string) => await Deno.writeTextFile(join(d, "doc.txt"), "A short document.\n");
 
+/**
+ * A script that, in a private mount namespace, mounts a 64 KiB tmpfs on
+ * `d/ro` (then read-only) and one on `d/full` (then filled to the last byte),
+ * and runs tome with `env` set. Root ignores permission bits, so a read-only
+ * file system is the honest way to refuse a write; the mounts vanish with the
+ * process, so nothing is left in `d`.
+ */
+const inMounts = (d: string, env = "") => {
+  const q = (p: string) => `'${p.replaceAll("'", "'\\''")}'`;
+  const inner = [
+    `mount -t tmpfs -o size=64k tmpfs ${q(join(d, "ro"))}`,
+    `mount -o remount,ro ${q(join(d, "ro"))}`,
+    `mount -t tmpfs -o size=64k tmpfs ${q(join(d, "full"))}`,
+    `{ head -c 1000000 /dev/zero > ${q(join(d, "full", "fill"))} 2>/dev/null; true; }`,
+    `${env} exec "$@"`,
+  ].join(" && ");
+  return `exec unshare -m bash -c ${q(inner)} tome "$@"`;
+};
+const mountPoints = async (d: string) => {
+  await Deno.mkdir(join(d, "ro"));
+  await Deno.mkdir(join(d, "full"));
+};
+/** Whether this process may make a mount namespace with a tmpfs (root on Linux, usually). */
+const canMount = await (async () => {
+  try {
+    const probe = await Deno.makeTempDir();
+    const out = await new Deno.Command("unshare", {
+      args: ["-m", "sh", "-c", `mount -t tmpfs -o size=64k tmpfs '${probe}' && touch '${probe}/x'`],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    await Deno.remove(probe, { recursive: true });
+    return out.success;
+  } catch {
+    return false;
+  }
+})();
+if (!canMount) {
+  console.log("bad input: read-only and full-disk rows skipped: `unshare -m` with a tmpfs is not permitted here");
+}
+const askDoc = (
+  d: string,
+  ...more: string[]
+) => ["ask", "q", join(d, "doc.txt"), "-m", model, "--no-progress", ...more];
+
 const table: Case[] = [
+  // --- write failures (exit 13) ---
+  {
+    name: "write: stdout to /dev/full",
+    setup: doc,
+    args: (d) => askDoc(d, "--max-tokens", "2"),
+    // the run itself succeeds up to the answer: its graph goes to a cache outside the case's directory
+    sh: () => `TOME_CACHE='${join(root, "answer-cache")}' exec "$@" > /dev/full`,
+    code: EXIT.output,
+    cause: /^tome: cannot write to standard output: No space left on device$/,
+  },
+  {
+    name: "write: --metrics onto a read-only file system",
+    setup: async (d) => (await doc(d), await mountPoints(d)),
+    args: (d) => askDoc(d, "--metrics", join(d, "ro", "m.ndjson")),
+    sh: (d) => inMounts(d),
+    mounts: true,
+    code: EXIT.output,
+    cause: /--metrics \S+ro\/m\.ndjson cannot be written: Read-only file system/,
+  },
+  {
+    name: "write: --metrics onto a full disk",
+    setup: async (d) => (await doc(d), await mountPoints(d)),
+    args: (d) => askDoc(d, "--metrics", join(d, "full", "m.ndjson")),
+    sh: (d) => inMounts(d),
+    mounts: true,
+    code: EXIT.output,
+    cause: /--metrics \S+full\/m\.ndjson cannot be written: No space left on device/,
+  },
+  {
+    name: "write: read --save onto a read-only file system",
+    setup: async (d) => (await doc(d), await mountPoints(d)),
+    args: (d) => ["read", join(d, "doc.txt"), "-m", model, "--save", join(d, "ro", "s.state")],
+    sh: (d) => inMounts(d),
+    mounts: true,
+    code: EXIT.output,
+    cause: /--save \S+ro\/s\.state cannot be written: Read-only file system/,
+  },
+  {
+    name: "write: read --save onto a full disk",
+    setup: async (d) => (await doc(d), await mountPoints(d)),
+    args: (d) => ["read", join(d, "doc.txt"), "-m", model, "--save", join(d, "full", "s.state")],
+    sh: (d) => inMounts(d),
+    mounts: true,
+    code: EXIT.output,
+    cause: /--save \S+full\/s\.state cannot be written: No space left on device/,
+  },
+  {
+    name: "write: make-model --out under a read-only parent",
+    setup: mountPoints,
+    args: (d) => ["make-model", "tiny", "--out", join(d, "ro", "m"), "-t", tokenizer],
+    sh: (d) => inMounts(d),
+    mounts: true,
+    code: EXIT.output,
+    cause: /cannot write --out \S+ro\/m: Read-only file system/,
+  },
+  {
+    name: "write: make-model --out on a full disk",
+    setup: mountPoints,
+    args: (d) => ["make-model", "tiny", "--out", join(d, "full", "m"), "-t", tokenizer],
+    sh: (d) => inMounts(d),
+    mounts: true,
+    code: EXIT.output,
+    cause: /cannot write --out \S+full\/m: No space left on device/,
+  },
+  {
+    name: "write: the graph cache on a read-only file system",
+    setup: async (d) => (await doc(d), await mountPoints(d)),
+    args: (d) => askDoc(d),
+    sh: (d) => inMounts(d, `TOME_CACHE='${join(d, "ro", "cache")}'`),
+    mounts: true,
+    code: EXIT.output,
+    cause: /cannot write the graph cache \(Read-only file system\)/,
+  },
+  {
+    name: "write: the graph cache on a full disk",
+    setup: async (d) => (await doc(d), await mountPoints(d)),
+    args: (d) => askDoc(d),
+    sh: (d) => inMounts(d, `TOME_CACHE='${join(d, "full", "cache")}'`),
+    mounts: true,
+    code: EXIT.output,
+    cause: /cannot write the graph cache \(No space left on device\)/,
+  },
+  // --- special files: no Deno permission advice ---
+  {
+    name: "special: TOME_MODEL=/dev/null",
+    setup: doc,
+    args: (d) => ["ask", "q", join(d, "doc.txt")],
+    sh: () => `TOME_MODEL=/dev/null exec "$@"`,
+    code: EXIT.unreadable,
+    cause:
+      /^tome: cannot read model config \/dev\/null\/config\.json: \/dev\/null\/config\.json is a special file tome does not open$/,
+  },
+  {
+    name: "special: /proc/self/maps as the input",
+    args: () => ["ask", "q", "/proc/self/maps", "-m", model],
+    code: EXIT.unreadable,
+    cause: /^tome: cannot read input \/proc\/self\/maps: \/proc\/self\/maps is a special file tome does not open$/,
+  },
+
   // --- safetensors headers (exit 10) ---
   {
     name: "safetensors: header length beyond the file",
@@ -710,13 +862,18 @@ const IGNORED = new Set<string>([]);
 const leadOnly = Deno.env.get("TOME_TEST_LEAD") === "1";
 /** `TOME_TEST_ONLY=REGEX` runs only the rows whose names match. */
 const only = new RegExp(Deno.env.get("TOME_TEST_ONLY") ?? "");
-for (const c of table) c.ignore = leadOnly ? !c.lead : IGNORED.has(c.name) || !only.test(c.name);
+for (const c of table) {
+  c.ignore = leadOnly ? !c.lead : IGNORED.has(c.name) || !only.test(c.name) || (c.mounts === true && !canMount);
+}
 
 /** Runs one case; returns what is wrong with it (empty when nothing). */
 async function check(c: Case, d: string): Promise<string[]> {
   await c.setup?.(d);
   const before = await snapshot(d);
-  const r = await run(c.args(d), c.cwd?.(d) ?? d, c.stdin, { TOME_CACHE: join(d, "cache") }, { hold: c.held });
+  const r = await run(c.args(d), c.cwd?.(d) ?? d, c.stdin, { TOME_CACHE: join(d, "cache") }, {
+    hold: c.held,
+    sh: c.sh?.(d),
+  });
   const after = await snapshot(d);
   const problems: string[] = [];
   const lines = r.stderr.trimEnd().split("\n");
@@ -851,6 +1008,70 @@ Deno.test("make-model --force replaces its own output whole: Ctrl-C removes its 
   const later = await run(make("2"), d);
   assert.equal(later.code, 0, later.stderr);
   assert.deepEqual(await contents(out), fresh);
+});
+
+/** NDJSON lines' shape: each line's event type, and the tokens of chunk events (what a whole file holds, timings aside). */
+function metricsShape(text: string): string[] {
+  assert.ok(text.endsWith("\n"), "a metrics file ends its last line");
+  return text.trimEnd().split("\n").map((line) => {
+    const e = JSON.parse(line);
+    return e.type === "chunk" ? `chunk ${e.tokens}` : e.type;
+  });
+}
+
+Deno.test("--metrics under SIGKILL: the target is absent or whole, never half-written; the next run works and removes the dead run's temp file", async () => {
+  const d = await Deno.makeTempDir({ dir: root, prefix: "metrics-kill-" });
+  const docPath = join(d, "doc.txt");
+  await Deno.writeTextFile(docPath, mixedText(7, 30_000));
+  const target = join(d, "m.ndjson");
+  const args = ["ask", "q", docPath, "-m", model, "--max-tokens", "4", "--no-progress", "--metrics", target];
+  const env = { TOME_CACHE: join(d, "cache") };
+  // the reference: a whole run, once the graph is cached
+  assert.equal((await run(args, d, undefined, env)).code, 0);
+  const reference = await run(args, d, undefined, env);
+  assert.equal(reference.code, 0, reference.stderr);
+  const whole = metricsShape(await Deno.readTextFile(target));
+  assert.ok(whole.length > 5 && whole.at(-1) === "token", whole.join());
+  const temps = () => [...Deno.readDirSync(d)].map((e) => e.name).filter((n) => n.startsWith(".m.ndjson.tmp-"));
+  let next = 0.31;
+  const outcomes: string[] = [];
+  for (let trial = 0; trial < 6; trial++) {
+    await Deno.remove(target).catch(() => {});
+    next = (next * 7.13 + 0.17) % 1; // points spread over the run, the same each time
+    const delay = Math.round((0.15 + 0.95 * next) * reference.seconds * 1000);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--quiet",
+        "--allow-read",
+        "--allow-write",
+        "--allow-env",
+        "--allow-ffi",
+        "--allow-sys",
+        join(ROOT, "cli", "main.ts"),
+        ...args,
+      ],
+      env: { ...env, NO_COLOR: "1", TOME_MODEL: "" },
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    await new Promise((r) => setTimeout(r, delay));
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // it had finished
+    }
+    await child.status;
+    const text = await Deno.readTextFile(target).catch(() => null);
+    if (text !== null) assert.deepEqual(metricsShape(text), whole, `half-written after SIGKILL at ${delay} ms`);
+    outcomes.push(`${delay} ms: ${text === null ? "absent" : "whole"}${temps().length ? " + temp" : ""}`);
+  }
+  console.log(`SIGKILL during --metrics: ${outcomes.join(", ")}`);
+  // killed runs leave their temp files; the next run works and removes them
+  const after = await run(args, d, undefined, env);
+  assert.equal(after.code, 0, after.stderr);
+  assert.deepEqual(metricsShape(await Deno.readTextFile(target)), whole);
+  assert.deepEqual(temps(), []);
 });
 
 Deno.test({ name: "cleanup bad input files", fn: () => Deno.remove(root, { recursive: true }) });

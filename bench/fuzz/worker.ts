@@ -15,6 +15,8 @@ export interface CaseRunner {
 const TARGETS: Record<string, () => Promise<CaseRunner>> = {
   safetensors: () => import("./safetensors_case.ts"),
   config: () => import("./config_case.ts"),
+  state: () => import("./state_case.ts"),
+  chat_template: () => import("./chat_template_case.ts"),
 };
 
 /** The worker's global scope (the project is type-checked with the window's types). */

@@ -1,6 +1,6 @@
 import { fsError, TomeError } from "../errors.ts";
 import { looksBinary, sniff } from "./binary.ts";
-import { type DecodeCounts, decodeUtf8 } from "./utf8.ts";
+import { type DecodeCounts, decodeUtf8, decodeUtf8Whole } from "./utf8.ts";
 import { type Skipped, walk, type WalkedFile } from "./walk.ts";
 
 /** What reading an input has counted so far; final once its text stream has ended. */
@@ -111,7 +111,36 @@ async function openDirectory(root: string, stats: InputStats): Promise<Source> {
 
 async function* directoryText(root: string, files: WalkedFile[], stats: InputStats): AsyncGenerator<string> {
   let endsWithNewline = true;
+  // small files' text, gathered into segments of about SMALL_FILE characters
+  let pending = "";
   for (const f of files) {
+    if (f.size <= SMALL_FILE) {
+      // a small file is read whole in one call (a stream per file costs more than its bytes)
+      const whole = readSmall(f.path);
+      if (whole === null) {
+        stats.skipped.push({ rel: f.rel, reason: "unreadable" });
+        continue;
+      }
+      if (whole !== "large") {
+        if (looksBinary(whole)) {
+          stats.skipped.push({ rel: f.rel, reason: "binary" });
+          continue;
+        }
+        stats.files++;
+        const text = decodeUtf8Whole(whole, stats);
+        pending += (endsWithNewline ? (stats.files > 1 ? "\n" : "") : "\n\n") + fileHeader(f.rel) + text;
+        endsWithNewline = text.length > 0 ? text.endsWith("\n") : true;
+        if (pending.length >= SMALL_FILE) {
+          yield pending;
+          pending = "";
+        }
+        continue;
+      }
+    }
+    if (pending) {
+      yield pending;
+      pending = "";
+    }
     let head: Uint8Array;
     let bytes: ReadableStream<Uint8Array>;
     try {
@@ -134,6 +163,7 @@ async function* directoryText(root: string, files: WalkedFile[], stats: InputSta
       endsWithNewline = segment.endsWith("\n");
     }
   }
+  if (pending) yield pending;
   if (stats.files === 0) {
     const why = stats.skipped.length > 0
       ? ` (${stats.skipped.length} skipped: ${summarizeSkipped(stats.skipped)})`
@@ -141,6 +171,38 @@ async function* directoryText(root: string, files: WalkedFile[], stats: InputSta
       ? " (it is empty or everything is ignored)"
       : "";
     throw new TomeError("noTextFiles", `directory has no readable text files: ${root}${why}`);
+  }
+}
+
+/** Files up to this size (at walk time) are read whole rather than streamed. */
+const SMALL_FILE = 64 * 1024;
+
+const smallBuffer = new Uint8Array(SMALL_FILE + 1);
+
+/**
+ * Reads a file of at most {@link SMALL_FILE} bytes whole: a copy of its bytes,
+ * `"large"` when it has grown past that since the walk (then it is streamed),
+ * or null when it cannot be read.
+ */
+function readSmall(path: string): Uint8Array | "large" | null {
+  let file: Deno.FsFile;
+  try {
+    file = Deno.openSync(path, { read: true });
+  } catch {
+    return null;
+  }
+  try {
+    let n = 0;
+    while (n < smallBuffer.length) {
+      const r = file.readSync(smallBuffer.subarray(n));
+      if (r === null) return smallBuffer.slice(0, n);
+      n += r;
+    }
+    return "large";
+  } catch {
+    return null;
+  } finally {
+    file.close();
   }
 }
 

@@ -57,6 +57,21 @@ export function decodeUtf8(counts: DecodeCounts): TransformStream<Uint8Array, st
   });
 }
 
+/**
+ * Decodes a whole buffer as {@link decodeUtf8} would (U+FFFD for invalid
+ * sequences, counted in `counts`; genuine U+FFFD not counted), without a stream.
+ */
+export function decodeUtf8Whole(bytes: Uint8Array, counts: DecodeCounts): string {
+  const text = new TextDecoder("utf-8", { fatal: false }).decode(bytes);
+  counts.bytes += bytes.length;
+  let genuine = 0;
+  for (let i = bytes.indexOf(0xef); i >= 0 && i + 2 < bytes.length; i = bytes.indexOf(0xef, i + 1)) {
+    if (bytes[i + 1] === 0xbf && bytes[i + 2] === 0xbd) genuine++;
+  }
+  counts.replacedChars += countChar(text, REPLACEMENT) - genuine;
+  return text;
+}
+
 function countChar(text: string, code: number): number {
   let n = 0;
   for (let i = text.indexOf(String.fromCharCode(code)); i >= 0; i = text.indexOf(String.fromCharCode(code), i + 1)) n++;
