@@ -122,7 +122,8 @@ class BoundedInterpreter extends Interpreter {
     let n = old.length === 0 ? text.length + 1 : Math.floor(text.length / old.length);
     const count = num(args[2] ?? kw.get("count"));
     if (count !== undefined && count >= 0) n = Math.min(n, count);
-    this.#checkGrowth(text.length + n * rep.length);
+    // each replaced occurrence grows the text by what the replacement adds over what it removes
+    this.#checkGrowth(text.length + n * Math.max(0, rep.length - old.length));
   }
 
   #checkGrowth(chars: number): void {
