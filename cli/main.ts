@@ -12,6 +12,7 @@ import { evalCommand } from "./commands/eval.ts";
 import { inspectCommand } from "./commands/inspect.ts";
 import { summarizeCommand } from "./commands/summarize.ts";
 import { makeModelCommand } from "./commands/make_model.ts";
+import { selftestCommand } from "./commands/selftest.ts";
 import { tokensCommand } from "./commands/tokens.ts";
 import { StdoutClosed } from "./output.ts";
 
@@ -36,6 +37,7 @@ export function program(): Command {
   makeModelCommand(p);
   cacheCommand(p);
   convertCommand(p);
+  selftestCommand(p);
   completionsCommand(p);
   for (const c of p.commands) c.exitOverride().configureOutput({ outputError: oneLine });
   return p;

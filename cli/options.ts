@@ -155,3 +155,8 @@ export async function checkWritable(path: string, flag: string): Promise<void> {
     throw new TomeError("output", `${flag} ${path} cannot be written: ${(err as Error).message}`);
   }
 }
+
+/** `--kv-dtype f16|f32` as the KV store's element type. */
+export function kvDtypeFlag(v: "f16" | "f32"): "float16" | "float32" {
+  return v === "f32" ? "float32" : "float16";
+}

@@ -26,12 +26,12 @@ import { gcStates, inputDigest, stateCacheDir, statePath, touchState } from "../
 import { modelDigest, tokenizerDigest } from "../core/state/digest.ts";
 import { removePartialBuilds } from "../core/model/lock.ts";
 import { type ModelConfig, readConfig } from "../core/model/config.ts";
-import { chooseDevice, type DeviceChoice } from "../core/model/device.ts";
+import { type AdapterInfo, chooseDevice, type DeviceChoice } from "../core/model/device.ts";
 import type { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
-import { checkWritable, intFlag, numberFlag, type RunFlags } from "./options.ts";
+import { checkWritable, intFlag, kvDtypeFlag, numberFlag, type RunFlags } from "./options.ts";
 import { formatBytes, formatCount } from "./progress.ts";
 import { note, round, StdoutClosed, usage, writeStdout } from "./output.ts";
 
@@ -111,7 +111,7 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
     budget: state?.run.budget ?? flags.budget,
     chunk: state?.run.chunk ?? chunk,
     positions: state?.run.positions ?? flags.positions,
-    kvDtype: state?.run.kvDtype ?? (flags.kvDtype === "f32" ? "float32" : "float16"),
+    kvDtype: state?.run.kvDtype ?? kvDtypeFlag(flags.kvDtype),
     decodeBudget,
     window: state?.run.window,
     questionPatch: state?.run.questionPatch ?? flags.questionPatch,
@@ -241,6 +241,8 @@ export async function runReading(input: string | null, reading: Reading, flags: 
           recipe: a.recipe,
           model: dir,
           device: device.device,
+          adapter: device.adapter,
+          gpuKvBytes: device.device === "cpu" ? undefined : model.session.kvFedPeakBytes,
           policy: run.policy.name,
           budget: run.budget,
           chunk: run.chunk,
@@ -479,6 +481,10 @@ export function jsonResult(r: {
   recipe: string;
   model: string;
   device: string;
+  /** The WebGPU adapter, on webgpu. */
+  adapter?: AdapterInfo;
+  /** On a GPU: the most KV bytes one run fed to the device. */
+  gpuKvBytes?: number;
   policy: string;
   budget: number;
   chunk: number;
@@ -495,6 +501,18 @@ export function jsonResult(r: {
     recipe: r.recipe,
     model: r.model,
     device: r.device,
+    ...(r.adapter
+      ? {
+        adapter: {
+          vendor: r.adapter.vendor,
+          architecture: r.adapter.architecture,
+          device: r.adapter.device,
+          description: r.adapter.description,
+          software: r.adapter.software,
+        },
+      }
+      : {}),
+    ...(r.gpuKvBytes === undefined ? {} : { gpu_kv_bytes_per_run_peak: r.gpuKvBytes }),
     policy: r.policy,
     budget: r.budget,
     chunk: r.chunk,

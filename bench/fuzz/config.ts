@@ -168,7 +168,7 @@ export function normalize(raw: unknown): Normalized | string {
   if (!eos.every(id)) return "eos";
   if (c.use_sliding_window !== false && c.sliding_window != null && posInt("sliding_window") === bad) return "window";
   const inRange = (x: unknown, hi: number) => typeof x === "number" && x > 0 && x <= hi;
-  if (!inRange(c.rms_norm_eps ?? 1e-6, 1) || !inRange(c.rope_theta ?? 10000, 1e12)) return "eps or theta";
+  if (!inRange(c.rms_norm_eps ?? 1e-6, 1) || !inRange(c.rope_theta ?? 10000, 1e30)) return "eps or theta";
   const rs = c.rope_scaling;
   if (rs != null) {
     if (typeof rs !== "object" || Array.isArray(rs)) return "rope_scaling type";

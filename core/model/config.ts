@@ -166,7 +166,7 @@ export function parseConfig(raw: unknown, where = "config.json"): ModelConfig {
     headDim,
     vocab,
     rmsEps: num("rms_norm_eps", 1e-6, 1),
-    ropeTheta: num("rope_theta", 10000, 1e12),
+    ropeTheta: num("rope_theta", 10000, 1e30),
     ropeScaling: parseRopeScaling(c.rope_scaling, where),
     maxPositions: int("max_position_embeddings", 2048),
     tieEmbeddings: c.tie_word_embeddings === true,

@@ -7,6 +7,8 @@ import type { ModelConfig } from "./config.ts";
 import { type GraphOptions, io, type StatName } from "./onnx/decoder.ts";
 import { type Ort, ort } from "./ort.ts";
 import { TomeError } from "../errors.ts";
+import { quietStderr } from "./quiet.ts";
+import { WEBGPU_HINT } from "./device.ts";
 
 /** KV data as the graph takes it: float32, or float16 bit patterns. */
 export type KvArray = Float32Array | Uint16Array;
@@ -63,6 +65,26 @@ export interface SessionOptions {
   executionProviders?: string[];
 }
 
+/**
+ * onnxruntime's log levels for a session: silent (fatal only) unless
+ * TOME_DEBUG is set, then verbose (which includes each node's placement).
+ * Errors still reach the caller as exceptions.
+ */
+export function logOptions(): { logSeverityLevel: 0 | 4; logVerbosityLevel: number } {
+  return Deno.env.get("TOME_DEBUG") ? { logSeverityLevel: 0, logVerbosityLevel: 0 } : {
+    logSeverityLevel: 4,
+    logVerbosityLevel: 0,
+  };
+}
+
+/** Statistics [K, 1 + S] of a padded layer without the padding slot: [K, S]. */
+function dropFirstSlot(a: Float32Array, K: number): Float32Array {
+  const T = a.length / K;
+  const out = new Float32Array(K * (T - 1));
+  for (let h = 0; h < K; h++) out.set(a.subarray(h * T + 1, (h + 1) * T), h * (T - 1));
+  return out;
+}
+
 /** int64 tensor data without intermediate arrays (this runs for every chunk and token). */
 function int64(values: ArrayLike<number>): BigInt64Array {
   const out = new BigInt64Array(values.length);
@@ -85,7 +107,10 @@ export class ModelSession {
     readonly graph: GraphOptions,
     private readonly ort: typeof Ort,
     private readonly session: Ort.InferenceSession,
+    /** Feed one masked slot for an empty layer: the WebGPU provider rejects reductions over empty tensors. */
+    private readonly padEmpty = false,
   ) {}
+  #kvFedPeak = 0;
 
   /** Opens a built graph (`model.onnx` with its external data beside it). */
   static async open(
@@ -96,19 +121,35 @@ export class ModelSession {
   ): Promise<ModelSession> {
     const o = await ort();
     const providers = opts.executionProviders ?? ["cpu"];
+    const log = logOptions();
+    if (!Deno.env.get("TOME_DEBUG")) o.env.logLevel = "fatal";
     let session: Ort.InferenceSession;
     try {
-      session = await o.InferenceSession.create(path, {
-        executionProviders: providers,
-        graphOptimizationLevel: "all",
-        ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
-      });
+      // Dawn writes its own warnings straight to stderr while it opens the device
+      session = await quietStderr(providers[0] !== "cpu", () =>
+        o.InferenceSession.create(path, {
+          executionProviders: providers,
+          graphOptimizationLevel: "all",
+          ...log,
+          ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
+        }));
     } catch (err) {
       if (providers[0] === "cpu") throw err;
-      const msg = (err instanceof Error ? err.message : String(err)).split("\n")[0];
-      throw new TomeError("device", `onnxruntime could not start on ${providers[0]}: ${msg} (try --device cpu)`);
+      // the first line, without onnxruntime's source location and failed condition
+      const msg = (err instanceof Error ? err.message : String(err)).split("\n")[0]
+        .replace(/^.*?\bwas false\.\s*/, "").replace(/^\/\S+:\d+\s+/, "");
+      const hint = providers[0] === "webgpu" ? `; ${WEBGPU_HINT}` : "";
+      throw new TomeError(
+        "device",
+        `onnxruntime could not start on ${providers[0]}: ${msg}${hint} (or use --device cpu)`,
+      );
     }
-    return new ModelSession(config, graph, o, session);
+    return new ModelSession(config, graph, o, session, providers[0] !== "cpu");
+  }
+
+  /** The most KV bytes one run has fed (past keys and values of every layer): on a GPU, the device buffers they fill. */
+  get kvFedPeakBytes(): number {
+    return this.#kvFedPeak;
   }
 
   async run(req: RunRequest): Promise<RunResult> {
@@ -118,22 +159,31 @@ export class ModelSession {
     const kvType = this.graph.kvDtype;
     const feeds: Record<string, Ort.Tensor> = {
       input_ids: new T("int64", int64(req.ids), [1, S]),
-      positions: new T("int64", int64(req.positions), [1, S]),
+      positions: new T("float32", Float32Array.from(req.positions), [1, S]),
       window_start: new T("int64", BigInt64Array.of(BigInt(req.windowStart ?? S - 1)), [1]),
     };
+    const padded: boolean[] = [];
+    let fed = 0;
     for (let l = 0; l < layers; l++) {
-      const keys = req.past.keys[l];
-      const cap = keys.length / (K * d);
-      if (!Number.isInteger(cap) || req.past.values[l].length !== keys.length) {
-        throw new Error(
-          `layer ${l}: KV buffers of ${keys.length}/${req.past.values[l].length} elements are not [${K}, P, ${d}]`,
-        );
+      let keys = req.past.keys[l];
+      let values = req.past.values[l];
+      let cap = keys.length / (K * d);
+      if (!Number.isInteger(cap) || values.length !== keys.length) {
+        throw new Error(`layer ${l}: KV buffers of ${keys.length}/${values.length} elements are not [${K}, P, ${d}]`);
       }
+      padded.push(this.padEmpty && cap === 0);
+      if (padded[l]) {
+        // one slot past every head's length (0), so masked: it adds exp(−∞) = 0 everywhere
+        keys = values = kvType === "float32" ? new Float32Array(K * d) : new Uint16Array(K * d);
+        cap = 1;
+      }
+      fed += keys.byteLength + values.byteLength;
       feeds[io.pastKey(l)] = new T(kvType, keys, [1, K, cap, d]);
-      feeds[io.pastValue(l)] = new T(kvType, req.past.values[l], [1, K, cap, d]);
+      feeds[io.pastValue(l)] = new T(kvType, values, [1, K, cap, d]);
     }
+    this.#kvFedPeak = Math.max(this.#kvFedPeak, fed);
     if (req.past.lengths.length !== layers * K) throw new Error(`past lengths: expected ${layers * K} values`);
-    feeds.past_lengths = new T("int64", int64(req.past.lengths), [layers, K]);
+    feeds.past_lengths = new T("float32", Float32Array.from(req.past.lengths), [layers, K]);
     const want = req.fetch ?? {};
     const fetches: string[] = [];
     if (want.logits ?? true) fetches.push("logits");
@@ -150,7 +200,10 @@ export class ModelSession {
       }
     }
     for (const s of want.stats ?? []) {
-      result.stats[s] = Array.from({ length: layers }, (_, l) => out[io.stat(s, l)].data as Float32Array);
+      result.stats[s] = Array.from({ length: layers }, (_, l) => {
+        const a = out[io.stat(s, l)].data as Float32Array;
+        return padded[l] ? dropFirstSlot(a, K) : a;
+      });
     }
     if (want.retain) result.retain = Array.from({ length: layers }, (_, l) => out[io.retain(l)].data as Float32Array);
     return result;

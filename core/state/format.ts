@@ -7,7 +7,7 @@
  * untrusted input: every field is checked before anything is allocated.
  */
 import { TomeError } from "../errors.ts";
-import type { KvDtype } from "../model/config.ts";
+import { type KvDtype, kvElementBytes } from "../model/config.ts";
 import type { MeterSnapshot } from "../meter/meter.ts";
 
 export const STATE_MAGIC = "TOMESTATE";
@@ -58,7 +58,7 @@ export interface StateLayer {
 
 /** Bytes of the payload the header's lengths imply. */
 export function payloadBytes(h: Pick<StateHeader, "lengths" | "model" | "run">): number {
-  const el = h.run.kvDtype === "float32" ? 4 : 2;
+  const el = kvElementBytes(h.run.kvDtype);
   let n = 0;
   for (const layer of h.lengths) for (const len of layer) n += len * (2 * h.model.headDim * el + 4 * 4);
   return n;
@@ -122,7 +122,7 @@ export function decodePayload(header: StateHeader, payload: Uint8Array): StateLa
   };
   return header.lengths.map((heads) => {
     const n = heads.reduce((a, b) => a + b, 0);
-    const el = f32 ? 4 : 2;
+    const el = kvElementBytes(header.run.kvDtype);
     const kv = () => (f32 ? new Float32Array(take(n * d * el)) : new Uint16Array(take(n * d * el)));
     return {
       keys: kv(),

@@ -7,7 +7,15 @@ import { resolveRun } from "../../../core/mod.ts";
 import { readConfig } from "../../../core/model/config.ts";
 import { chooseDevice } from "../../../core/model/device.ts";
 import { needlePrompt } from "../../../recipes/needle.ts";
-import { addShared, intFlag, type ModelFlags, numberFlag, policyOption, sharedOption } from "../../options.ts";
+import {
+  addShared,
+  intFlag,
+  kvDtypeFlag,
+  type ModelFlags,
+  numberFlag,
+  policyOption,
+  sharedOption,
+} from "../../options.ts";
 import { usage } from "../../output.ts";
 import { modelDir } from "../../run.ts";
 
@@ -84,7 +92,7 @@ export async function evalSettings(flags: EvalFlags) {
     needles: intFlag(flags.needles, "--needles")!,
     seed: intFlag(flags.seed, "--seed", 0)!,
     chunk: intFlag(flags.chunk, "--chunk")!,
-    kvDtype: flags.kvDtype === "f32" ? "float32" as const : "float16" as const,
+    kvDtype: kvDtypeFlag(flags.kvDtype),
     positions: flags.positions,
     threads: intFlag(flags.threads, "--threads"),
     policyOptions: { mask: flags.duoMask, sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1) },

@@ -46,7 +46,8 @@ export function attentionShapes(
 ): AttentionShapes {
   const S1 = g.op("Unsqueeze", [S, g.ints([0])]);
   const causal = g.within("mask", () => {
-    const r = g.op("Range", [g.ints([0], []), S, g.ints([1], [])]);
+    // float, not int64: WebGPU has no int64 Range or Greater
+    const r = g.op("Range", [g.floats([0], []), g.op("Cast", [S], { to: 1 }), g.floats([1], [])]);
     const future = g.op("Greater", [g.op("Unsqueeze", [r, g.ints([0])]), g.op("Unsqueeze", [r, g.ints([1])])]);
     return g.op("Where", [future, g.floats([-Infinity], []), g.floats([0], [])]);
   });

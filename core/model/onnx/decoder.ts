@@ -3,11 +3,15 @@
  * `core/model/reference.ts` step for step, with the same names.
  *
  * Inputs (zero-copy from JavaScript):
- *   input_ids, positions   int64 [1, S]      new tokens and their RoPE positions
+ *   input_ids              int64 [1, S]      new tokens
+ *   positions              f32 [1, S]        their RoPE positions (integers, exact below 2^24)
  *   window_start           int64 [1]         queries s ≥ window_start form the observation window (≤ S − 1)
  *   past_key_L, past_value_L  [1, Hkv, P_L, d] layer L's cache buffer at its capacity P_L (f32 or f16)
- *   past_lengths           int64 [L, Hkv]    valid entries of each layer and KV head: slots at or
+ *   past_lengths           f32 [L, Hkv]      valid entries of each layer and KV head: slots at or
  *                                            past the length are masked out (any finite content)
+ * Positions, lengths and the masks made from them are float, not int64: the
+ * WebGPU provider has no int64 arithmetic, so int64 Range/Less/Greater would
+ * run on the CPU (tests/webgpu_test.ts checks every node's placement).
  * A fixed capacity per layer means the engine hands its buffers over as they
  * are in every phase (warm-up, steady prefill, decode, per-head budgets) and
  * compacts them in place. In compact mode a cached key is rotated to its slot
@@ -114,13 +118,13 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
 
   // inputs
   const ids = g.input("input_ids", "int64", [1, "S"]);
-  const positions = g.input("positions", "int64", [1, "S"]);
+  const positions = g.input("positions", "float32", [1, "S"]);
   const windowStart = g.input("window_start", "int64", [1]);
   for (let l = 0; l < c.layers; l++) {
     g.input(io.pastKey(l), kvType, [1, K, `P${l}`, d]);
     g.input(io.pastValue(l), kvType, [1, K, `P${l}`, d]);
   }
-  const pastLengths = g.input("past_lengths", "int64", [c.layers, K]);
+  const pastLengths = g.input("past_lengths", "float32", [c.layers, K]);
 
   // sizes and shared tables
   const [S, SminusOne] = g.within("sizes", () => {
@@ -129,10 +133,10 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   });
   const S1 = g.op("Unsqueeze", [S, g.ints([0])]);
   const inv = g.weight("rope.inv_freq", "float32", [d / 2], inverseFrequencies(c));
-  /** cos and sin [1, 1, n, d] of positions int64 [1, n]. */
+  /** cos and sin [1, 1, n, d] of positions f32 [1, n]. */
   const ropeTables = (pos: string) =>
     g.within("rope", () => {
-      const angles = g.op("Mul", [g.op("Unsqueeze", [g.op("Cast", [pos], { to: 1 }), g.ints([-1])]), inv]); // [1,n,d/2]
+      const angles = g.op("Mul", [g.op("Unsqueeze", [pos, g.ints([-1])]), inv]); // [1,n,d/2]
       const emb = g.op("Unsqueeze", [g.op("Concat", [angles, angles], { axis: -1 }), g.ints([1])]); // [1,1,n,d]
       return [g.op("Cos", [emb]), g.op("Sin", [emb])];
     });
@@ -144,11 +148,11 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])]);
     });
   const [cos, sin] = ropeTables(positions);
-  /** Layer l's capacity P_l as int64 [1], its slot indices [P_l], and the additive mask [1,K,1,P_l] of its valid slots. */
+  /** Layer l's slot indices f32 [P_l] and the additive mask [1,K,1,P_l] of its valid slots. */
   const pastSlots = (l: number) =>
     g.within("past", () => {
-      const cap = g.op("Gather", [g.op("Shape", [io.pastKey(l)]), g.ints([2], [])]);
-      const slots = g.op("Range", [g.ints([0], []), cap, g.ints([1], [])]);
+      const cap = g.op("Cast", [g.op("Gather", [g.op("Shape", [io.pastKey(l)]), g.ints([2], [])])], { to: 1 });
+      const slots = g.op("Range", [g.floats([0], []), cap, g.floats([1], [])]);
       const lengths = g.op("Unsqueeze", [g.op("Gather", [pastLengths, g.ints([l], [])], { axis: 0 }), g.ints([1])]); // [K,1]
       const valid = g.op("Less", [g.op("Unsqueeze", [slots, g.ints([0])]), lengths]); // [K,P]
       const mask = g.op("Unsqueeze", [

@@ -167,10 +167,13 @@ export class Graph {
   /**
    * Returns `x` unchanged, but computed after `deps` in any topological order:
    * x + 0·Σ deps, exact for finite `deps` (an ONNX graph has no control edges).
+   * The sum is a chain of `Add`s, not `Sum`: WebGPU has no `Sum` kernel, and a
+   * CPU node here would pull every layer's hidden state through the host.
    */
   after(x: string, deps: string[]): string {
     const sums = deps.map((d) => this.op("ReduceSum", [d], { keepdims: 0 }));
-    const zero = this.op("Mul", [this.op("Sum", sums), this.floats([0], [])]);
+    const total = sums.reduce((a, b) => this.op("Add", [a, b]));
+    const zero = this.op("Mul", [total, this.floats([0], [])]);
     return this.op("Add", [x, zero]);
   }
 
