@@ -3,7 +3,7 @@
  * restatement by index sets, and, where node-llama-cpp is installed, a smoke
  * run of `deno task peers --quick --parts recall`.
  */
-import { assert, assertEquals, assertThrows } from "jsr:@std/assert@1";
+import assert from "node:assert/strict";
 import { join } from "node:path";
 import { OLLAMA_NUM_KEEP, ollamaTruncate, truncateMiddle } from "../bench/peers/truncate.ts";
 
@@ -16,10 +16,10 @@ Deno.test("ollamaTruncate keeps num_keep tokens and the tail, exactly n_ctx in a
     const got = ollamaTruncate(ids, ctx, keep);
     const k = Math.min(keep, ctx - 1);
     const want = n <= ctx ? ids : kept(n, (i) => i < k || i >= n - (ctx - k));
-    assertEquals(got, want, `n ${n} ctx ${ctx} keep ${keep}`);
-    assertEquals(got.length, Math.min(n, ctx));
+    assert.deepEqual(got, want, `n ${n} ctx ${ctx} keep ${keep}`);
+    assert.deepEqual(got.length, Math.min(n, ctx));
   }
-  assertEquals(OLLAMA_NUM_KEEP, 4);
+  assert.deepEqual(OLLAMA_NUM_KEEP, 4);
 });
 
 Deno.test("truncateMiddle keeps the head and the tail around a dropped middle, leaving room for the answer", () => {
@@ -29,20 +29,27 @@ Deno.test("truncateMiddle keeps the head and the tail around a dropped middle, l
     const room = ctx - reserve;
     const head = Math.floor(room / 2);
     const want = n <= room ? ids : kept(n, (i) => i < head || i >= n - (room - head)).map((i) => 1000 + i);
-    assertEquals(got, want, `n ${n} ctx ${ctx} reserve ${reserve}`);
+    assert.deepEqual(got, want, `n ${n} ctx ${ctx} reserve ${reserve}`);
     assert(got.length <= room);
-    assertEquals(got.at(-1), ids.at(-1), "the question at the end survives");
+    assert.deepEqual(got.at(-1), ids.at(-1), "the question at the end survives");
   }
-  assertThrows(() => truncateMiddle([1, 2, 3], 4, 3));
+  assert.throws(() => truncateMiddle([1, 2, 3], 4, 3));
 });
 
 const nlc = Deno.env.get("NODE_LLAMA_CPP_DIR") ?? join(Deno.env.get("HOME") ?? ".", ".cache", "tome", "peers");
-const haveNlc = await Deno.stat(join(nlc, "node_modules", "node-llama-cpp", "package.json")).then(() => true, () => false);
+const haveNlc = await Deno.stat(join(nlc, "node_modules", "node-llama-cpp", "package.json")).then(
+  () => true,
+  () => false,
+);
 const haveNode = await new Deno.Command("node", { args: ["--version"], stdout: "null", stderr: "null" }).output()
   .then((r) => r.success, () => false);
 const haveCorpus = await Deno.stat(join(import.meta.dirname!, "..", "..", "shared", "corpus", "war_and_peace.txt"))
   .then(() => true, () => false);
-const skip = !haveNode ? "node is not installed" : !haveNlc ? `node-llama-cpp is not installed in ${nlc}` : !haveCorpus
+const skip = !haveNode
+  ? "node is not installed"
+  : !haveNlc
+  ? `node-llama-cpp is not installed in ${nlc}`
+  : !haveCorpus
   ? "../shared/corpus is missing"
   : null;
 if (skip) console.log(`peers smoke test skipped: ${skip}`);
@@ -66,10 +73,10 @@ Deno.test({
       const t = JSON.parse(await Deno.readTextFile(join(out, "recall.json")));
       assert(Array.isArray(t.load_average) && t.load_average.length === 3);
       const depthRows = t.rows.filter((row: Record<string, string>) => row.depth.endsWith("%"));
-      assertEquals(depthRows.length, 3);
+      assert.deepEqual(depthRows.length, 3);
       // the full cache retrieves by construction; at 2K tokens in a 512 context, Ollama's cut keeps only the end
-      for (const row of depthRows) assertEquals(row["tome full"], "yes", JSON.stringify(row));
-      assertEquals(depthRows.at(-1)["ollama (n_ctx 512)"], "yes", "a needle at the end survives Ollama's cut");
+      for (const row of depthRows) assert.deepEqual(row["tome full"], "yes", JSON.stringify(row));
+      assert.deepEqual(depthRows.at(-1)["ollama (n_ctx 512)"], "yes", "a needle at the end survives Ollama's cut");
       assert((await Deno.readTextFile(join(out, "recall.md"))).includes("| depth |"));
     } finally {
       await Deno.remove(out, { recursive: true });

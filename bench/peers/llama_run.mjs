@@ -4,7 +4,7 @@
 //
 //   node bench/peers/llama_run.mjs speed MODEL.gguf IDS.json DECODE THREADS
 //     n_ctx = the prompt + DECODE (+ 16); prefill of the prompt with batch 512, then DECODE greedy tokens.
-//     Prints {prefill_s, decode_s, decoded, n_ctx, kv_bytes, peak_rss} or {error} when the context cannot be allocated.
+//     Prints {prefill_s, decode_s, decoded, n_ctx, peak_rss} or {error} when the context cannot be allocated.
 //   node bench/peers/llama_run.mjs generate MODEL.gguf PROMPTS.json N_CTX N_KEEP MAX_TOKENS THREADS OUT.json
 //     Each prompt (already truncated by the caller to at most N_CTX tokens) is evaluated in a fresh sequence of
 //     N_CTX cells and continued greedily for MAX_TOKENS tokens. When the cache is full before a generated token
@@ -61,13 +61,11 @@ if (mode === "speed") {
     if (++n > decode) break;
   }
   const end = performance.now();
-  const kvBytes = ctx.stateSize ?? null;
   console.log(JSON.stringify({
     prefill_s: (first - t0) / 1000,
     decode_s: (end - first) / 1000,
     decoded: n - 1,
     n_ctx: ctx.contextSize,
-    kv_bytes: kvBytes,
     peak_rss: peakRss(),
   }));
   await ctx.dispose();

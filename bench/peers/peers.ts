@@ -64,7 +64,7 @@ const threads = args.threads!;
 const budget = Number(args.budget);
 const dec = new TextDecoder();
 const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
-const mib = (b: number | null | undefined) => b == null ? null : Math.round(b / 2 ** 20);
+const mib = (b: number | null | undefined) => b == null ? null : Number((b / 2 ** 20).toFixed(b < 2 ** 24 ? 1 : 0));
 
 await Deno.mkdir(work, { recursive: true });
 if (!(await exists(join(nlcDir, "node_modules", "node-llama-cpp", "package.json")))) {
@@ -76,7 +76,7 @@ if (!(await exists(join(nlcDir, "node_modules", "node-llama-cpp", "package.json"
   if (!r.success) throw new Error("npm install node-llama-cpp@3.22.1 failed");
 }
 
-/** Runs a child, returns the JSON object on its last stdout line (or {error} with the end of its stderr). */
+/** Runs a child, returns the last JSON object line of its stdout ({} if none; {error} with the end of its stderr). */
 async function child(cmd: string, argv: string[]): Promise<Record<string, unknown>> {
   const r = await new Deno.Command(cmd, {
     args: argv,
@@ -85,16 +85,22 @@ async function child(cmd: string, argv: string[]): Promise<Record<string, unknow
     stderr: "piped",
   })
     .output();
-  const last = dec.decode(r.stdout).trim().split("\n").pop() ?? "";
   if (!r.success) return { error: dec.decode(r.stderr).trim().split("\n").slice(-3).join(" ").slice(-300) };
-  return JSON.parse(last);
+  const last = dec.decode(r.stdout).trim().split("\n").findLast((l) => l.startsWith("{"));
+  return last ? JSON.parse(last) : {};
 }
 
 /** Writes one table as JSON and Markdown beside the others, and prints it. */
 async function table(name: string, title: string, rows: Row[], notes: string[]): Promise<void> {
   const cols = [...new Set(rows.flatMap((r) => Object.keys(r)))];
   const cell = (v: Row[string]) =>
-    typeof v === "number" ? (Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(3)))) : String(v ?? "");
+    typeof v !== "number"
+      ? String(v ?? "")
+      : Number.isInteger(v)
+      ? String(v)
+      : Math.abs(v) < 1e-3
+      ? v.toExponential(1)
+      : String(Number(v.toPrecision(3)));
   const meta = {
     date: new Date().toISOString(),
     machine: machine(),
@@ -174,6 +180,9 @@ if (parts.includes("speed")) {
   const bookIds = tok.encode(book.slice(0, Math.ceil(Math.max(...lengths) * 5)));
   const decode = args.decode ?? (quick ? "8" : "64");
   const weights = (args["tome-weights"] ?? ("resolveWeights" in decoder ? "f32,q8" : "f32")).split(",");
+  const cfg = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
+  // llama.cpp's KV: K and V of every layer and KV head, f16 (its default)
+  const kvPerToken = cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size / cfg.num_attention_heads) * 4;
   const rows: Row[] = [];
   for (const length of lengths) {
     if (bookIds.length < length) throw new Error(`the corpus slice has only ${bookIds.length} tokens`);
@@ -191,7 +200,7 @@ if (parts.includes("speed")) {
         prefill_tok_s: Math.round(length / Number(r.prefill_s)),
         decode_tok_s: Number((Number(r.decoded) / Number(r.decode_s)).toFixed(1)),
         peak_rss_mib: mib(Number(r.peak_rss)),
-        kv_mib: mib(Number(r.kv_bytes)),
+        kv_mib: mib(Number(r.n_ctx) * kvPerToken),
       };
       llama[type] = row;
       rows.push(row);
@@ -239,7 +248,7 @@ if (parts.includes("speed")) {
     `prefill: one prompt, batch (llama.cpp) / chunk (tome) 512; decode: ${decode} greedy tokens after it; ` +
     "peak RSS: VmHWM of a process per run (llama.cpp in Node, tome in Deno; weights mmapped by llama.cpp count when touched).",
     `llama.cpp: n_ctx = the input + ${decode} + 16, f16 KV (its default), flash attention off; ` +
-    "tome: f32 KV, snapkv with the question patch of the last 8 prompt tokens.",
+    "tome: f16 KV (the CLI's default), snapkv with the question patch of the last 8 prompt tokens.",
     "ratios: tome / llama.cpp at the same weight type (> 1 is tome faster, or tome using more memory for rss_ratio).",
   ]);
 }

@@ -14,7 +14,8 @@ import * as decoder from "../../core/model/onnx/decoder.ts";
 
 const [dir, idsPath, policy, budget, decode, threads, weights] = Deno.args;
 const ids: number[] = JSON.parse(await Deno.readTextFile(idsPath));
-const opts: Record<string, unknown> = { threads: Number(threads) };
+// f16 KV: the CLI's default, and llama.cpp's
+const opts: Record<string, unknown> = { threads: Number(threads), kvDtype: "float16" };
 if (weights && "resolveWeights" in decoder) opts.weights = weights;
 else if (weights && weights !== "f32") throw new Error(`this checkout has no weight types (asked for ${weights})`);
 const model = await loadModel(dir, opts as Parameters<typeof loadModel>[1]);
