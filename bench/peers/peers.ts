@@ -184,6 +184,15 @@ if (parts.includes("speed")) {
   // llama.cpp's KV: K and V of every layer and KV head, f16 (its default)
   const kvPerToken = cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size / cfg.num_attention_heads) * 4;
   const rows: Row[] = [];
+  // written after each length, so a run cut short still leaves its table
+  const write = () =>
+    table("speed", `Speed and memory, ${size}-shaped random Llama (f32 checkpoint), ${threads} threads`, rows, [
+      `prefill: one prompt, batch (llama.cpp) / chunk (tome) 512; decode: ${decode} greedy tokens after it; ` +
+      "peak RSS: VmHWM of a process per run (llama.cpp in Node, tome in Deno; weights mmapped by llama.cpp count when touched).",
+      `llama.cpp: n_ctx = the input + ${decode} + 16, f16 KV (its default), flash attention off; ` +
+      "tome: f16 KV (the CLI's default), snapkv with the question patch of the last 8 prompt tokens.",
+      "ratios: tome / llama.cpp at the same weight type (> 1 is tome faster, or tome using more memory for rss_ratio).",
+    ]);
   for (const length of lengths) {
     if (bookIds.length < length) throw new Error(`the corpus slice has only ${bookIds.length} tokens`);
     const idsFile = join(work, `speed-ids-${length}.json`);
@@ -243,14 +252,8 @@ if (parts.includes("speed")) {
         rows.push(row);
       }
     }
+    await write();
   }
-  await table("speed", `Speed and memory, ${size}-shaped random Llama (f32 checkpoint), ${threads} threads`, rows, [
-    `prefill: one prompt, batch (llama.cpp) / chunk (tome) 512; decode: ${decode} greedy tokens after it; ` +
-    "peak RSS: VmHWM of a process per run (llama.cpp in Node, tome in Deno; weights mmapped by llama.cpp count when touched).",
-    `llama.cpp: n_ctx = the input + ${decode} + 16, f16 KV (its default), flash attention off; ` +
-    "tome: f16 KV (the CLI's default), snapkv with the question patch of the last 8 prompt tokens.",
-    "ratios: tome / llama.cpp at the same weight type (> 1 is tome faster, or tome using more memory for rss_ratio).",
-  ]);
 }
 
 if (parts.includes("recall")) {
