@@ -184,7 +184,7 @@ if (parts.includes("speed")) {
   // llama.cpp's KV: K and V of every layer and KV head, f16 (its default)
   const kvPerToken = cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size / cfg.num_attention_heads) * 4;
   const rows: Row[] = [];
-  // written after each length, so a run cut short still leaves its table
+  // written after each run, so a run cut short still leaves its table
   const write = () =>
     table("speed", `Speed and memory, ${size}-shaped random Llama (f32 checkpoint), ${threads} threads`, rows, [
       `prefill: one prompt, batch (llama.cpp) / chunk (tome) 512; decode: ${decode} greedy tokens after it; ` +
@@ -198,7 +198,9 @@ if (parts.includes("speed")) {
     const idsFile = join(work, `speed-ids-${length}.json`);
     await Deno.writeTextFile(idsFile, JSON.stringify(bookIds.slice(0, length)));
     const llama: Record<string, Row> = {};
-    for (const type of args["llama-types"]!.split(",") as WriteType[]) {
+    // llama.cpp's first type (f32, the peer of tome's f32 weights) runs before tome, the others after it
+    const types = args["llama-types"]!.split(",") as WriteType[];
+    const runLlama = async (type: WriteType) => {
       const gguf = join(work, `speed-${size}-${type}.gguf`);
       if (!(await exists(gguf))) await convertToGguf(dir, gguf, type);
       console.error(`speed: llama.cpp ${type} at ${length} …`);
@@ -213,7 +215,9 @@ if (parts.includes("speed")) {
       };
       llama[type] = row;
       rows.push(row);
-    }
+      await write();
+    };
+    await runLlama(types[0]);
     for (const w of weights) {
       for (const policy of ["full", "snapkv"]) {
         console.error(`speed: tome ${policy} ${w} at ${length} …`);
@@ -231,6 +235,7 @@ if (parts.includes("speed")) {
         const run = `tome ${policy === "full" ? "full" : `snapkv ${budget}`} (${w} weights)`;
         if (r.error) {
           rows.push({ run, tokens: length, error: String(r.error) });
+          await write();
           continue;
         }
         const row: Row = {
@@ -250,9 +255,10 @@ if (parts.includes("speed")) {
           row.rss_ratio = Number((Number(row.peak_rss_mib) / Number(peer.peak_rss_mib)).toFixed(2));
         }
         rows.push(row);
+        await write();
       }
     }
-    await write();
+    for (const type of types.slice(1)) await runLlama(type);
   }
 }
 
