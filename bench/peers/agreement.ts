@@ -7,7 +7,9 @@
  * Reports top-1 agreement and max |Δlogit| per model and weight type.
  *
  *   deno run -A bench/peers/agreement.ts [--tokens 200] [--types f32,f16,q8_0] [--kv f32|f16] [--size tiny|small|360m]
- *     [--archs llama,mistral,qwen2,qwen3] [--llama3-rope]
+ *     [--archs llama,mistral,qwen2,qwen3] [--llama3-rope] [--model DIR] [--out ROWS.json]
+ *   (--model: an existing checkpoint directory, e.g. the retrieval model, instead of random ones;
+ *   --out: also write the rows there, for bench/peers/peers.ts)
  *   deno run -A bench/peers/agreement.ts --tokenize
  *     (llama.cpp's tokenization of 20K corpus characters against tome's, for a byte-level BPE
  *     GGUF (SmolLM2) and a SentencePiece-style one, both written by `tome convert`)
@@ -16,7 +18,7 @@
  * ~/.cache/tome/peers; installed there with npm on first use).
  */
 import { parseArgs } from "node:util";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { openCheckpoint } from "../../core/model/checkpoint.ts";
 import { graphFor } from "../../core/model/cache.ts";
 import type { Arch } from "../../core/model/config.ts";
@@ -37,6 +39,8 @@ const { values: args } = parseArgs({
     archs: { type: "string", default: "llama,mistral,qwen2,qwen3" },
     tokenize: { type: "boolean", default: false },
     "llama3-rope": { type: "boolean", default: false },
+    model: { type: "string" },
+    out: { type: "string" },
   },
 });
 
@@ -145,11 +149,11 @@ if (args.tokenize) {
 }
 const ids = tok.encode(text).slice(0, Number(args.tokens));
 const rows: Row[] = [];
-for (const arch of args.archs!.split(",") as Arch[]) {
+for (const arch of (args.model ? ["llama"] : args.archs!.split(",")) as Arch[]) {
   const rope = args["llama3-rope"] && arch === "llama";
-  const label = `${args.size}-${arch}${rope ? "-llama3rope" : ""}`;
-  const dir = join(work, "models", label);
-  if (!(await Deno.stat(join(dir, "config.json")).then(() => true, () => false))) {
+  const label = args.model ? basename(args.model) : `${args.size}-${arch}${rope ? "-llama3rope" : ""}`;
+  const dir = args.model ?? join(work, "models", label);
+  if (!args.model && !(await Deno.stat(join(dir, "config.json")).then(() => true, () => false))) {
     await makeRandomModel(dir, { arch, shape: SIZES[args.size!], seed: 3, dtype: "F32", tokenizer, llama3Rope: rope });
   }
   for (const type of args.types!.split(",") as WriteType[]) {
@@ -182,8 +186,9 @@ for (const arch of args.archs!.split(",") as Arch[]) {
     console.error(JSON.stringify(rows.at(-1)));
   }
 }
+if (args.out) await Deno.writeTextFile(args.out, JSON.stringify(rows));
 await report(
   "peers-agreement",
-  `deno run -A bench/peers/agreement.ts --tokens ${args.tokens} --types ${args.types} --kv ${args.kv} --size ${args.size}`,
+  `deno run -A bench/peers/agreement.ts ${Deno.args.join(" ")}`.trim(),
   rows,
 );
