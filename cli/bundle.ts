@@ -249,7 +249,7 @@ async function denoPackage(t: BundleTarget, cache: string, log: (l: string) => v
     if (await integrityOf(await Deno.readFile(file)) === t.integrity) return file;
     await Deno.remove(file);
   }
-  const registry = (Deno.env.get("NPM_CONFIG_REGISTRY") || "https://registry.npmjs.org").replace(/\/$/, "");
+  const registry = (await npmRegistry()).replace(/\/$/, "");
   const url = `${registry}/${t.denoPackage}/-/${base}-${DENO_VERSION}.tgz`;
   log(`fetching ${url}`);
   let bytes: Uint8Array;
@@ -268,6 +268,21 @@ async function denoPackage(t: BundleTarget, cache: string, log: (l: string) => v
   await Deno.writeFile(`${file}.partial`, bytes);
   await Deno.rename(`${file}.partial`, file);
   return file;
+}
+
+/** The npm registry the machine is set up for: `$NPM_CONFIG_REGISTRY`, else what `npm config get registry` says. */
+async function npmRegistry(): Promise<string> {
+  const env = Deno.env.get("NPM_CONFIG_REGISTRY");
+  if (env) return env;
+  try {
+    const out = await new Deno.Command("npm", { args: ["config", "get", "registry"], stdout: "piped", stderr: "null" })
+      .output();
+    const url = new TextDecoder().decode(out.stdout).trim();
+    if (out.success && /^https?:\/\//.test(url)) return url;
+  } catch {
+    // no npm: fall through
+  }
+  throw new BundleError("no npm registry: set NPM_CONFIG_REGISTRY, or install npm (npm config get registry)");
 }
 
 /** npm's integrity string (sha512, base64) of some bytes. */
