@@ -175,8 +175,8 @@ Deno.test("a state write killed midway leaves no file that loads, and the next w
   // a dead writer's temporary file goes at the next write; a live writer's stays
   const dead = new Deno.Command("true").spawn();
   await dead.status;
-  // a process that is running for sure: this test's parent
-  const live = { pid: Deno.ppid };
+  // a writer that is running for sure: this process
+  const live = { pid: Deno.pid };
   await Deno.writeTextFile(join(root, "killed", `.s.tstate.tmp-${dead.pid}-1`), "half a state");
   await Deno.writeTextFile(join(root, "killed", `.s.tstate.tmp-${live.pid}-1`), "being written");
   const state = await read({ ids }, { model: m, policy: "snapkv", budget: 96, chunk: 64, prefix, question: q1 });
