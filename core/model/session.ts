@@ -132,10 +132,9 @@ export class ModelSession {
         o.InferenceSession.create(path, {
           executionProviders: providers,
           graphOptimizationLevel: "all",
-          // measured at the 360M shape with q8 weights (bench/model.ts --session): without the arena and the
-          // memory pattern the peak RSS is 54 and 100 MB lower, at the same CPU time per chunk and step
-          enableCpuMemArena: false,
-          enableMemPattern: false,
+          // onnxruntime's CPU arena and memory pattern stay on: at the 360M shape with q8 weights turning them off lowered
+          // peak RSS by 54 and 100 MB, but on the retrieval model it made prefill 2.5× slower (100K tokens: 22 s → 55 s)
+          // and raised peak RSS (469 → 620 MiB) from allocation churn (`deno task demo`)
           ...log,
           ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
           ...opts.ort,
