@@ -176,3 +176,8 @@ export async function checkWritable(path: string, flag: string): Promise<void> {
 export function kvDtypeFlag(v: "f16" | "f32"): "float16" | "float32" {
   return v === "f32" ? "float32" : "float16";
 }
+
+/** A repeatable option's values, in order (`-q A -q B`). */
+export function collectOption(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { fsError } from "../../core/errors.ts";
 import { ASK_DEFAULTS, askFraming } from "../../recipes/ask.ts";
-import { addRunOptions, type RunFlags } from "../options.ts";
+import { addRunOptions, collectOption, type RunFlags } from "../options.ts";
 import { usage } from "../output.ts";
 import { runReading } from "../run.ts";
 
@@ -20,7 +20,7 @@ export function askCommand(program: Command): void {
     program.command("ask")
       .description("answer questions from a file, a directory, stdin or a saved state, in a fixed KV budget")
       .argument("<args...>", "QUESTION INPUT; or INPUT with -q/--questions; or QUESTION with --state")
-      .option("-q, --question <text>", "a question (repeat for several: one read, one answer each)", collect)
+      .option("-q, --question <text>", "a question (repeat for several: one read, one answer each)", collectOption)
       .option("--questions <file>", "questions, one per line"),
   )
     .addHelpText(
@@ -59,10 +59,6 @@ Examples:
       }));
       await runReading(input, { recipes, labels: listed.length > 0 ? questions : undefined, questions }, flags);
     });
-}
-
-function collect(value: string, previous: string[] = []): string[] {
-  return [...previous, value];
 }
 
 async function questionFile(path: string): Promise<string[]> {

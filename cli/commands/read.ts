@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { ASK_DEFAULTS, askFraming } from "../../recipes/ask.ts";
-import { addRunOptions, type RunFlags } from "../options.ts";
+import { addRunOptions, collectOption, type RunFlags } from "../options.ts";
 import { usage } from "../output.ts";
 import { runRead } from "../run.ts";
 
@@ -15,7 +15,7 @@ export function readCommand(program: Command): void {
     program.command("read")
       .description("read a document once into a compressed state saved to a file, for `tome ask --state`")
       .argument("[input]", "a file, a directory, or - for stdin (with --state: more input to read after it)")
-      .option("-q, --question <text>", "shape the read for this question (repeat for several)", collect)
+      .option("-q, --question <text>", "shape the read for this question (repeat for several)", collectOption)
       .option(
         "--query-agnostic",
         "score with KVzip's reconstruction, so the state serves any question (--policy kvzip)",
@@ -45,8 +45,4 @@ Examples:
       const recipe = { name: "ask", framing: askFraming("", flags.system), ...ASK_DEFAULTS };
       await runRead(input ?? null, recipe, questions, flags);
     });
-}
-
-function collect(value: string, previous: string[] = []): string[] {
-  return [...previous, value];
 }

@@ -9,6 +9,7 @@
 import { TomeError } from "../errors.ts";
 import { type KvDtype, kvElementBytes } from "../model/config.ts";
 import type { MeterSnapshot } from "../meter/meter.ts";
+import type { EntryRows } from "../engine/kv_store.ts";
 
 export const STATE_MAGIC = "TOMESTATE";
 export const STATE_VERSION = 1;
@@ -51,14 +52,7 @@ export interface StateHeader {
 }
 
 /** One layer's retained entries, heads packed: [Hkv][n_h] rows. */
-export interface StateLayer {
-  keys: Float32Array | Uint16Array;
-  values: Float32Array | Uint16Array;
-  positions: Int32Array;
-  accumulated: Float32Array;
-  seen: Float32Array;
-  importance: Float32Array;
-}
+export type StateLayer = EntryRows;
 
 /** Bytes of the payload the header's lengths imply. */
 export function payloadBytes(h: Pick<StateHeader, "lengths" | "model" | "run">): number {
