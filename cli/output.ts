@@ -35,28 +35,3 @@ export function round(x: number, digits = 3): number {
   const f = 10 ** digits;
   return Math.round(x * f) / f;
 }
-
-/**
- * Removes `dir/PREFIX<pid>…` files whose writer (process `pid`) is no longer
- * running: what a killed run left beside its target. Only where the running
- * processes can be seen (/proc); elsewhere nothing is removed. Never throws.
- */
-export function removeDeadWritersTemps(dir: string, prefix: string): void {
-  try {
-    if (Deno.build.os !== "linux") return;
-    for (const e of Deno.readDirSync(dir)) {
-      if (!e.isFile || !e.name.startsWith(prefix)) continue;
-      const pid = Number(e.name.slice(prefix.length).split(/\D/)[0]);
-      if (!Number.isInteger(pid) || pid <= 0 || pid === Deno.pid) continue;
-      let alive = true;
-      try {
-        Deno.statSync(`/proc/${pid}`);
-      } catch {
-        alive = false;
-      }
-      if (!alive) Deno.removeSync(`${dir}/${e.name}`);
-    }
-  } catch {
-    // an unreadable directory fails the write itself, with its own message
-  }
-}

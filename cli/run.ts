@@ -2,7 +2,6 @@
  * A reading command end to end: open the input, load the model, frame the
  * prompt, read with the live display, stream the answer, report.
  */
-import { join } from "node:path";
 import { EXIT, TomeError } from "../core/errors.ts";
 import { openSource, type Source } from "../core/input/source.ts";
 import {
@@ -25,6 +24,7 @@ import {
 import { gcStates, inputDigest, stateCacheDir, statePath, touchState } from "../core/state/cache.ts";
 import { modelDigest, tokenizerDigest } from "../core/state/digest.ts";
 import { removePartialBuilds } from "../core/model/lock.ts";
+import { TempFile } from "../core/temp_file.ts";
 import { type ModelConfig, readConfig } from "../core/model/config.ts";
 import type { WeightChoice } from "../core/model/onnx/decoder.ts";
 import { type AdapterInfo, chooseDevice, type DeviceChoice } from "../core/model/device.ts";
@@ -34,7 +34,7 @@ import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
 import { checkWritable, intFlag, kvDtypeFlag, numberFlag, type RunFlags } from "./options.ts";
 import { formatBytes, formatCount } from "./progress.ts";
-import { note, removeDeadWritersTemps, round, StdoutClosed, usage, writeStdout } from "./output.ts";
+import { note, round, StdoutClosed, usage, writeStdout } from "./output.ts";
 
 export interface Recipe {
   name: string;
@@ -178,7 +178,7 @@ export async function runReading(input: string | null, reading: Reading, flags: 
     tokenBytes: run.tokenBytes,
     totalBytes: source?.totalBytes ?? null,
   });
-  const metrics = flags.metrics ? await MetricsFile.open(flags.metrics) : null;
+  const metrics = flags.metrics ? MetricsFile.open(flags.metrics) : null;
   let meter: Meter | null = null;
   const stop = (code: number) => () => {
     removePartialBuilds();
@@ -580,22 +580,19 @@ function refuseFullIfTooLarge(source: Source, tokenBytes: number): void {
 
 /** NDJSON of meter events, written beside the target and renamed into place when the run ends. */
 class MetricsFile {
-  private constructor(readonly path: string, readonly tmp: string, readonly file: Deno.FsFile) {}
+  private constructor(readonly path: string, readonly tmp: TempFile) {}
 
-  static async open(path: string): Promise<MetricsFile> {
-    const tmp = join(path, "..", `.${path.split("/").pop()}.tmp-${Deno.pid}`);
-    removeDeadWritersTemps(join(path, ".."), `.${path.split("/").pop()}.tmp-`);
+  static open(path: string): MetricsFile {
     try {
-      return new MetricsFile(path, tmp, await Deno.open(tmp, { write: true, create: true, truncate: true }));
+      return new MetricsFile(path, TempFile.create(path));
     } catch (err) {
       throw new TomeError("output", `cannot write --metrics ${path}: ${(err as Error).message}`);
     }
   }
 
   write(e: MeterEvent): void {
-    const line = new TextEncoder().encode(JSON.stringify(e) + "\n");
     try {
-      for (let at = 0; at < line.length;) at += this.file.writeSync(line.subarray(at));
+      this.tmp.writeAllSync(new TextEncoder().encode(JSON.stringify(e) + "\n"));
     } catch (err) {
       throw new TomeError("output", `cannot write --metrics ${this.path}: ${(err as Error).message}`);
     }
@@ -603,12 +600,7 @@ class MetricsFile {
 
   /** Keeps the file (success, or an interrupted run's record) or removes it (an error). */
   close(keep: boolean): void {
-    try {
-      this.file.close();
-    } catch {
-      // already closed
-    }
-    if (keep) Deno.renameSync(this.tmp, this.path);
-    else Deno.removeSync(this.tmp);
+    if (keep) this.tmp.commit(false);
+    else this.tmp.discard();
   }
 }

@@ -172,20 +172,29 @@ Deno.test("a state write killed midway leaves no file that loads, and the next w
     const exists = await Deno.stat(target).then(() => true, () => false);
     if (exists) await loadState(target, m).catch((err) => assert.fail(`a killed write left a bad state: ${err}`));
   }
-  // a dead writer's temporary file goes at the next write; a live writer's stays
+  // a dead writer's temporary file goes at the next write; a live writer's (locked) stays, and so does a
+  // running writer's file in the moment between creating and locking it; an unlocked file of a reused PID goes
   const dead = new Deno.Command("true").spawn();
   await dead.status;
-  // a writer that is running for sure: this process
-  const live = { pid: Deno.pid };
-  await Deno.writeTextFile(join(root, "killed", `.s.tstate.tmp-${dead.pid}-1`), "half a state");
-  await Deno.writeTextFile(join(root, "killed", `.s.tstate.tmp-${live.pid}-1`), "being written");
+  const live = { pid: Deno.pid }; // a writer that is running for sure: this process
+  const killed = (name: string) => join(root, "killed", name);
+  await Deno.writeTextFile(killed(`.s.tstate.tmp-${dead.pid}-1`), "half a state");
+  await Deno.writeTextFile(killed(`.s.tstate.tmp-${dead.pid}-2`), "locked: a writer whose name lies");
+  const locked = await Deno.open(killed(`.s.tstate.tmp-${dead.pid}-2`), { read: true, write: true });
+  assert.ok(await locked.tryLock(true));
+  await Deno.writeTextFile(killed(`.s.tstate.tmp-${live.pid}-1`), "being written, not yet locked");
+  await Deno.writeTextFile(killed(`.s.tstate.tmp-${live.pid}-2`), "a reused PID's old file");
+  const old = new Date(Date.now() - 120_000);
+  await Deno.utime(killed(`.s.tstate.tmp-${live.pid}-2`), old, old);
   const state = await read({ ids }, { model: m, policy: "snapkv", budget: 96, chunk: 64, prefix, question: q1 });
   await saveState(target, m, state.sequence, info([]));
-  const left = [...Deno.readDirSync(join(root, "killed"))].map((e) => e.name).filter((n) =>
-    !n.includes(`-${live.pid}-`)
+  locked.close();
+  const left = [...Deno.readDirSync(join(root, "killed"))].map((e) => e.name).sort();
+  assert.deepEqual(
+    left,
+    [`.s.tstate.tmp-${dead.pid}-2`, `.s.tstate.tmp-${live.pid}-1`, "s.tstate"].sort(),
+    "stale temporary files are removed, live ones stay",
   );
-  assert.deepEqual(left, ["s.tstate"], "stale temporary files of dead writers are removed");
-  assert.ok(await Deno.stat(join(root, "killed", `.s.tstate.tmp-${live.pid}-1`)), "a live writer's file stays");
 });
 
 Deno.test({

@@ -3,8 +3,8 @@
  * model and tokenizer it was made with. Writes go to a temporary file beside
  * the target, renamed into place, so a killed write leaves nothing that loads.
  */
-import { basename, dirname, join } from "node:path";
 import { TomeError } from "../errors.ts";
+import { TempFile } from "../temp_file.ts";
 import { copyRows, KvStore } from "../engine/kv_store.ts";
 import { Sequence } from "../engine/sequence.ts";
 import type { LoadedModel } from "../engine/model.ts";
@@ -78,22 +78,13 @@ export async function saveState(
   const payload = payloadParts(layers);
   header.payload.sha256 = await sha256Hex(...payload);
   const file = [encodeHead(header), ...payload];
-  const base = basename(path);
-  await removeStaleTemps(dirname(path), base);
-  const tmp = join(dirname(path), `.${base}.tmp-${Deno.pid}-${Date.now()}`);
+  let tmp: TempFile | undefined;
   try {
-    const f = await Deno.open(tmp, { write: true, createNew: true });
-    try {
-      for (const p of file) {
-        for (let at = 0; at < p.length;) at += await f.write(p.subarray(at));
-      }
-      await f.sync();
-    } finally {
-      f.close();
-    }
-    await Deno.rename(tmp, path);
+    tmp = TempFile.create(path);
+    for (const p of file) tmp.writeAllSync(p);
+    tmp.commit();
   } catch (err) {
-    await Deno.remove(tmp).catch(() => {});
+    tmp?.discard();
     throw new TomeError("output", `cannot write the state ${path}: ${(err as Error).message}`);
   }
   return header;
@@ -203,25 +194,4 @@ async function readFull(file: Deno.FsFile, buf: Uint8Array): Promise<void> {
     if (r === null) break;
     n += r;
   }
-}
-
-/** Removes `.NAME.tmp-PID-*` files beside a state whose writer (PID) is no longer running. */
-async function removeStaleTemps(dir: string, base: string): Promise<void> {
-  const prefix = `.${base}.tmp-`;
-  try {
-    for await (const e of Deno.readDir(dir)) {
-      if (!e.isFile || !e.name.startsWith(prefix)) continue;
-      const pid = Number(e.name.slice(prefix.length).split("-")[0]);
-      if (Number.isInteger(pid) && pid !== Deno.pid && !(await alive(pid))) {
-        await Deno.remove(join(dir, e.name)).catch(() => {});
-      }
-    }
-  } catch {
-    // an unreadable directory fails the write itself, with its own message
-  }
-}
-
-/** Whether a process is running (Linux: /proc/PID exists). */
-async function alive(pid: number): Promise<boolean> {
-  return await Deno.stat(`/proc/${pid}`).then(() => true, () => false);
 }
