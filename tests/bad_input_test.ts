@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { EXIT } from "../core/errors.ts";
 import { mixedText } from "./fixture_text.ts";
-import { ROOT } from "./helpers.ts";
+import { tomeArgs } from "./helpers.ts";
 import { writeTestTokenizer } from "./model_fixtures.ts";
 
 interface Case {
@@ -68,19 +68,7 @@ async function run(
 ) {
   const t0 = performance.now();
   const child = new Deno.Command(opts.sh ? "bash" : Deno.execPath(), {
-    args: [
-      ...(opts.sh ? ["-c", opts.sh, "tome", Deno.execPath()] : []),
-      "run",
-      "--quiet",
-      "--v8-flags=--optimize-for-size",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-ffi",
-      "--allow-sys",
-      join(ROOT, "cli", "main.ts"),
-      ...args,
-    ],
+    args: [...(opts.sh ? ["-c", opts.sh, "tome", Deno.execPath()] : []), ...tomeArgs(args)],
     cwd,
     stdin: stdin === undefined ? "null" : "piped",
     stdout: "piped",
@@ -920,17 +908,7 @@ for (const c of table.filter((c) => c.ignore && (c.lead || leadOnly))) {
 /** Spawns `tome ARGS…` (not waited for). */
 function spawnTome(args: string[]): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--quiet",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-ffi",
-      "--allow-sys",
-      join(ROOT, "cli", "main.ts"),
-      ...args,
-    ],
+    args: tomeArgs(args),
     stdin: "null",
     stdout: "null",
     stderr: "piped",
@@ -1041,17 +1019,7 @@ Deno.test("--metrics under SIGKILL: the target is absent or whole, never half-wr
     next = (next * 7.13 + 0.17) % 1; // points spread over the run, the same each time
     const delay = Math.round((0.15 + 0.95 * next) * reference.seconds * 1000);
     const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--quiet",
-        "--allow-read",
-        "--allow-write",
-        "--allow-env",
-        "--allow-ffi",
-        "--allow-sys",
-        join(ROOT, "cli", "main.ts"),
-        ...args,
-      ],
+      args: tomeArgs(args),
       env: { ...env, NO_COLOR: "1", TOME_MODEL: "" },
       stdout: "null",
       stderr: "null",

@@ -26,24 +26,29 @@ export interface CliResult {
   stderr: string;
 }
 
+/** The arguments of `deno` that run `tome ARGS…` from this checkout, as a user would. */
+export function tomeArgs(args: string[]): string[] {
+  return [
+    "run",
+    "--quiet",
+    "--v8-flags=--optimize-for-size",
+    "--allow-read",
+    "--allow-write",
+    "--allow-env",
+    "--allow-ffi",
+    "--allow-sys",
+    join(ROOT, "cli", "main.ts"),
+    ...args,
+  ];
+}
+
 /** Runs `tome ARGS…` as a user would (a fresh Deno process), with optional stdin. */
 export async function tome(
   args: string[],
   opts: { stdin?: Uint8Array | string; env?: Record<string, string> } = {},
 ): Promise<CliResult> {
   const cmd = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--quiet",
-      "--v8-flags=--optimize-for-size",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-ffi",
-      "--allow-sys",
-      join(ROOT, "cli", "main.ts"),
-      ...args,
-    ],
+    args: tomeArgs(args),
     cwd: ROOT,
     stdin: opts.stdin === undefined ? "null" : "piped",
     stdout: "piped",

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { loadTokenizer } from "../../core/tokens/tokenizer.ts";
 import { tokenize } from "../../core/tokens/stream.ts";
-import { measureSample, sampleTokens } from "../../core/engine/measure.ts";
+import { measureSample, sampleTokens } from "./estimate_sample.ts";
 import { predictKv } from "../../core/engine/estimate.ts";
 import { ASK_DEFAULTS, askFraming } from "../../recipes/ask.ts";
 import { buildPrompt } from "../../recipes/prompt.ts";

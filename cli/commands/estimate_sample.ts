@@ -3,8 +3,8 @@
  * memory: memory is flat once the budget is full, so the sample's RSS
  * predicts the run's, and its steady chunk time predicts prefill speed.
  */
-import { generate, type LoadedModel, read, type ResolvedRun } from "../mod.ts";
-import { rss } from "../meter/rss.ts";
+import { generate, type LoadedModel, read, type ResolvedRun } from "../../core/mod.ts";
+import { rss } from "../../core/meter/rss.ts";
 
 export interface SampleMeasure {
   /** Document tokens per second past the first chunk (warm-up). */
