@@ -198,6 +198,44 @@ for (const { name } of TINY_MODELS) {
       assert.ok(maxAbsDiff(logits, full.logits) < TOL);
     });
 
+    await t.step(
+      "compact positions, layers of different capacities: each rotates its keys to its own slots",
+      async () => {
+        const compact = await m.session({ positions: "compact" });
+        const P = 9;
+        const head = forward(c, m.weights, ids.slice(0, P), positions.slice(0, P), undefined, "compact");
+        // layer l's buffer holds the P entries then 5·l finite garbage slots past every head's length
+        const r = rng(4);
+        const widen = (x: Float32Array, cap: number) => {
+          const y = Float32Array.from({ length: c.kvHeads * cap * c.headDim }, () => 50 * (r() - 0.5));
+          for (let h = 0; h < c.kvHeads; h++) {
+            y.set(x.subarray(h * P * c.headDim, (h + 1) * P * c.headDim), h * cap * c.headDim);
+          }
+          return y;
+        };
+        const caps = Array.from({ length: c.layers }, (_, l) => P + 5 * l);
+        const part = ids.slice(P, P + 6);
+        const got = await compact.run({
+          ids: part,
+          positions: part.map((_, i) => P + i),
+          past: {
+            keys: head.newKeys.map((k, l) => widen(k, caps[l])),
+            values: head.newValues.map((v, l) => widen(v, caps[l])),
+            lengths: new Array(c.layers * c.kvHeads).fill(P),
+          },
+        });
+        const past: Past = {
+          length: P,
+          layers: head.newKeys.map((k, l) => ({ keys: k, values: head.newValues[l] })),
+          positions: Array.from({ length: P }, (_, i) => i),
+        };
+        const e = forward(c, m.weights, part, part.map((_, i) => P + i), past, "compact");
+        const d = maxAbsDiff(got.logits!, e.logits);
+        assert.ok(d < TOL, `logits differ by ${d}`);
+        assert.ok(maxAbsDiff(got.logits!, full.logits.slice(P * c.vocab, (P + 6) * c.vocab)) < TOL);
+      },
+    );
+
     await t.step("f16 KV cache within 2e-2 relative of f32", async () => {
       const f16 = await m.session({ kvDtype: "float16" });
       const logits = await chunked(f16, m, ids, 7);
