@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { graphFor } from "../core/model/cache.ts";
 import { type Checkpoint, openCheckpoint } from "../core/model/checkpoint.ts";
 import { DEFAULT_GRAPH_OPTIONS, DEFAULT_QUANT, type GraphOptions, resolveWeights } from "../core/model/onnx/decoder.ts";
-import { makeRandomModel, SIZES } from "../core/model/make.ts";
+import { makeRandomModel, makeRetainingHeads, SIZES } from "../core/model/make.ts";
+import onnxProto from "onnx-proto";
 import { appendEntries, forward, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
 import type { PositionMode } from "../core/model/config.ts";
 import { emptyPast, type KvArray, ModelSession, type StatName } from "../core/model/session.ts";
@@ -380,6 +381,23 @@ Deno.test("last-position logits equal the last row of all-position logits", asyn
   const V = m.ckpt.config.vocab;
   assert.equal(last.logits!.length, V);
   assert.ok(maxAbsDiff(last.logits!, all.logits!.subarray(8 * V)) < 1e-5);
+});
+
+Deno.test("RoPE tables are inputs: no Cos/Sin anywhere in the graph, in either position mode or with retaining heads", async () => {
+  const ckpt = await openCheckpoint(models.get("qwen3")!);
+  const heads = join(root, "retaining.safetensors");
+  await makeRetainingHeads(heads, ckpt.config, { hidden: 4, seed: 2 });
+  for (const positions of ["original", "compact"] as const) {
+    for (const retainingHeads of [undefined, heads]) {
+      const path = (await graphFor(ckpt, { ...DEFAULT_GRAPH_OPTIONS, positions, retainingHeads })).path;
+      const g = onnxProto.onnx.ModelProto.decode(await Deno.readFile(path)).graph!;
+      const label = `${positions}${retainingHeads ? ", retaining heads" : ""}`;
+      assert.deepEqual(g.node!.filter((n) => n.opType === "Cos" || n.opType === "Sin"), [], label);
+      const inputs = g.input!.map((i) => i.name);
+      const tables = ["rope_cos", "rope_sin", ...(positions === "compact" ? ["past_rope_cos", "past_rope_sin"] : [])];
+      assert.deepEqual(inputs.filter((n) => /rope|^positions$/.test(n!)), tables, label);
+    }
+  }
 });
 
 Deno.test({
