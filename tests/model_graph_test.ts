@@ -214,26 +214,29 @@ for (const { name } of TINY_MODELS) {
           }
           return y;
         };
-        const caps = Array.from({ length: c.layers }, (_, l) => P + 5 * l);
         const part = ids.slice(P, P + 6);
-        const got = await compact.run({
-          ids: part,
-          positions: part.map((_, i) => P + i),
-          past: {
-            keys: head.newKeys.map((k, l) => widen(k, caps[l])),
-            values: head.newValues.map((v, l) => widen(v, caps[l])),
-            lengths: new Array(c.layers * c.kvHeads).fill(P),
-          },
-        });
         const past: Past = {
           length: P,
           layers: head.newKeys.map((k, l) => ({ keys: k, values: head.newValues[l] })),
           positions: Array.from({ length: P }, (_, i) => i),
         };
         const e = forward(c, m.weights, part, part.map((_, i) => P + i), past, "compact");
-        const d = maxAbsDiff(got.logits!, e.logits);
-        assert.ok(d < TOL, `logits differ by ${d}`);
-        assert.ok(maxAbsDiff(got.logits!, full.logits.slice(P * c.vocab, (P + 6) * c.vocab)) < TOL);
+        // larger capacities first, then smaller ones: the session's slot tables are reused, not regrown
+        for (const extra of [20, 0]) {
+          const caps = Array.from({ length: c.layers }, (_, l) => P + 5 * l + extra);
+          const got = await compact.run({
+            ids: part,
+            positions: part.map((_, i) => P + i),
+            past: {
+              keys: head.newKeys.map((k, l) => widen(k, caps[l])),
+              values: head.newValues.map((v, l) => widen(v, caps[l])),
+              lengths: new Array(c.layers * c.kvHeads).fill(P),
+            },
+          });
+          const d = maxAbsDiff(got.logits!, e.logits);
+          assert.ok(d < TOL, `capacities ${caps}: logits differ by ${d}`);
+          assert.ok(maxAbsDiff(got.logits!, full.logits.slice(P * c.vocab, (P + 6) * c.vocab)) < TOL);
+        }
       },
     );
 
