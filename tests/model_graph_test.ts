@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { graphFor } from "../core/model/cache.ts";
 import { type Checkpoint, openCheckpoint } from "../core/model/checkpoint.ts";
 import { DEFAULT_GRAPH_OPTIONS, DEFAULT_QUANT, type GraphOptions, resolveWeights } from "../core/model/onnx/decoder.ts";
-import { makeRandomModel, SIZES } from "../core/model/make.ts";
+import { makeRandomModel, makeRetainingHeads, SIZES } from "../core/model/make.ts";
+import onnxProto from "onnx-proto";
 import { appendEntries, forward, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
 import type { PositionMode } from "../core/model/config.ts";
 import { emptyPast, type KvArray, ModelSession, type StatName } from "../core/model/session.ts";
@@ -198,6 +199,47 @@ for (const { name } of TINY_MODELS) {
       assert.ok(maxAbsDiff(logits, full.logits) < TOL);
     });
 
+    await t.step(
+      "compact positions, layers of different capacities: each rotates its keys to its own slots",
+      async () => {
+        const compact = await m.session({ positions: "compact" });
+        const P = 9;
+        const head = forward(c, m.weights, ids.slice(0, P), positions.slice(0, P), undefined, "compact");
+        // layer l's buffer holds the P entries then 5·l finite garbage slots past every head's length
+        const r = rng(4);
+        const widen = (x: Float32Array, cap: number) => {
+          const y = Float32Array.from({ length: c.kvHeads * cap * c.headDim }, () => 50 * (r() - 0.5));
+          for (let h = 0; h < c.kvHeads; h++) {
+            y.set(x.subarray(h * P * c.headDim, (h + 1) * P * c.headDim), h * cap * c.headDim);
+          }
+          return y;
+        };
+        const part = ids.slice(P, P + 6);
+        const past: Past = {
+          length: P,
+          layers: head.newKeys.map((k, l) => ({ keys: k, values: head.newValues[l] })),
+          positions: Array.from({ length: P }, (_, i) => i),
+        };
+        const e = forward(c, m.weights, part, part.map((_, i) => P + i), past, "compact");
+        // larger capacities first, then smaller ones: the session's slot tables are reused, not regrown
+        for (const extra of [20, 0]) {
+          const caps = Array.from({ length: c.layers }, (_, l) => P + 5 * l + extra);
+          const got = await compact.run({
+            ids: part,
+            positions: part.map((_, i) => P + i),
+            past: {
+              keys: head.newKeys.map((k, l) => widen(k, caps[l])),
+              values: head.newValues.map((v, l) => widen(v, caps[l])),
+              lengths: new Array(c.layers * c.kvHeads).fill(P),
+            },
+          });
+          const d = maxAbsDiff(got.logits!, e.logits);
+          assert.ok(d < TOL, `capacities ${caps}: logits differ by ${d}`);
+          assert.ok(maxAbsDiff(got.logits!, full.logits.slice(P * c.vocab, (P + 6) * c.vocab)) < TOL);
+        }
+      },
+    );
+
     await t.step("f16 KV cache within 2e-2 relative of f32", async () => {
       const f16 = await m.session({ kvDtype: "float16" });
       const logits = await chunked(f16, m, ids, 7);
@@ -342,6 +384,23 @@ Deno.test("last-position logits equal the last row of all-position logits", asyn
   const V = m.ckpt.config.vocab;
   assert.equal(last.logits!.length, V);
   assert.ok(maxAbsDiff(last.logits!, all.logits!.subarray(8 * V)) < 1e-5);
+});
+
+Deno.test("RoPE tables are inputs: no Cos/Sin anywhere in the graph, in either position mode or with retaining heads", async () => {
+  const ckpt = await openCheckpoint(models.get("qwen3")!);
+  const heads = join(root, "retaining.safetensors");
+  await makeRetainingHeads(heads, ckpt.config, { hidden: 4, seed: 2 });
+  for (const positions of ["original", "compact"] as const) {
+    for (const retainingHeads of [undefined, heads]) {
+      const path = (await graphFor(ckpt, { ...DEFAULT_GRAPH_OPTIONS, positions, retainingHeads })).path;
+      const g = onnxProto.onnx.ModelProto.decode(await Deno.readFile(path)).graph!;
+      const label = `${positions}${retainingHeads ? ", retaining heads" : ""}`;
+      assert.deepEqual(g.node!.filter((n) => n.opType === "Cos" || n.opType === "Sin"), [], label);
+      const inputs = g.input!.map((i) => i.name);
+      const tables = ["rope_cos", "rope_sin", ...(positions === "compact" ? ["past_rope_cos", "past_rope_sin"] : [])];
+      assert.deepEqual(inputs.filter((n) => /rope|^positions$/.test(n!)), tables, label);
+    }
+  }
 });
 
 Deno.test({

@@ -19,6 +19,7 @@ import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../core/model/onnx/dec
 import { STATS } from "../core/model/onnx/stats.ts";
 import { appendEntries, forward, loadWeights, type Past } from "../core/model/reference.ts";
 import { emptyPast, ModelSession } from "../core/model/session.ts";
+import { makeRetainingHeads } from "../core/model/make.ts";
 import { generate, loadModel, read } from "../core/mod.ts";
 import { haystack, scoreAnswer } from "../core/eval/haystack.ts";
 import { projectText } from "../core/input/corpus.ts";
@@ -58,12 +59,6 @@ const ignore = reason !== null;
 
 /** ONNX ops onnxruntime keeps on the CPU when they compute shapes (int64 shape tensors). */
 const SHAPE_OPS = new Set(["Shape", "Gather", "Sub", "Add", "Mul", "Concat", "Unsqueeze", "Squeeze", "Split", "Cast"]);
-/**
- * The one known fallback: onnxruntime 1.30's WebGPU provider registers no
- * kernel for opset-22+ `Cos`/`Sin`, so the RoPE tables ([n, d] per run) are
- * computed on the CPU and uploaded.
- */
-const KNOWN_FALLBACK = new Set(["Cos", "Sin"]);
 
 /**
  * Nodes of the graph that only compute shapes: a `Shape`, or a node whose
@@ -117,29 +112,40 @@ async function placement(path: string, opts: GraphOptions, config: string): Prom
 }
 
 Deno.test({
-  name: "webgpu: every node on WebGPU but shape computations (and the RoPE tables' Cos/Sin)",
+  name: "webgpu: every node on WebGPU but shape computations",
   ignore,
   fn: async (t) => {
     const ckpt = await openCheckpoint(models!.get("qwen3")!);
-    for (const positions of ["original", "compact"] as const) {
-      await t.step(positions, async () => {
-        const opts = { ...DEFAULT_GRAPH_OPTIONS, positions, kvDtype: "float16" as const };
+    const heads = join(root, "retaining.safetensors");
+    await makeRetainingHeads(heads, ckpt.config, { hidden: 8, seed: 3 });
+    const variants: [string, Partial<GraphOptions>][] = [
+      ["original", { positions: "original" }],
+      ["compact", { positions: "compact" }],
+      ["compact, retaining heads", { positions: "compact", retainingHeads: heads }],
+    ];
+    for (const [label, variant] of variants) {
+      await t.step(label, async () => {
+        const opts = { ...DEFAULT_GRAPH_OPTIONS, kvDtype: "float16" as const, ...variant };
         const path = (await graphFor(ckpt, opts)).path;
         const placed = await placement(path, opts, JSON.stringify(ckpt.config));
         const { ops, shape } = await shapeNodes(path);
         const gpu = placed.get("WebGpuExecutionProvider") ?? [];
         assert.ok(gpu.length > ops.size / 2, `only ${gpu.length} of ${ops.size} nodes on WebGPU`);
-        for (const name of placed.get("CPUExecutionProvider") ?? []) {
+        const cpu = placed.get("CPUExecutionProvider") ?? [];
+        for (const name of cpu) {
           const op = ops.get(name);
           if (op === undefined) continue; // a node onnxruntime's optimizer made; checked by op type below
-          assert.ok(shape.has(name) || KNOWN_FALLBACK.has(op), `${op} node ${name} falls back to the CPU`);
+          assert.ok(shape.has(name), `${op} node ${name} falls back to the CPU`);
         }
-        const cpuOps = (placed.get("CPUExecutionProvider") ?? []).map((n) => ops.get(n) ?? n);
-        for (const name of placed.get("CPUExecutionProvider") ?? []) {
+        for (const name of cpu) {
           if (!ops.has(name)) assert.ok(SHAPE_OPS.has(name.split(/[ _/]/)[0]) || /Fusion|token/.test(name), name);
         }
-        // the statistics tie and the masks are on the GPU
-        for (const op of ["Sum", "Range", "Less", "Greater", "Where"]) assert.ok(!cpuOps.includes(op), `${op} on CPU`);
+        // the statistics tie, the masks and RoPE are on the GPU; the RoPE tables are inputs, no Cos/Sin is left
+        const cpuOps = cpu.map((n) => ops.get(n) ?? n);
+        for (const op of ["Sum", "Range", "Less", "Greater", "Where", "Slice"]) {
+          assert.ok(!cpuOps.includes(op), `${op} on CPU`);
+        }
+        assert.ok(![...ops.values()].some((op) => op === "Cos" || op === "Sin"), "Cos/Sin in the graph");
       });
     }
   },

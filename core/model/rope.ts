@@ -45,3 +45,34 @@ export function rotate(x: Float32Array, offset: number, pos: number, inv: Float3
     x[offset + half + i] = b * cos + a * sin;
   }
 }
+
+/** cos and sin of RoPE angles, each [n, d] row-major. */
+export interface RopeTables {
+  cos: Float32Array;
+  sin: Float32Array;
+}
+
+/**
+ * The graph's RoPE tables for `positions`: row p holds cos (sin) of
+ * positions[p]·θ_i at columns i and i + d/2 (rotate-half convention), angle and
+ * value rounded to float32 exactly as {@link rotate} computes them. The graph
+ * takes them as inputs so that no Cos/Sin runs inside it (onnxruntime 1.30's
+ * WebGPU provider has no kernel for them). Cost: about 1.6 ms of CPU for
+ * n = 512, d = 128, about what onnxruntime's Cos/Sin took (1.0–1.5 ms).
+ */
+export function ropeTables(positions: ArrayLike<number>, inv: Float32Array): RopeTables {
+  const half = inv.length;
+  const d = 2 * half;
+  const cos = new Float32Array(positions.length * d);
+  const sin = new Float32Array(positions.length * d);
+  for (let p = 0; p < positions.length; p++) {
+    const pos = positions[p];
+    const row = p * d;
+    for (let i = 0; i < half; i++) {
+      const angle = Math.fround(pos * inv[i]);
+      cos[row + i] = cos[row + half + i] = Math.cos(angle);
+      sin[row + i] = sin[row + half + i] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
+}

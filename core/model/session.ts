@@ -9,6 +9,7 @@ import { type Ort, ort } from "./ort.ts";
 import { TomeError } from "../errors.ts";
 import { quietStderr } from "./quiet.ts";
 import { WEBGPU_HINT } from "./device.ts";
+import { inverseFrequencies, type RopeTables, ropeTables } from "./rope.ts";
 
 /** KV data as the graph takes it: float32, or float16 bit patterns. */
 export type KvArray = Float32Array | Uint16Array;
@@ -39,6 +40,7 @@ export type { StatName };
 
 export interface RunRequest {
   ids: ArrayLike<number>;
+  /** Each token's RoPE position: `run` feeds the graph their cos/sin tables (`ropeTables`). */
   positions: ArrayLike<number>;
   past: PastKv;
   /** First query of the observation window (default: the last query). */
@@ -95,9 +97,9 @@ function int64(values: ArrayLike<number>): BigInt64Array {
 }
 
 /**
- * One onnxruntime session over a built graph. `run` feeds token ids, their
- * positions and the retained cache (zero-copy) and fetches only the outputs
- * asked for.
+ * One onnxruntime session over a built graph. `run` feeds token ids, the RoPE
+ * tables of their positions and the retained cache (zero-copy) and fetches
+ * only the outputs asked for.
  *
  * @example
  * const session = await ModelSession.open(config, graph, "model.onnx");
@@ -113,6 +115,23 @@ export class ModelSession {
     private readonly padEmpty = false,
   ) {}
   #kvFedPeak = 0;
+  #inv?: Float32Array;
+  #slots?: RopeTables;
+
+  /** The RoPE tables of `positions`, [n, d] each. */
+  #rope(positions: ArrayLike<number>): RopeTables {
+    this.#inv ??= inverseFrequencies(this.config);
+    return ropeTables(positions, this.#inv);
+  }
+
+  /** Compact mode: the tables of slot indices 0..n−1, kept from run to run and grown as capacities grow. */
+  #slotTables(n: number): RopeTables {
+    const d = this.config.headDim;
+    if (!this.#slots || this.#slots.cos.length < n * d) {
+      this.#slots = this.#rope(Array.from({ length: n }, (_, i) => i));
+    }
+    return { cos: this.#slots.cos.subarray(0, n * d), sin: this.#slots.sin.subarray(0, n * d) };
+  }
 
   /** Opens a built graph (`model.onnx` with its external data beside it). */
   static async open(
@@ -163,13 +182,17 @@ export class ModelSession {
     const S = req.ids.length;
     const T = this.ort.Tensor;
     const kvType = this.graph.kvDtype;
+    if (req.positions.length !== S) throw new Error(`${S} ids but ${req.positions.length} positions`);
+    const rope = this.#rope(req.positions);
     const feeds: Record<string, Ort.Tensor> = {
       input_ids: new T("int64", int64(req.ids), [1, S]),
-      positions: new T("float32", Float32Array.from(req.positions), [1, S]),
+      rope_cos: new T("float32", rope.cos, [1, 1, S, d]),
+      rope_sin: new T("float32", rope.sin, [1, 1, S, d]),
       window_start: new T("int64", BigInt64Array.of(BigInt(req.windowStart ?? S - 1)), [1]),
     };
     const padded: boolean[] = [];
     let fed = 0;
+    let maxCap = 0;
     for (let l = 0; l < layers; l++) {
       let keys = req.past.keys[l];
       let values = req.past.values[l];
@@ -184,10 +207,16 @@ export class ModelSession {
         cap = 1;
       }
       fed += keys.byteLength + values.byteLength;
+      maxCap = Math.max(maxCap, cap);
       feeds[io.pastKey(l)] = new T(kvType, keys, [1, K, cap, d]);
       feeds[io.pastValue(l)] = new T(kvType, values, [1, K, cap, d]);
     }
     this.#kvFedPeak = Math.max(this.#kvFedPeak, fed);
+    if (this.graph.positions === "compact") {
+      const slots = this.#slotTables(maxCap);
+      feeds.past_rope_cos = new T("float32", slots.cos, [1, 1, maxCap, d]);
+      feeds.past_rope_sin = new T("float32", slots.sin, [1, 1, maxCap, d]);
+    }
     if (req.past.lengths.length !== layers * K) throw new Error(`past lengths: expected ${layers * K} values`);
     feeds.past_lengths = new T("float32", Float32Array.from(req.past.lengths), [layers, K]);
     const want = req.fetch ?? {};

@@ -4,14 +4,23 @@
  *
  * Inputs (zero-copy from JavaScript):
  *   input_ids              int64 [1, S]      new tokens
- *   positions              f32 [1, S]        their RoPE positions (integers, exact below 2^24)
+ *   rope_cos, rope_sin     f32 [1, 1, S, d]  cos and sin of the new tokens' RoPE angles position·θ_i, columns
+ *                                            i and i + d/2 alike (`ropeTables` in core/model/rope.ts)
+ *   past_rope_cos, past_rope_sin  f32 [1, 1, R, d]  compact mode only: the same for slot indices 0..R−1,
+ *                                            R ≥ every layer's capacity (each layer takes the first P_L rows)
  *   window_start           int64 [1]         queries s ≥ window_start form the observation window (≤ S − 1)
  *   past_key_L, past_value_L  [1, Hkv, P_L, d] layer L's cache buffer at its capacity P_L (f32 or f16)
  *   past_lengths           f32 [L, Hkv]      valid entries of each layer and KV head: slots at or
  *                                            past the length are masked out (any finite content)
- * Positions, lengths and the masks made from them are float, not int64: the
- * WebGPU provider has no int64 arithmetic, so int64 Range/Less/Greater would
- * run on the CPU (tests/webgpu_test.ts checks every node's placement).
+ * The RoPE tables are inputs, computed in JavaScript, because onnxruntime
+ * 1.30's WebGPU provider has no opset-22+ Cos/Sin kernel: in the graph they
+ * would run on the CPU, a device→host→device round trip per run. Full-width
+ * rows (both halves alike) let `x·cos + rotate_half(x)·sin` use them as they
+ * are, with no Concat per layer; they cost S·d·8 bytes a run (512 KiB at
+ * S = 512, d = 128), small beside the cache fed with it. Lengths and the
+ * masks made from them are float, not int64: the WebGPU provider has no int64
+ * arithmetic, so int64 Range/Less/Greater would run on the CPU
+ * (tests/webgpu_test.ts checks every node's placement).
  * A fixed capacity per layer means the engine hands its buffers over as they
  * are in every phase (warm-up, steady prefill, decode, per-head budgets) and
  * compacts them in place. In compact mode a cached key is rotated to its slot
@@ -49,7 +58,6 @@ import { quantizeBlocks, zeroPointBytes } from "../../../kernels/quant.ts";
 import type { Checkpoint } from "../checkpoint.ts";
 import { layerTensorNames, loadTensor } from "../checkpoint.ts";
 import type { PositionMode } from "../config.ts";
-import { inverseFrequencies } from "../rope.ts";
 import { attend, attentionShapes, shape } from "./attention.ts";
 import { readRetainingHeads, retainingHead } from "./retaining.ts";
 import { float, Graph } from "./graph.ts";
@@ -189,7 +197,11 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
 
   // inputs
   const ids = g.input("input_ids", "int64", [1, "S"]);
-  const positions = g.input("positions", "float32", [1, "S"]);
+  const cos = g.input("rope_cos", "float32", [1, 1, "S", d]);
+  const sin = g.input("rope_sin", "float32", [1, 1, "S", d]);
+  const slotTables = opts.positions === "compact"
+    ? [g.input("past_rope_cos", "float32", [1, 1, "R", d]), g.input("past_rope_sin", "float32", [1, 1, "R", d])]
+    : null;
   const windowStart = g.input("window_start", "int64", [1]);
   for (let l = 0; l < c.layers; l++) {
     g.input(io.pastKey(l), kvType, [1, K, `P${l}`, d]);
@@ -203,13 +215,11 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
     return [S, g.op("Sub", [S, g.ints([1], [])])];
   });
   const S1 = g.op("Unsqueeze", [S, g.ints([0])]);
-  const inv = g.weight("rope.inv_freq", "float32", [d / 2], inverseFrequencies(c));
-  /** cos and sin [1, 1, n, d] of positions f32 [1, n]. */
-  const ropeTables = (pos: string) =>
+  /** Compact mode: the slot tables' first P_l rows, cos and sin [1, 1, P_l, d] of slots 0..P_l−1. */
+  const pastTables = (l: number) =>
     g.within("rope", () => {
-      const angles = g.op("Mul", [g.op("Unsqueeze", [pos, g.ints([-1])]), inv]); // [1,n,d/2]
-      const emb = g.op("Unsqueeze", [g.op("Concat", [angles, angles], { axis: -1 }), g.ints([1])]); // [1,1,n,d]
-      return [g.op("Cos", [emb]), g.op("Sin", [emb])];
+      const cap = g.op("Shape", [io.pastKey(l)], { start: 2, end: 3 }); // [1]
+      return slotTables!.map((t) => g.op("Slice", [t, g.ints([0]), cap, g.ints([2])]));
     });
   /** RoPE, rotate-half convention: x·cos + rotate_half(x)·sin. */
   const rope = (x: string, cos: string, sin: string) =>
@@ -218,7 +228,6 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       const rotated = g.op("Concat", [g.op("Neg", [x2]), x1], { axis: -1 });
       return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])]);
     });
-  const [cos, sin] = ropeTables(positions);
   /** Layer l's slot indices f32 [P_l] and the additive mask [1,K,1,P_l] of its valid slots. */
   const pastSlots = (l: number) =>
     g.within("past", () => {
@@ -315,7 +324,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       const pastV = toF32(io.pastValue(l));
       const past = pastSlots(l);
       if (opts.positions === "compact") {
-        const [cosPast, sinPast] = ropeTables(g.op("Unsqueeze", [past.slots, g.ints([0])]));
+        const [cosPast, sinPast] = pastTables(l);
         pastK = rope(pastK, cosPast, sinPast);
       }
 
