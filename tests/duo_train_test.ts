@@ -195,6 +195,7 @@ Deno.test("duo gates: projected gradient descent meets the box's optimality cond
   for (const [stats, lambda] of cases) {
     const fit = trainGates(stats, lambda, 20000, 1e-13);
     const { grad } = gateLoss(stats, fit.alpha, lambda);
+    assert.ok(fit.alpha.every((a) => a >= 0 && a <= 1), `α in the box: ${fit.alpha}`);
     fit.alpha.forEach((a, k) => {
       if (a <= 0) assert.ok(grad[k] >= -1e-6, `α=0 needs ∂L/∂α ≥ 0: ${grad[k]}`);
       else if (a >= 1) assert.ok(grad[k] <= 1e-6, `α=1 needs ∂L/∂α ≤ 0: ${grad[k]}`);
