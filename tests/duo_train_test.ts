@@ -31,6 +31,7 @@ import {
 } from "../core/train/duo_gates.ts";
 import { needleSample } from "../core/train/samples.ts";
 import { prefill, step } from "../core/train/targets.ts";
+import { tome } from "./helpers.ts";
 import { writeTestTokenizer } from "./model_fixtures.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-duo-" });
@@ -178,6 +179,28 @@ Deno.test("duo gates: the loss equals its definition and its gradient equals cen
   }
 });
 
+Deno.test("duo gates: trainDuo's per-layer loss and statistics are the definition's on the same sample, with that layer's o_proj", () => {
+  const [sinks, recent, lambda] = [2, 6, 0.01];
+  const o = { samples: 1, length: 80, chunk: 32, seed: 3, sinks, recent, corpus, data: [], lambda, steps: 5000 };
+  const r = trainDuo(c, weights, tok, o);
+  // samples() makes needle sample seed·100003 + i when no data is given
+  const s = needleSample(corpus, tok, c.bosTokenId, 80, 3 * 100_003);
+  const P = s.answerStart - 1;
+  const S = s.ids.length - 1 - P;
+  const { past, out } = windowOf(c, weights, s.ids.slice(0, P + S), P, 32);
+  for (let l = 0; l < c.layers; l++) {
+    const heads = headOutputs(c, inputsOf(c, past, out, l, S), sinks, recent);
+    const want = directLoss(c, weights.layers[l].wo, [heads], r.alpha[l], lambda);
+    assert.ok(Math.abs(r.loss[l] - want) < 1e-4 * Math.max(1, want), `layer ${l}: ${r.loss[l]} vs ${want}`);
+    // the distortion alone (λ = 0) at gates away from the optimum: the statistics are this layer's
+    const alpha = r.alpha[l].map((_, k) => 0.2 + 0.5 * k);
+    const dist = gateLoss(r.stats[l], alpha, 0).loss;
+    const wantDist = directLoss(c, weights.layers[l].wo, [heads], alpha, 0);
+    assert.ok(Math.abs(dist - wantDist) < 1e-3 * wantDist, `layer ${l} distortion: ${dist} vs ${wantDist}`);
+    assert.ok(r.alpha[l].some((a) => a > 0 && a < 1), `an interior gate: ${r.alpha[l]}`);
+  }
+});
+
 Deno.test("duo gates: projected gradient descent meets the box's optimality conditions and beats random points", () => {
   // a random positive semi-definite G with correlated heads, and the tiny model's own statistics
   const K = 4;
@@ -251,4 +274,14 @@ Deno.test("duo gates on the retrieval model: the copy head is the retrieval head
   assert.deepEqual(greedy(past), answer, "full attention answers");
   assert.deepEqual(greedy(streamingHead(cfg, past, 0, 0, sinks, recent)), answer, "the trained mask answers");
   assert.notDeepEqual(greedy(streamingHead(cfg, past, 1, 0, sinks, recent)), answer, "the other mask does not");
+});
+
+Deno.test("tome train duo: a bad --method or --lambda is one usage line, exit 2, before the model loads", async () => {
+  const out = join(root, "mask.tsv");
+  const m = await tome(["train", "duo", "-m", tiny, "--out", out, "--method", "heuristic"]);
+  assert.equal(m.code, 2);
+  assert.equal(m.stderr, "tome: --method must be gates or ablate, got heuristic\n");
+  const l = await tome(["train", "duo", "-m", tiny, "--out", out, "--lambda", "-1"]);
+  assert.equal(l.code, 2);
+  assert.match(l.stderr, /^tome: --lambda must be a number in \[0, 1000000\], got -1\n$/);
 });
