@@ -14,8 +14,17 @@ import { loadCorpus } from "../core/input/corpus.ts";
 import { openCheckpoint } from "../core/model/checkpoint.ts";
 import type { ModelConfig } from "../core/model/config.ts";
 import { makeRandomModel, SIZES } from "../core/model/make.ts";
-import { appendEntries, linear, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
-import { makeRetrievalModel } from "../core/model/retrieval.ts";
+import {
+  appendEntries,
+  type LayerWeights,
+  linear,
+  loadWeights,
+  type Past,
+  type Weights,
+} from "../core/model/reference.ts";
+import { retrievalConfig, retrievalWeights } from "../core/model/retrieval.ts";
+import { layerTensorNames } from "../core/model/checkpoint.ts";
+import { parseConfig } from "../core/model/config.ts";
 import { parseDuoMask } from "../core/policies/duo.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { streamingHead, trainDuo } from "../core/train/duo.ts";
@@ -29,7 +38,7 @@ import {
   type LayerInputs,
   trainGates,
 } from "../core/train/duo_gates.ts";
-import { needleSample } from "../core/train/samples.ts";
+import { needleSample, type Sample } from "../core/train/samples.ts";
 import { prefill, step } from "../core/train/targets.ts";
 import { tome } from "./helpers.ts";
 import { writeTestTokenizer } from "./model_fixtures.ts";
@@ -181,10 +190,8 @@ Deno.test("duo gates: the loss equals its definition and its gradient equals cen
 
 Deno.test("duo gates: trainDuo's per-layer loss and statistics are the definition's on the same sample, with that layer's o_proj", () => {
   const [sinks, recent, lambda] = [2, 6, 0.01];
-  const o = { samples: 1, length: 80, chunk: 32, seed: 3, sinks, recent, corpus, data: [], lambda, steps: 5000 };
-  const r = trainDuo(c, weights, tok, o);
-  // samples() makes needle sample seed·100003 + i when no data is given
-  const s = needleSample(corpus, tok, c.bosTokenId, 80, 3 * 100_003);
+  const s = needleSample(corpus, tok, c.bosTokenId, 80, 3);
+  const r = trainDuo(c, weights, [s], { sinks, recent, chunk: 32, lambda, steps: 5000 });
   const P = s.answerStart - 1;
   const S = s.ids.length - 1 - P;
   const { past, out } = windowOf(c, weights, s.ids.slice(0, P + S), P, 32);
@@ -232,34 +239,50 @@ Deno.test("duo gates: projected gradient descent meets the box's optimality cond
   }
 });
 
-Deno.test("duo gates on the retrieval model: the copy head is the retrieval head, and its mask keeps the answer", async () => {
-  const dir = join(root, "retrieval");
-  await makeRetrievalModel(dir, {});
-  const rc = await openCheckpoint(dir);
-  const cfg = rc.config;
-  const w = await loadWeights(rc);
-  const rt = await loadTokenizer(dir);
+/**
+ * Random tokens with a needle (a 4-token key, then a 3-token answer) at `depth`,
+ * ending with the key again: the answer is the 3 tokens after the key.
+ */
+function planted(vocab: number, length: number, depth: number, seed: number): Sample {
+  const r = uniform(seed);
+  const token = () => 3 + Math.floor(r() * (vocab - 3));
+  const key = [token(), token(), token(), token()];
+  const answer = [token(), token(), token()];
+  const hay = Array.from({ length: length - 2 * key.length - 2 * answer.length }, token);
+  const at = Math.round(depth * hay.length);
+  const prompt = [...hay.slice(0, at), ...key, ...answer, ...hay.slice(at), ...key];
+  return { ids: [...prompt, ...answer], answerStart: prompt.length, kind: "needle" };
+}
+
+Deno.test("duo gates on the retrieval model: the copy head is the retrieval head, and its mask keeps the answer", () => {
+  // the constructed weights in memory over 512 token ids (no checkpoint written, no tokenizer learned)
+  const cfg = parseConfig(retrievalConfig(512, null, null));
+  const byName = retrievalWeights(cfg);
+  const t = (name: string) => byName.get(name)!.data;
+  const w: Weights = {
+    embed: t("model.embed_tokens.weight"),
+    norm: t("model.norm.weight"),
+    lmHead: t("lm_head.weight"),
+    layers: Array.from({ length: cfg.layers }, (_, l) =>
+      Object.fromEntries(
+        Object.entries(layerTensorNames(l)).filter(([, n]) => byName.has(n)).map(([k, n]) => [k, t(n)]),
+      ) as unknown as LayerWeights),
+  };
   const [sinks, recent] = [4, 32];
-  const o = {
-    samples: 2,
-    length: 256,
-    chunk: 128,
-    seed: 1,
+  const r = trainDuo(cfg, w, [1, 2].map((seed) => planted(cfg.vocab, 256, 0.5, seed)), {
     sinks,
     recent,
-    corpus,
-    data: [],
+    chunk: 128,
     lambda: 0.05,
     steps: 2000,
-  };
-  const r = trainDuo(cfg, w, rt, o);
+  });
   // layer 0's heads read 1…6 tokens back (inside any recent window); layer 1's copy head reads the needle
   assert.ok(r.alpha[1][0] > 0.9 && r.alpha[0][0] < 0.1, `α ${JSON.stringify(r.alpha)}`);
   const tsv = r.alpha.map((row) => row.join("\t")).join("\n");
   const mask = parseDuoMask(tsv, cfg.layers, cfg.kvHeads, { sparsity: 0.5 });
   assert.deepEqual(mask.retrieval, [[false], [true]]);
   // end to end, teacher-forced through the reference forward: stream the heads the mask calls streaming
-  const s = needleSample(corpus, rt, cfg.bosTokenId, 300, 7);
+  const s = planted(cfg.vocab, 300, 0.4, 3);
   const qStart = s.answerStart - 1;
   const past = prefill(cfg, w, s.ids, qStart, 128);
   const window = s.ids.slice(qStart, s.ids.length - 1);

@@ -14,7 +14,7 @@
 import type { ModelConfig } from "../model/config.ts";
 import { appendEntries, type Past, type Weights } from "../model/reference.ts";
 import type { Tokenizer } from "../tokens/tokenizer.ts";
-import { samples } from "./samples.ts";
+import { type Sample, samples } from "./samples.ts";
 import { accumulate, emptyStats, gateDirections, type GateStats, headOutputs, trainGates } from "./duo_gates.ts";
 import { prefill, step } from "./targets.ts";
 
@@ -123,7 +123,8 @@ export function duoTsv(alpha: number[][], header: string[]): string {
 }
 
 /**
- * Trains DuoAttention's gates (duo_gates.ts): per sample, a full-attention
+ * Trains DuoAttention's gates (duo_gates.ts) on `data` (e.g. `samples()`,
+ * consumed one at a time): per sample, a full-attention
  * prefill of the prompt, then the window of queries that predict the answer
  * (the last prompt token's and the answer's, teacher-forced); per layer, the
  * window's full and streaming head outputs add to that layer's G and E; then
@@ -133,23 +134,14 @@ export function duoTsv(alpha: number[][], header: string[]): string {
 export function trainDuo(
   c: ModelConfig,
   w: Weights,
-  tok: Tokenizer,
-  o: DuoTrainOptions & { lambda: number; steps: number },
-  progress?: (done: number, total: number) => void,
+  data: Iterable<Sample>,
+  o: { sinks: number; recent: number; chunk: number; lambda: number; steps: number },
+  progress?: (done: number) => void,
 ): { alpha: number[][]; cost: number[][]; loss: number[]; stats: GateStats[] } {
   const { kvHeads: K, headDim: d, hidden: D } = c;
   const stats = Array.from({ length: c.layers }, () => emptyStats(K));
   let done = 0;
-  const gen = samples({
-    corpus: o.corpus,
-    data: o.data,
-    tok,
-    bos: c.bosTokenId,
-    length: o.length,
-    count: o.samples,
-    seed: o.seed,
-  });
-  for (const s of gen) {
+  for (const s of data) {
     const qStart = s.answerStart - 1;
     const past = prefill(c, w, s.ids, qStart, o.chunk);
     const window = s.ids.slice(qStart, s.ids.length - 1);
@@ -162,7 +154,7 @@ export function trainDuo(
       const { u, y } = gateDirections(c, w.layers[l].wo, heads, S);
       accumulate(stats[l], u, y, K, S, D);
     }
-    progress?.(++done, o.samples);
+    progress?.(++done);
   }
   const fits = stats.map((st) => trainGates(st, o.lambda, o.steps));
   const cost = stats.map((st) =>
