@@ -1,15 +1,15 @@
 /**
  * `tome train duo`: DuoAttention's head classification (Xiao et al., arXiv
- * 2410.10819) by measurement, not yet by gate optimization: for each KV head,
- * how far the model's answer distribution moves when that head alone turns
- * streaming (keeps `sinks` first + `recent` last entries of the prompt) while
- * every other head keeps its full cache. The answer span is teacher-forced
- * after a full-attention prefill of the prompt; the distance is the mean KL
- * divergence of the next-token distributions over the answer's queries. α per
- * head is its mean distance over the samples, scaled to [0, 1] by the largest;
- * the duo policy thresholds it (`--duo-sparsity`). `trainDuo` trains the
- * gates instead (duo_gates.ts: DuoAttention's mixed attention and L1 penalty,
- * layer by layer).
+ * 2410.10819), two ways. `trainDuo` (the default) trains the gates: α per KV
+ * head mixing full and streaming attention, L1 penalty, layer by layer
+ * (duo_gates.ts). `measureDuo` (`--method ablate`) measures instead: for each
+ * KV head, how far the model's answer distribution moves when that head alone
+ * turns streaming (keeps `sinks` first + `recent` last entries of the prompt)
+ * while every other head keeps its full cache. The answer span is
+ * teacher-forced after a full-attention prefill of the prompt; the distance is
+ * the mean KL divergence of the next-token distributions over the answer's
+ * queries. α per head is its mean distance over the samples, scaled to [0, 1]
+ * by the largest. Either way the duo policy thresholds α (`--duo-sparsity`).
  */
 import type { ModelConfig } from "../model/config.ts";
 import { appendEntries, type Past, type Weights } from "../model/reference.ts";
