@@ -5,7 +5,8 @@ import { loadCorpus } from "../../core/input/corpus.ts";
 import { openCheckpoint } from "../../core/model/checkpoint.ts";
 import { loadWeights } from "../../core/model/reference.ts";
 import { loadTokenizer } from "../../core/tokens/tokenizer.ts";
-import { DUO_DEFAULTS, duoTsv, measureDuo } from "../../core/train/duo.ts";
+import { DUO_DEFAULTS, duoTsv, measureDuo, trainDuo } from "../../core/train/duo.ts";
+import { samples } from "../../core/train/samples.ts";
 import {
   buildPools,
   LOCRET_DEFAULTS,
@@ -33,6 +34,8 @@ interface TrainFlags {
   chunk?: string;
   sinks?: string;
   recent?: string;
+  lambda?: string;
+  method?: string;
   quiet?: boolean;
 }
 
@@ -158,10 +161,26 @@ export function trainCommand(program: Command): void {
     });
 
   common(train.command("duo"))
-    .description("measure DuoAttention's per-head gate α (TSV for --duo-mask)")
+    .description("train DuoAttention's per-head gates α (TSV for --duo-mask)")
     .option("--sinks <n>", "entries a streaming head keeps at the start", String(DUO_DEFAULTS.sinks))
     .option("--recent <n>", "entries a streaming head keeps at the end", String(DUO_DEFAULTS.recent))
+    .option("--lambda <x>", "gates: L1 penalty λ on Σα per layer", String(DUO_DEFAULTS.lambda))
+    .option("--steps <n>", "gates: projected gradient steps per layer (at most)", String(DUO_DEFAULTS.steps))
+    .option(
+      "--method <m>",
+      "gates (mixed attention + L1, layer by layer) or ablate (answer KL when a head alone streams)",
+      "gates",
+    )
+    .addHelpText(
+      "after",
+      "\nThe model runs as tome's reference forward (plain loops): meant for small models.\n" +
+        "Example:\n  tome train duo -m ./retrieval --out mask.tsv --samples 8 --length 1024\n" +
+        "  tome eval niah -m ./retrieval --policy duo --duo-mask mask.tsv --duo-sparsity 0.5",
+    )
     .action(async (flags: TrainFlags) => {
+      if (flags.method !== "gates" && flags.method !== "ablate") {
+        throw new TomeError("usage", `--method must be gates or ablate, got ${flags.method}`);
+      }
       const o = {
         ...DUO_DEFAULTS,
         seed: intFlag(flags.seed, "--seed", 0)!,
@@ -170,6 +189,8 @@ export function trainCommand(program: Command): void {
         chunk: intFlag(flags.chunk, "--chunk") ?? DUO_DEFAULTS.chunk,
         sinks: intFlag(flags.sinks, "--sinks", 0)!,
         recent: intFlag(flags.recent, "--recent", 0)!,
+        lambda: numberFlag(flags.lambda, "--lambda", 0, 1e6)!,
+        steps: intFlag(flags.steps, "--steps")!,
         corpus: "",
         data: [] as string[],
       };
@@ -178,19 +199,29 @@ export function trainCommand(program: Command): void {
       const started = performance.now();
       const [weights, tok] = await Promise.all([loadWeights(p.ckpt), loadTokenizer(p.dir)]);
       const line = progressLine(started);
-      const r = measureDuo(
-        p.ckpt.config,
-        weights,
-        tok,
-        o,
-        (done, total) => p.status.update(() => line({ phase: "data", done, total }), done === total),
-      );
+      const show = (done: number, total: number) =>
+        p.status.update(() => line({ phase: "data", done, total }), done === total);
+      const where = `model ${p.dir}; ${o.samples} samples of ${o.length} tokens; seed ${o.seed}`;
+      const rows = (m: number[][]) => m.map((row) => row.map((v) => v.toExponential(3)).join(" ")).join(" | ");
+      let text: string;
+      if (flags.method === "ablate") {
+        const r = measureDuo(p.ckpt.config, weights, tok, o, show);
+        text = duoTsv(r.alpha, [
+          `tome train duo --method ablate: α = mean answer KL when the head alone streams (${o.sinks} sinks + ${o.recent} recent), scaled by the largest`,
+          where,
+          `KL per head: ${rows(r.deviation)}`,
+        ]);
+      } else {
+        const data = samples({ ...o, tok, bos: p.ckpt.config.bosTokenId, count: o.samples });
+        const r = trainDuo(p.ckpt.config, weights, data, o, (done) => show(done, o.samples));
+        text = duoTsv(r.alpha, [
+          `tome train duo: DuoAttention gates (arXiv 2410.10819), α·full + (1−α)·streaming (${o.sinks} sinks + ${o.recent} recent), trained layer by layer: ‖o_proj(mix) − o_proj(full)‖² / ‖o_proj(full)‖² over the answer window + λ·Σα, λ = ${o.lambda}`,
+          where,
+          `streaming cost per head alone (G_kk / E): ${rows(r.cost)}`,
+          `loss per layer: ${r.loss.map((v) => v.toExponential(3)).join(" ")}`,
+        ]);
+      }
       p.status.clear();
-      const text = duoTsv(r.alpha, [
-        `tome train duo: α = mean answer KL when the head alone streams (${o.sinks} sinks + ${o.recent} recent), scaled by the largest`,
-        `model ${p.dir}; ${o.samples} samples of ${o.length} tokens; seed ${o.seed}`,
-        `KL per head: ${r.deviation.map((row) => row.map((v) => v.toExponential(3)).join(" ")).join(" | ")}`,
-      ]);
       try {
         await Deno.writeTextFile(flags.out, text);
       } catch (err) {

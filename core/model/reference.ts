@@ -87,6 +87,8 @@ export interface ForwardOutput {
   probs: Float32Array[];
   /** Per layer the q, k, v projections [S, ·] before norms and RoPE (what Locret's retaining heads read). */
   projections: { q: Float32Array; k: Float32Array; v: Float32Array }[];
+  /** Per layer the queries [S, heads, headDim] as attention reads them: after norms and RoPE. */
+  queries: Float32Array[];
 }
 
 /** y[s] = W x[s] + b for each of S rows: x [S, n], W [m, n] → [S, m]. */
@@ -151,6 +153,7 @@ export function forward(
   const newValues: Float32Array[] = [];
   const probs: Float32Array[] = [];
   const projections: ForwardOutput["projections"] = [];
+  const queries: Float32Array[] = [];
   for (let l = 0; l < c.layers; l++) {
     const lw = w.layers[l];
     // attention: RMSNorm → q, k, v projections → (Qwen3) per-head q/k RMSNorm → RoPE
@@ -207,6 +210,7 @@ export function forward(
       }
     }
     probs.push(att);
+    queries.push(q);
     newKeys.push(headsFirst(mode === "compact" ? kRaw : k, S, K, d));
     newValues.push(headsFirst(v, S, K, d));
     const o = linear(out, lw.wo, lw.bo, S, H * d, D);
@@ -221,7 +225,7 @@ export function forward(
     for (let i = 0; i < x.length; i++) x[i] += down[i];
   }
   x = rmsnorm(x, w.norm, S, D, c.rmsEps);
-  return { logits: linear(x, w.lmHead, undefined, S, D, V), newKeys, newValues, probs, projections };
+  return { logits: linear(x, w.lmHead, undefined, S, D, V), newKeys, newValues, probs, projections, queries };
 }
 
 /** [S, heads, d] → [heads, S, d] */

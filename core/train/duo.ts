@@ -1,18 +1,21 @@
 /**
  * `tome train duo`: DuoAttention's head classification (Xiao et al., arXiv
- * 2410.10819) by measurement, not yet by gate optimization: for each KV head,
- * how far the model's answer distribution moves when that head alone turns
- * streaming (keeps `sinks` first + `recent` last entries of the prompt) while
- * every other head keeps its full cache. The answer span is teacher-forced
- * after a full-attention prefill of the prompt; the distance is the mean KL
- * divergence of the next-token distributions over the answer's queries. α per
- * head is its mean distance over the samples, scaled to [0, 1] by the largest;
- * the duo policy thresholds it (`--duo-sparsity`).
+ * 2410.10819), two ways. `trainDuo` (the default) trains the gates: α per KV
+ * head mixing full and streaming attention, L1 penalty, layer by layer
+ * (duo_gates.ts). `measureDuo` (`--method ablate`) measures instead: for each
+ * KV head, how far the model's answer distribution moves when that head alone
+ * turns streaming (keeps `sinks` first + `recent` last entries of the prompt)
+ * while every other head keeps its full cache. The answer span is
+ * teacher-forced after a full-attention prefill of the prompt; the distance is
+ * the mean KL divergence of the next-token distributions over the answer's
+ * queries. α per head is its mean distance over the samples, scaled to [0, 1]
+ * by the largest. Either way the duo policy thresholds α (`--duo-sparsity`).
  */
 import type { ModelConfig } from "../model/config.ts";
-import type { Past, Weights } from "../model/reference.ts";
+import { appendEntries, type Past, type Weights } from "../model/reference.ts";
 import type { Tokenizer } from "../tokens/tokenizer.ts";
-import { samples } from "./samples.ts";
+import { type Sample, samples } from "./samples.ts";
+import { accumulate, emptyStats, gateDirections, type GateStats, headOutputs, trainGates } from "./duo_gates.ts";
 import { prefill, step } from "./targets.ts";
 
 export interface DuoTrainOptions {
@@ -26,8 +29,17 @@ export interface DuoTrainOptions {
   data: string[];
 }
 
-/** Defaults: the duo policy's 64 sinks, a 256-entry recent window. */
-export const DUO_DEFAULTS = { samples: 8, length: 1024, chunk: 256, seed: 0, sinks: 64, recent: 256 };
+/** Defaults: the duo policy's 64 sinks, a 256-entry recent window; λ = 0.05 as DuoAttention's (on its own scale). */
+export const DUO_DEFAULTS = {
+  samples: 8,
+  length: 1024,
+  chunk: 256,
+  seed: 0,
+  sinks: 64,
+  recent: 256,
+  lambda: 0.05,
+  steps: 2000,
+};
 
 /** KL(p ‖ q) of each row's softmax, averaged over rows: logits [S, V]. */
 export function meanKl(p: Float32Array, q: Float32Array, S: number, V: number): number {
@@ -108,4 +120,45 @@ export function measureDuo(
 /** The mask file the duo policy reads (parseDuoMask): α rows per layer, tab-separated, with a comment header. */
 export function duoTsv(alpha: number[][], header: string[]): string {
   return [...header.map((h) => `# ${h}`), ...alpha.map((r) => r.map((v) => v.toFixed(6)).join("\t"))].join("\n") + "\n";
+}
+
+/**
+ * Trains DuoAttention's gates (duo_gates.ts) on `data` (e.g. `samples()`,
+ * consumed one at a time): per sample, a full-attention
+ * prefill of the prompt, then the window of queries that predict the answer
+ * (the last prompt token's and the answer's, teacher-forced); per layer, the
+ * window's full and streaming head outputs add to that layer's G and E; then
+ * projected gradient descent per layer. Returns α per layer and head, each
+ * head's relative cost of streaming alone (G_kk / E), and each layer's loss.
+ */
+export function trainDuo(
+  c: ModelConfig,
+  w: Weights,
+  data: Iterable<Sample>,
+  o: { sinks: number; recent: number; chunk: number; lambda: number; steps: number },
+  progress?: (done: number) => void,
+): { alpha: number[][]; cost: number[][]; loss: number[]; stats: GateStats[] } {
+  const { kvHeads: K, headDim: d, hidden: D } = c;
+  const stats = Array.from({ length: c.layers }, () => emptyStats(K));
+  let done = 0;
+  for (const s of data) {
+    const qStart = s.answerStart - 1;
+    const past = prefill(c, w, s.ids, qStart, o.chunk);
+    const window = s.ids.slice(qStart, s.ids.length - 1);
+    const S = window.length, P = past.length;
+    const out = step(c, w, window, qStart, past);
+    for (let l = 0; l < c.layers; l++) {
+      const keys = appendEntries(past.layers[l].keys, P, out.newKeys[l], S, K, d);
+      const values = appendEntries(past.layers[l].values, P, out.newValues[l], S, K, d);
+      const heads = headOutputs(c, { q: out.queries[l], keys, values, S, P }, o.sinks, o.recent);
+      const { u, y } = gateDirections(c, w.layers[l].wo, heads, S);
+      accumulate(stats[l], u, y, K, S, D);
+    }
+    progress?.(++done);
+  }
+  const fits = stats.map((st) => trainGates(st, o.lambda, o.steps));
+  const cost = stats.map((st) =>
+    Array.from({ length: K }, (_, k) => st.gram[k * K + k] / (st.energy > 0 ? st.energy : 1))
+  );
+  return { alpha: fits.map((f) => f.alpha), cost, loss: fits.map((f) => f.loss), stats };
 }
