@@ -53,3 +53,52 @@ export function mergeClass(
   }
   return total;
 }
+
+/**
+ * For each row in `queries`, the row of `centres` with the largest cosine
+ * similarity to it (the first on ties) and that similarity; −1 and −Infinity
+ * without centres. Cosine is 0 against a zero row. The centres are normalized
+ * once into one contiguous block, so the inner loop is a plain dot product.
+ */
+export function nearestCentre(
+  x: Float32Array,
+  d: number,
+  queries: Int32Array,
+  centres: Int32Array,
+): { index: Int32Array; similarity: Float32Array } {
+  const C = centres.length;
+  const unit = new Float32Array(C * d);
+  for (let j = 0; j < C; j++) {
+    const o = centres[j] * d;
+    let s = 0;
+    for (let t = 0; t < d; t++) s += x[o + t] * x[o + t];
+    const inv = s > 0 ? 1 / Math.sqrt(s) : 0;
+    for (let t = 0; t < d; t++) unit[j * d + t] = x[o + t] * inv;
+  }
+  const index = new Int32Array(queries.length).fill(-1);
+  const similarity = new Float32Array(queries.length).fill(-Infinity);
+  const q = new Float32Array(d);
+  for (let a = 0; a < queries.length; a++) {
+    const o = queries[a] * d;
+    let s = 0;
+    for (let t = 0; t < d; t++) s += x[o + t] * x[o + t];
+    const inv = s > 0 ? 1 / Math.sqrt(s) : 0;
+    for (let t = 0; t < d; t++) q[t] = x[o + t] * inv;
+    let best = -Infinity, at = -1;
+    for (let j = 0, u = 0; j < C; j++, u += d) {
+      let s0 = 0, s1 = 0, s2 = 0, s3 = 0, t = 0;
+      for (; t + 3 < d; t += 4) {
+        s0 += q[t] * unit[u + t];
+        s1 += q[t + 1] * unit[u + t + 1];
+        s2 += q[t + 2] * unit[u + t + 2];
+        s3 += q[t + 3] * unit[u + t + 3];
+      }
+      for (; t < d; t++) s0 += q[t] * unit[u + t];
+      const c = s0 + s1 + s2 + s3;
+      if (c > best) best = c, at = centres[j];
+    }
+    index[a] = at;
+    similarity[a] = best;
+  }
+  return { index, similarity };
+}

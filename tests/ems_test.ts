@@ -22,6 +22,7 @@ import { kvBytesPerToken, type KvDtype } from "../core/model/config.ts";
 import { loadWeights } from "../core/model/reference.ts";
 import type { KvArray } from "../core/model/session.ts";
 import { emsMerge } from "../core/policies/merge/ems.ts";
+import { mergeClass, nearestCentre } from "../kernels/class_merge.ts";
 import { makePolicy } from "../core/policies/mod.ts";
 import { fromF16Bits } from "../kernels/fp16.ts";
 import { oracleKept } from "./engine_oracle.ts";
@@ -184,6 +185,32 @@ for (const kvDtype of ["float32", "float16"] as const) {
     assert.ok(tally.merged > 0 && tally.zero > 0 && tally.twice > 0, JSON.stringify(tally));
   });
 }
+
+Deno.test("kernels: the nearest class centre by cosine and the class merge equal plain loops", () => {
+  const r = rng(37);
+  const n = 11, d = 7;
+  const x = Float32Array.from({ length: n * d }, () => r() * 2 - 1);
+  x.fill(0, 2 * d, 3 * d); // a zero row: cosine 0 against it
+  x.set(x.subarray(5 * d, 6 * d), 8 * d); // 8 repeats centre 5: the first of equal centres wins
+  const row = (a: Float32Array, i: number) => Array.from(a.subarray(i * d, i * d + d));
+  const queries = Int32Array.from([0, 3, 9, 10]), centres = Int32Array.from([1, 2, 5, 8]);
+  const { index, similarity } = nearestCentre(x, d, queries, centres);
+  queries.forEach((i, a) => {
+    const sims = [...centres].map((j) => cos(row(x, i), row(x, j)));
+    const best = sims.indexOf(Math.max(...sims));
+    assert.equal(index[a], centres[best]);
+    assert.ok(Math.abs(similarity[a] - sims[best]) < 1e-6);
+  });
+  const keys = x.slice(), values = Float32Array.from({ length: n * d }, () => r());
+  const members = [0, 3, 9];
+  const total = mergeClass(keys, values, d, 1, 3, members);
+  assert.equal(total, 6);
+  const ks = [1, ...members].map((i) => row(x, i)), ws = [3, 1, 1, 1];
+  const u = ks.reduce((acc, k, j) => acc.map((y, t) => y + (ws[j] * k[t]) / len(k)), new Array(d).fill(0));
+  const nu = ks.reduce((s, k, j) => s + ws[j] * len(k), 0) / 6;
+  row(keys, 1).forEach((y, t) => assert.ok(Math.abs(y - (nu * u[t]) / len(u)) < 1e-5));
+  assert.ok(Math.abs(len(row(keys, 1)) - nu) < 1e-5, "the merged key has the members' mean norm");
+});
 
 Deno.test("ems merge: the pool is the ⌈budget·share⌉ best-scored evicted entries; the rest are evicted unseen", () => {
   const d = 3, n = 10;

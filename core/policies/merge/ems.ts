@@ -20,8 +20,7 @@
  * centroid). Keys are compared and averaged as cached (after RoPE in
  * `original` positions, before it in `compact`), like the other mergers.
  */
-import { mergeClass } from "../../../kernels/class_merge.ts";
-import { nearestByCosine, rowNorms } from "../../../kernels/merge.ts";
+import { mergeClass, nearestCentre } from "../../../kernels/class_merge.ts";
 import { topK } from "../../../kernels/topk.ts";
 import { dropped, type MergeHead, type Merger, MergeWeights } from "./merger.ts";
 
@@ -45,8 +44,7 @@ export function emsMerge(threshold = EMS_THRESHOLD, poolShare = EMS_POOL_SHARE):
       const pool = Math.min(out.length, Math.ceil(keep.length * poolShare));
       const chosen = topK(Array.from(out, (e) => importance[e]), out.length, pool);
       const tbm = Int32Array.from(chosen, (j) => out[j]);
-      const norms = rowNorms(keys, h.n, d);
-      const { index, similarity } = nearestByCosine(keys, d, norms, tbm, keep);
+      const { index, similarity } = nearestCentre(keys, d, tbm, keep);
       const classes = new Map<number, number[]>();
       for (let q = 0; q < tbm.length; q++) {
         if (!(similarity[q] >= threshold)) continue; // the zero class
