@@ -103,7 +103,10 @@ export function addRunOptions(cmd: Command): Command {
     .option("--no-progress", "no live progress display")
     .option("--no-question-patch", "do not ride the question along each chunk as the observation window")
     .option("--decode-budget <n>", "also evict while generating, keeping N entries per layer and head")
-    .option("--merge <method>", "fold evicted entries into kept ones: d2o, kvmerger, anchors (default none: drop)")
+    .option(
+      "--merge <method>",
+      "fold evicted entries into kept ones: d2o, kvmerger, anchors, ems (default none: the policy's own, only ems has one; drop: drop even under ems)",
+    )
     .addOption(sharedOption("duoMask"))
     .addOption(sharedOption("duoSparsity"))
     .addOption(sharedOption("retainingHeads"))

@@ -165,6 +165,15 @@ export function oracleKept(c: ModelConfig, w: Weights, ids: number[], o: OracleO
             scores = es.map((e) => e.imp);
             recent = Math.min(64, B);
             break;
+          case "ems": {
+            // EMS (arXiv 2412.08521): ½ · H2O's score share + ½ · SnapKV's score share (window mass, max over ±3)
+            const g = es.map((e) => e.acc / e.seen);
+            const win = es.map((_, i) => Math.max(...stats.window[h].slice(Math.max(0, i - 3), i + 4)));
+            const gs = g.reduce((a, b) => a + b, 0), ls = win.reduce((a, b) => a + b, 0);
+            scores = es.map((_, i) => 0.5 * g[i] / gs + 0.5 * win[i] / ls);
+            recent = o.patch ? 0 : w;
+            break;
+          }
           case "kvzip":
             scores = es.map((e) => e.imp);
             sinks = Math.min(4, B);

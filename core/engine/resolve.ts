@@ -7,7 +7,7 @@
 import { TomeError } from "../errors.ts";
 import { kvBytesPerToken, type KvDtype, kvElementBytes, type ModelConfig, type PositionMode } from "../model/config.ts";
 import { DEFAULT_POLICY, makePolicy, type Policy, type PolicyOptions } from "../policies/mod.ts";
-import { makeMerger } from "../policies/merge/mod.ts";
+import { DROP, makeMerger } from "../policies/merge/mod.ts";
 import { parseBudget } from "./budget.ts";
 import { type BudgetPlan, checkPlan, planBudgets } from "./plan.ts";
 import { DEFAULT_WINDOW } from "./prefill.ts";
@@ -42,7 +42,10 @@ export interface RunOptions {
   recent?: number;
   /** Locret retaining heads the model is loaded with (a policy that reads them needs them). */
   retainingHeads?: string;
-  /** Fold evicted entries into kept ones: `d2o`, `kvmerger`, `anchors` (default none: drop them). */
+  /**
+   * Fold evicted entries into kept ones: `d2o`, `kvmerger`, `anchors`, `ems` (default none: the policy's own
+   * merge, which only EMS has, else drop them; `drop` drops them under EMS too).
+   */
   merge?: string;
 }
 
@@ -70,7 +73,10 @@ export interface ResolvedRun {
   /** Observation window without the patch; whether the patch rides along when a question is known. */
   window: number;
   questionPatch: boolean;
-  /** The merge method's name, null when evicted entries are dropped (the merger itself rides on the plan's rules). */
+  /**
+   * The merge method's name, null when evicted entries are dropped (`drop` when a policy's own merge was turned
+   * off); the merger itself rides on the plan's rules.
+   */
   merge: string | null;
 }
 
@@ -93,7 +99,7 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
       throw new TomeError("usage", `${name} must be an integer ≥ 0, got ${v}`);
     }
   }
-  const merger = makeMerger(o.merge);
+  const merger = makeMerger(o.merge, policy);
   const plan = planBudgets(policy, config, { budget, decodeBudget, sinks: o.sinks, recent: o.recent, merge: merger });
   const questionPatch = (o.questionPatch ?? true) && policy.attention;
   checkPlan(plan, window, questionPatch);
@@ -108,7 +114,7 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
     tokenBytes: kvBytesPerToken(config, bytesPerElement),
     window,
     questionPatch,
-    merge: merger && !policy.keepsAll ? merger.name : null,
+    merge: policy.keepsAll ? null : merger ? merger.name : policy.merger ? DROP : null,
   };
 }
 

@@ -12,6 +12,7 @@ import { streaming } from "./streaming.ts";
 import { tova } from "./tova.ts";
 import { fsError, TomeError } from "../errors.ts";
 import { duo, parseDuoMask } from "./duo.ts";
+import { ems } from "./ems.ts";
 import { pyramid } from "./pyramid.ts";
 
 export type { Policy, Protection, ScoreView } from "./policy.ts";
@@ -28,6 +29,7 @@ export const POLICIES: Record<string, Policy> = {
   corm,
   locret,
   kvzip,
+  ems,
 };
 
 /** The default: SnapKV with the question patch. */

@@ -4,6 +4,7 @@
  * order-preserving compaction live once, in `select.ts` and the engine.
  */
 import type { StatName } from "../model/session.ts";
+import type { Merger } from "./merge/merger.ts";
 
 /** What a policy sees of one KV head of one layer after a chunk: its retained entries, then the chunk's new ones. */
 export interface ScoreView {
@@ -73,4 +74,6 @@ export interface Policy {
   keepsAll?: boolean;
   /** Every KV head of a layer keeps the same entries (scores are per layer). */
   sharedAcrossHeads?: boolean;
+  /** The policy's own merge of what it evicts (EMS), a fresh one per run; `--merge` replaces it. */
+  merger?: () => Merger;
 }

@@ -57,7 +57,11 @@ export function addEvalOptions(cmd: Command, defaults: EvalDefaults): Command {
       "text to cut haystacks from (default: ../shared/corpus/war_and_peace.txt, else the project's own text)",
     )
     .option("--seed <n>", "seed for haystacks, names and codes", "0")
-    .option("--merge <list>", "merge methods, comma-separated: none (drop), d2o, kvmerger, anchors", "none");
+    .option(
+      "--merge <list>",
+      "merge methods, comma-separated: none (the policy's own: ems merges, others drop), drop, d2o, kvmerger, anchors, ems",
+      "none",
+    );
   return addShared(cmd, "chunk", "kvDtype", "weights", "positions", "device", "threads")
     .option("--json", "print the results as JSON")
     .option("-q, --quiet", "no progress on stderr")
