@@ -33,14 +33,29 @@ export interface KvPrediction {
   chunks: number;
 }
 
-/** Replays the run's budgets over entry counts alone. */
+/**
+ * Replays the run's budgets over entry counts alone. With thin keys (the
+ * rules' `keyChannels`) every step that evicts leaves each head's newest
+ * `window` entries whole and the rest at k channels (the plan protects the
+ * window, so this holds whatever is scored); appended entries stay whole.
+ */
 export function predictKv(p: KvRun): KvPrediction {
   const { layers: L, kvHeads: K, headDim: d } = p.config;
   const entryBytes = d * 2 * p.bytesPerElement;
+  const kc = p.plan.prefill.keyChannels;
   const len = Array.from({ length: L }, () => new Array<number>(K).fill(0));
-  const entries = () => len.reduce((a, row) => a + row.reduce((x, y) => x + y, 0), 0);
-  const each = (f: (n: number, l: number, h: number) => number) => {
-    for (let l = 0; l < L; l++) for (let h = 0; h < K; h++) len[l][h] = f(len[l][h], l, h);
+  /** Thin entries per layer and head. */
+  const thin = Array.from({ length: L }, () => new Array<number>(K).fill(0));
+  const sum = (a: number[][]) => a.reduce((x, row) => x + row.reduce((y, z) => y + z, 0), 0);
+  /** Bytes held: thin entries' keys are `d − k` elements short. */
+  const held = () => (sum(len) * 2 * d - (kc ? sum(thin) * (d - kc.channels) : 0)) * p.bytesPerElement;
+  const each = (f: (n: number, l: number, h: number) => number, prunes = false) => {
+    for (let l = 0; l < L; l++) {
+      for (let h = 0; h < K; h++) {
+        len[l][h] = f(len[l][h], l, h);
+        if (kc && prunes) thin[l][h] = len[l][h] - Math.min(len[l][h], kc.window);
+      }
+    }
   };
   const sequence = p.prefixTokens + p.documentTokens;
   let peak = 0;
@@ -48,21 +63,21 @@ export function predictKv(p: KvRun): KvPrediction {
   for (let at = 0; at < sequence; at += p.chunk) {
     const c = Math.min(p.chunk, sequence - at);
     const patch = typeof p.patchTokens === "function" ? p.patchTokens(c) : p.patchTokens;
-    peak = Math.max(peak, (entries() + (c + patch) * L * K) * entryBytes);
-    each((n, l, h) => Math.min(p.plan.prefill.keep(l, h), n + c));
+    peak = Math.max(peak, held() + (c + patch) * L * K * entryBytes);
+    each((n, l, h) => Math.min(p.plan.prefill.keep(l, h), n + c), true);
     chunks++;
   }
   const prefillPeak = peak;
-  const afterRead = entries() * entryBytes;
+  const afterRead = held();
   // decode: the suffix is appended, then every generated token but the last is fed back
   for (let i = 0; i < p.suffixTokens; i++) {
     each((n) => n + 1);
-    peak = Math.max(peak, entries() * entryBytes);
+    peak = Math.max(peak, held());
   }
   const decode = p.plan.decode;
   for (let i = 0; i + 1 < p.maxTokens; i++) {
-    each((n, l, h) => (decode ? Math.min(decode.keep(l, h), n + 1) : n + 1));
-    peak = Math.max(peak, entries() * entryBytes);
+    each((n, l, h) => (decode ? Math.min(decode.keep(l, h), n + 1) : n + 1), decode !== undefined);
+    peak = Math.max(peak, held());
   }
   const total = sequence + p.suffixTokens + Math.max(0, p.maxTokens - 1);
   return {

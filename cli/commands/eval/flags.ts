@@ -10,6 +10,7 @@ import { needlePrompt } from "../../../recipes/needle.ts";
 import {
   addShared,
   intFlag,
+  keyChannelsFlag,
   kvDtypeFlag,
   type ModelFlags,
   numberFlag,
@@ -34,6 +35,7 @@ export interface EvalFlags extends ModelFlags {
   text?: string;
   last: string;
   merge: string;
+  keyChannels?: string;
 }
 
 /** A subcommand's defaults for the lists it sweeps. */
@@ -57,7 +59,8 @@ export function addEvalOptions(cmd: Command, defaults: EvalDefaults): Command {
       "text to cut haystacks from (default: ../shared/corpus/war_and_peace.txt, else the project's own text)",
     )
     .option("--seed <n>", "seed for haystacks, names and codes", "0")
-    .option("--merge <list>", "merge methods, comma-separated: none (drop), d2o, kvmerger, anchors", "none");
+    .option("--merge <list>", "merge methods, comma-separated: none (drop), d2o, kvmerger, anchors", "none")
+    .option("--key-channels <fraction>", "ThinK: fraction of key channels kept for old entries (niah; 1: off)");
   return addShared(cmd, "chunk", "kvDtype", "weights", "positions", "device", "threads")
     .option("--json", "print the results as JSON")
     .option("-q, --quiet", "no progress on stderr")
@@ -101,6 +104,7 @@ export async function evalSettings(flags: EvalFlags) {
     policyOptions: { mask: flags.duoMask, sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1) },
     retainingHeads: flags.retainingHeads,
     merges: flags.merge.split(",").map((x) => x.trim()).filter(Boolean),
+    keyChannels: keyChannelsFlag(flags.keyChannels),
   };
   const config = await readConfig(model);
   for (const policy of policies) {
