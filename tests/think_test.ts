@@ -72,7 +72,11 @@ const rowsOf = (a: KvArray, at: number, n: number, d: number) =>
  * the mirror; after every step (and after appends) the store's expanded keys,
  * values and bytes equal the mirror's. Returns the sequence and the mirror.
  */
-async function run(policyName: string, kvDtype: KvDtype, o = { budget: 16, chunk: 8, chunks: 6, window: 10, k: 6 }) {
+async function run(
+  policyName: string,
+  kvDtype: KvDtype,
+  o = { budget: 16, chunk: 8, chunks: 6, window: 10, k: 6, patch: [] as number[] },
+) {
   const model = await tiny(kvDtype);
   const { config } = model;
   const { layers: L, kvHeads: K, headDim: d } = config;
@@ -108,14 +112,17 @@ async function run(policyName: string, kvDtype: KvDtype, o = { budget: 16, chunk
   for (let step = 0; step < o.chunks; step++) {
     const ids = Array.from({ length: o.chunk }, () => 4 + Math.floor(r() * 300));
     const start = seq.position;
-    const result = await seq.step(ids, plan.prefill, { window: o.window });
+    const result = await seq.step(ids, plan.prefill, { window: o.window, patch: o.patch });
+    const S = o.chunk + o.patch.length;
+    // with a patch (the observation window, not kept) nothing stays whole
+    const whole = o.patch.length > 0 ? 0 : o.window;
     for (let l = 0; l < L; l++) {
       const candidates = mirror[l].map((es, h) => [
         ...es,
-        ...rowsOf(result.newKeys[l], h * o.chunk, o.chunk, d).map((key, j) => ({
+        ...rowsOf(result.newKeys[l], h * S, o.chunk, d).map((key, j) => ({
           pos: start + j,
           key,
-          value: rowsOf(result.newValues[l], h * o.chunk + j, 1, d)[0],
+          value: rowsOf(result.newValues[l], h * S + j, 1, d)[0],
           thin: false,
         })),
       ]);
@@ -125,17 +132,17 @@ async function run(policyName: string, kvDtype: KvDtype, o = { budget: 16, chunk
           // restated: the window, then the lowest ‖k‖ of the rest over the keys as the graph sees them (thin: kept channels)
           const norm = (e: Entry) =>
             Math.hypot(...expectedRow(e, channels[l]?.[h] ?? null).map((x) => (f16 ? fromF16Bits(x) : x)));
-          const rest = cs.slice(0, cs.length - o.window).map((e) => [norm(e), e.pos]).sort((a, b) => a[0] - b[0]);
+          const rest = cs.slice(0, cs.length - whole).map((e) => [norm(e), e.pos]).sort((a, b) => a[0] - b[0]);
           const want = [
-            ...rest.slice(0, o.budget - o.window).map((x) => x[1]),
-            ...cs.slice(-o.window).map((e) => e.pos),
+            ...rest.slice(0, o.budget - whole).map((x) => x[1]),
+            ...cs.slice(cs.length - whole).map((e) => e.pos),
           ];
           assert.deepEqual([...keep].sort((a, b) => a - b), want.sort((a, b) => a - b), `knorm selection, layer ${l}`);
         }
         return cs.filter((e) => keep.has(e.pos));
       });
       // thin: all but the newest window; a thin entry stays thin
-      const next = kept.map((es) => es.map((e, i) => ({ ...e, thin: e.thin || i < es.length - o.window })));
+      const next = kept.map((es) => es.map((e, i) => ({ ...e, thin: e.thin || i < es.length - whole })));
       if (!channels[l] && next.some((es) => es.some((e) => e.thin))) {
         channels[l] = candidates.map((cs) => bruteChannels(cs.map((e) => e.key), d, o.k, f16));
       }
@@ -172,6 +179,11 @@ Deno.test("thin keys: the store equals a mirror of every head (channels by brute
   await t.step("snapkv, f16", async () => {
     await run("snapkv", "float16");
   });
+  for (const policy of ["snapkv", "knorm"]) {
+    await t.step(`${policy} with a question patch: every kept entry thin`, async () => {
+      await run(policy, "float32", { budget: 16, chunk: 8, chunks: 5, window: 10, k: 6, patch: [11, 12, 13] });
+    });
+  }
 });
 
 Deno.test("thin keys: the graph over the store equals the reference forward over the mirror's keys", async () => {
@@ -243,9 +255,10 @@ Deno.test("thin keys: tome estimate's replay equals the meter", async (t) => {
   const ids = Array.from({ length: 333 }, (_, i) => (i * 11) % m.config.vocab);
   const prefix = [1, 2, 3], suffix = [4, 5, 6, 7];
   for (const name of ["snapkv", "h2o", "tova", "streaming", "full", "knorm"]) {
-    for (const decodeBudget of [undefined, 150]) {
+    // 75: the window refills one generated token at a time after a read with a patch (nothing whole)
+    for (const decodeBudget of [undefined, 75, 150]) {
       await t.step(`${name}, decode budget ${decodeBudget ?? "none"}`, async () => {
-        const chunk = 40, maxTokens = 120;
+        const chunk = 40, maxTokens = decodeBudget === 75 ? 12 : 120;
         const state = await read({ ids }, {
           model: m,
           policy: name,
@@ -271,7 +284,11 @@ Deno.test("thin keys: tome estimate's replay equals the meter", async (t) => {
           suffixTokens: suffix.length,
           maxTokens,
         });
-        assert.deepEqual([p.peakBytes, p.afterReadBytes], [s.kvPeakBytes, afterRead], "predicted vs measured");
+        assert.deepEqual(
+          [p.peakBytes, p.afterReadBytes, p.endBytes],
+          [s.kvPeakBytes, afterRead, s.kvBytes],
+          "predicted vs measured (peak, after read, end)",
+        );
         const whole = predictKv({
           config: m.config,
           plan: (await resolveRun(m.config, { policy: name, budget: 70, decodeBudget, kvDtype: "float32" })).plan,
@@ -318,5 +335,6 @@ Deno.test("thin keys: bad fractions and --merge are usage errors", async () => {
   await assert.rejects(resolveRun(m.config, { keyChannels: 0.5, merge: "d2o" }), /does not combine with --merge/);
   const r = await resolveRun(m.config, { keyChannels: 0.6, window: 8 });
   assert.deepEqual(r.keyChannels, { channels: Math.ceil(0.6 * m.config.headDim), window: 8 });
-  assert.ok(r.plan.prefill.protect(0, 1, true).recent >= 8, "the whole window is protected");
+  assert.ok(r.plan.prefill.protect(0, 1, false).recent >= 8, "the whole window is protected");
+  assert.equal(r.plan.prefill.protect(0, 4, true).recent, 0, "with a patch nothing stays whole");
 });

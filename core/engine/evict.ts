@@ -110,7 +110,8 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
   }
   const fresh = { keys: newKeys, values: result.newValues[l], stride: S };
   const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
-  store.commit(l, updates, fresh);
+  // thin keys: the observation window stays whole, unless it is the patch (not kept)
+  store.commit(l, updates, fresh, step.patch ? 0 : rule.keyChannels?.window);
   if (merged) writeMerged(store, l, merged);
 }
 

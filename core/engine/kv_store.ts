@@ -140,8 +140,10 @@ export class KvStore {
    * Applies each head's selection to layer `l`: head h keeps `updates[h].keep`
    * of its retained entries followed by `fresh`'s first rows. Grows the
    * layer's capacity when a head keeps more than fits, never shrinks it.
+   * With thin keys, all but each head's newest `wholeWindow` kept entries
+   * become thin (default: the store's window).
    */
-  commit(l: number, updates: HeadUpdate[], fresh: FreshEntries): void {
+  commit(l: number, updates: HeadUpdate[], fresh: FreshEntries, wholeWindow?: number): void {
     const { kvHeads: K, headDim: d } = this.config;
     const old = this.layers[l];
     const need = Math.max(...updates.map((u) => u.keep.length));
@@ -155,7 +157,7 @@ export class KvStore {
         fresh,
         freshCount,
         d,
-        this.keyChannels,
+        { ...this.keyChannels, window: wholeWindow ?? this.keyChannels.window },
         target.capacity,
       );
     }

@@ -19,7 +19,10 @@ export interface EvictionRule {
   protect(l: number, windowQueries: number, patch: boolean): Protection;
   /** Folds the entries the selection drops into kept ones instead of dropping them (D2O, KVMerger, anchors). */
   merge?: Merger;
-  /** Thin keys (ThinK): all but each head's newest `window` entries keep `channels` key channels; the window is protected. */
+  /**
+   * Thin keys (ThinK): after a step all but each head's newest `window` entries keep `channels` key
+   * channels (with a question patch, all of them: the patch is the observation window); the window is protected.
+   */
   keyChannels?: KeyChannels;
 }
 
@@ -61,7 +64,9 @@ export function planBudgets(policy: Policy, dims: { layers: number }, o: PlanOpt
       const base = policy.protect(budgetOf(l), w, patch);
       const recent = o.recent ?? base.recent;
       // thin keys never widen again, so the entries that stay whole must stay: the window is protected
-      return { sinks: o.sinks ?? base.sinks, recent: o.keyChannels ? Math.max(recent, o.keyChannels.window) : recent };
+      // (with a patch the observation window is the patch, whose entries are not kept: nothing stays whole)
+      const whole = o.keyChannels && !patch ? o.keyChannels.window : 0;
+      return { sinks: o.sinks ?? base.sinks, recent: Math.max(recent, whole) };
     },
     ...(o.merge && !policy.keepsAll ? { merge: o.merge } : {}),
     ...(o.keyChannels ? { keyChannels: o.keyChannels } : {}),
