@@ -45,3 +45,23 @@ export function scatterChannels(
   dst.fill(0, to, to + d); // +0 in f32 and in f16 bits alike
   for (let j = 0; j < channels.length; j++) dst[to + channels[j]] = src[from + j];
 }
+
+/**
+ * Scatters `n` k-wide rows (`src` from row `from`) into d-wide rows of `dst` from row `to`, at `channels`;
+ * the other channels of `dst` are left as they are (0 in a new buffer).
+ */
+export function scatterRows(
+  dst: KeyArray,
+  to: number,
+  src: KeyArray,
+  from: number,
+  n: number,
+  channels: Int32Array,
+  d: number,
+): void {
+  const k = channels.length;
+  for (let r = 0; r < n; r++) {
+    const o = (to + r) * d, i = (from + r) * k;
+    for (let j = 0; j < k; j++) dst[o + channels[j]] = src[i + j];
+  }
+}

@@ -1,8 +1,12 @@
 /**
  * Thin keys — ThinK (arXiv 2407.21018): every KV head keeps only k of its d key
- * channels for all but its newest `window` entries. The store holds those old
- * keys at k channels (the bytes the meter counts), [Hkv, capacity, k], and
- * the newest entries at full width, [Hkv, fullCap, d]; values stay whole.
+ * channels for all but the entries of the observation window, which stay
+ * whole: after a step, the newest `window` kept entries (none when the
+ * question patch is the window: its entries are not kept, and the question
+ * comes back whole as the suffix); entries appended without eviction (the
+ * suffix, generated tokens) stay whole until a step that evicts. The store
+ * holds the thin keys at k channels (the bytes the meter counts), [Hkv,
+ * capacity, k], and the whole ones at d, [Hkv, fullCap, d]; values stay whole.
  *
  * Channel choice. ThinK scores channel i of a head by ‖Q_win[:, i]·K[:, i]ᵀ‖_F
  * over the observation-window queries and the current keys. That is an outer
@@ -24,6 +28,7 @@ import {
   gatherChannels,
   type KeyArray,
   scatterChannels,
+  scatterRows,
   topChannels,
 } from "../../kernels/channels.ts";
 import type { FreshEntries, HeadUpdate } from "./kv_store.ts";
@@ -95,7 +100,13 @@ function expandRow(t: ThinKeys, h: number, r: number, d: number, out: KeyArray, 
 export function expandKeys(t: ThinKeys, lengths: ArrayLike<number>, capacity: number, d: number): KeyArray {
   const K = t.count.length;
   const out = t.full instanceof Float32Array ? new Float32Array(K * capacity * d) : new Uint16Array(K * capacity * d);
-  for (let h = 0; h < K; h++) for (let r = 0; r < lengths[h]; r++) expandRow(t, h, r, d, out, (h * capacity + r) * d);
+  for (let h = 0; h < K; h++) {
+    const m = t.count[h];
+    if (m > 0) {
+      scatterRows(out, h * capacity, t.thin, h * t.capacity, m, t.channels!.subarray(h * t.k, (h + 1) * t.k), d);
+    }
+    out.set(t.full.subarray(h * t.fullCap * d, (h * t.fullCap + lengths[h] - m) * d), (h * capacity + m) * d);
+  }
   return out;
 }
 
