@@ -26,7 +26,7 @@ import { makePolicy } from "../core/policies/mod.ts";
 import { KVZIP_PROMPT } from "../core/policies/kvzip.ts";
 import { keyChannelsFlag } from "../cli/options.ts";
 import { fromF16Bits } from "../kernels/fp16.ts";
-import { rng } from "./helpers.ts";
+import { rng, tome } from "./helpers.ts";
 import { makeTinyModels, maxAbsDiff } from "./model_fixtures.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-think-test-" });
@@ -337,4 +337,21 @@ Deno.test("thin keys: bad fractions and --merge are usage errors", async () => {
   assert.deepEqual(r.keyChannels, { channels: Math.ceil(0.6 * m.config.headDim), window: 8 });
   assert.ok(r.plan.prefill.protect(0, 1, false).recent >= 8, "the whole window is protected");
   assert.equal(r.plan.prefill.protect(0, 4, true).recent, 0, "with a patch nothing stays whole");
+});
+
+Deno.test("thin keys: the CLI takes --key-channels, refuses bad values and saving, and its JSON counts thin bytes", async () => {
+  const doc = join(root, "doc.txt");
+  await Deno.writeTextFile(doc, "the quick brown fox jumps over the lazy dog. ".repeat(40));
+  const base = ["ask", "what", doc, "-m", models.get("llama")!, "--budget", "40", "--max-tokens", "2", "--json", "--quiet"];
+  const bad = await tome([...base, "--key-channels", "0"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /^tome: --key-channels must be a fraction in \(0, 1\]/);
+  const save = await tome([...base, "--key-channels", "0.5", "--save", join(root, "s.tome")]);
+  assert.equal(save.code, 2);
+  assert.match(save.stderr, /does not combine with --state, --save or --cache/);
+  const [plain, thin] = await Promise.all([tome(base), tome([...base, "--key-channels", "0.5"])]);
+  assert.equal(plain.code, 0, plain.stderr);
+  assert.equal(thin.code, 0, thin.stderr);
+  const kv = (r: { stdout: string }) => JSON.parse(r.stdout).summary?.kv_bytes ?? JSON.parse(r.stdout).kv_bytes;
+  assert.ok(kv(thin) < kv(plain), `thin ${kv(thin)} < whole ${kv(plain)}`);
 });
