@@ -342,7 +342,8 @@ Deno.test("thin keys: bad fractions and --merge are usage errors", async () => {
 Deno.test("thin keys: the CLI takes --key-channels, refuses bad values and saving, and its JSON counts thin bytes", async () => {
   const doc = join(root, "doc.txt");
   await Deno.writeTextFile(doc, "the quick brown fox jumps over the lazy dog. ".repeat(40));
-  const base = ["ask", "what", doc, "-m", models.get("llama")!, "--budget", "40", "--max-tokens", "2", "--json", "--quiet"];
+  const model = models.get("llama")!;
+  const base = ["ask", "what", doc, "-m", model, "--budget", "40", "--max-tokens", "2", "--json", "--quiet"];
   const bad = await tome([...base, "--key-channels", "0"]);
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /^tome: --key-channels must be a fraction in \(0, 1\]/);
