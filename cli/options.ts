@@ -41,6 +41,7 @@ export interface RunFlags extends ModelFlags {
   questionPatch: boolean;
   decodeBudget?: string;
   merge?: string;
+  keyChannels?: string;
   state?: string;
   save?: string;
   cache?: boolean;
@@ -107,6 +108,10 @@ export function addRunOptions(cmd: Command): Command {
       "--merge <method>",
       "fold evicted entries into kept ones: d2o, kvmerger, anchors, ems (default none: the policy's own, only ems has one; drop: drop even under ems)",
     )
+    .option(
+      "--key-channels <fraction>",
+      "ThinK: keep this fraction of key channels (by key magnitude) for all but the newest 32 entries (the observation window; 1: off)",
+    )
     .addOption(sharedOption("duoMask"))
     .addOption(sharedOption("duoSparsity"))
     .addOption(sharedOption("retainingHeads"))
@@ -138,6 +143,14 @@ export function intFlag(v: string | undefined, flag: string, min = 1): number | 
   if (v === undefined) return undefined;
   const n = Number(v);
   if (!Number.isInteger(n) || n < min) throw usage(`${flag} must be an integer ≥ ${min}, got ${v}`);
+  return n;
+}
+
+/** `--key-channels`: a fraction in (0, 1], or a usage error. */
+export function keyChannelsFlag(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0 || n > 1) throw usage(`--key-channels must be a fraction in (0, 1], got ${v}`);
   return n;
 }
 

@@ -32,7 +32,7 @@ import { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
-import { checkWritable, intFlag, kvDtypeFlag, numberFlag, type RunFlags } from "./options.ts";
+import { checkWritable, intFlag, keyChannelsFlag, kvDtypeFlag, numberFlag, type RunFlags } from "./options.ts";
 import { formatBytes, formatCount } from "./progress.ts";
 import { note, round, StdoutClosed, usage, writeStdout } from "./output.ts";
 
@@ -92,6 +92,10 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
   const chunk = intFlag(flags.chunk, "--chunk");
   const decodeBudget = intFlag(flags.decodeBudget, "--decode-budget");
   const sparsity = numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1);
+  const keyChannels = keyChannelsFlag(flags.keyChannels);
+  if (keyChannels !== undefined && keyChannels < 1 && (flags.state || flags.save || flags.cache)) {
+    throw usage("--key-channels does not combine with --state, --save or --cache (a state file holds whole keys)");
+  }
   if (flags.metrics) await checkWritable(flags.metrics, "--metrics");
   const mode: DisplayMode = flags.quiet
     ? "quiet"
@@ -117,6 +121,7 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
     window: state?.run.window,
     questionPatch: state?.run.questionPatch ?? flags.questionPatch,
     merge: state ? state.run.merge ?? undefined : flags.merge,
+    keyChannels,
     retainingHeads: flags.retainingHeads,
   }, { bytes: state ? null : source?.totalBytes, extraTokens: POSITION_MARGIN + maxTokens });
   if (state && state.model.layers !== config.layers) {

@@ -79,7 +79,7 @@ export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadSta
   const sequence = opts.from ??
     new Sequence(
       model.session,
-      new KvStore(model.config, run.kvDtype),
+      new KvStore(model.config, run.kvDtype, run.keyChannels ?? undefined),
       opts.meter ?? new Meter(run.tokenBytes, opts.onEvent),
     );
   const meter = sequence.meter;

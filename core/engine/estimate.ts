@@ -26,21 +26,43 @@ export interface KvPrediction {
   /** Peak KV bytes while reading, and over the whole run (the answer running to maxTokens). */
   prefillPeakBytes: number;
   peakBytes: number;
-  /** KV bytes held after reading. */
+  /** KV bytes held after reading, and at the end (the answer at maxTokens). */
   afterReadBytes: number;
+  endBytes: number;
   /** KV bytes the full cache would need for the whole run. */
   fullBytes: number;
   chunks: number;
 }
 
-/** Replays the run's budgets over entry counts alone. */
+/**
+ * Replays the run's budgets over entry counts alone. With thin keys (the
+ * rules' `keyChannels`) every step that evicts leaves each head's newest
+ * `window` entries whole (none when a patch rides along) and the rest at k
+ * channels; the plan protects that window, so which entries stay whole
+ * follows from counts, whatever is scored. Appended entries stay whole.
+ */
 export function predictKv(p: KvRun): KvPrediction {
   const { layers: L, kvHeads: K, headDim: d } = p.config;
   const entryBytes = d * 2 * p.bytesPerElement;
+  const kc = p.plan.prefill.keyChannels;
   const len = Array.from({ length: L }, () => new Array<number>(K).fill(0));
-  const entries = () => len.reduce((a, row) => a + row.reduce((x, y) => x + y, 0), 0);
-  const each = (f: (n: number, l: number, h: number) => number) => {
-    for (let l = 0; l < L; l++) for (let h = 0; h < K; h++) len[l][h] = f(len[l][h], l, h);
+  /** Thin entries per layer and head. */
+  const thin = Array.from({ length: L }, () => new Array<number>(K).fill(0));
+  const sum = (a: number[][]) => a.reduce((x, row) => x + row.reduce((y, z) => y + z, 0), 0);
+  /** Bytes held: thin entries' keys are `d − k` elements short. */
+  const held = () => (sum(len) * 2 * d - (kc ? sum(thin) * (d - kc.channels) : 0)) * p.bytesPerElement;
+  /**
+   * One step for every head: `f` gives its new count. A step that evicts (`whole` defined) leaves whole the
+   * newest `whole` kept entries that were whole (of the old ones and the `fresh`), the rest thin.
+   */
+  const each = (f: (n: number, l: number, h: number) => number, whole?: number, fresh = 0) => {
+    for (let l = 0; l < L; l++) {
+      for (let h = 0; h < K; h++) {
+        const wholeBefore = len[l][h] - thin[l][h] + fresh;
+        len[l][h] = f(len[l][h], l, h);
+        if (kc && whole !== undefined) thin[l][h] = len[l][h] - Math.min(len[l][h], whole, wholeBefore);
+      }
+    }
   };
   const sequence = p.prefixTokens + p.documentTokens;
   let peak = 0;
@@ -48,27 +70,28 @@ export function predictKv(p: KvRun): KvPrediction {
   for (let at = 0; at < sequence; at += p.chunk) {
     const c = Math.min(p.chunk, sequence - at);
     const patch = typeof p.patchTokens === "function" ? p.patchTokens(c) : p.patchTokens;
-    peak = Math.max(peak, (entries() + (c + patch) * L * K) * entryBytes);
-    each((n, l, h) => Math.min(p.plan.prefill.keep(l, h), n + c));
+    peak = Math.max(peak, held() + (c + patch) * L * K * entryBytes);
+    each((n, l, h) => Math.min(p.plan.prefill.keep(l, h), n + c), patch > 0 ? 0 : kc?.window, c);
     chunks++;
   }
   const prefillPeak = peak;
-  const afterRead = entries() * entryBytes;
+  const afterRead = held();
   // decode: the suffix is appended, then every generated token but the last is fed back
   for (let i = 0; i < p.suffixTokens; i++) {
     each((n) => n + 1);
-    peak = Math.max(peak, entries() * entryBytes);
+    peak = Math.max(peak, held());
   }
   const decode = p.plan.decode;
   for (let i = 0; i + 1 < p.maxTokens; i++) {
-    each((n, l, h) => (decode ? Math.min(decode.keep(l, h), n + 1) : n + 1));
-    peak = Math.max(peak, entries() * entryBytes);
+    each((n, l, h) => (decode ? Math.min(decode.keep(l, h), n + 1) : n + 1), decode ? kc?.window : undefined, 1);
+    peak = Math.max(peak, held());
   }
   const total = sequence + p.suffixTokens + Math.max(0, p.maxTokens - 1);
   return {
     prefillPeakBytes: prefillPeak,
     peakBytes: peak,
     afterReadBytes: afterRead,
+    endBytes: held(),
     fullBytes: total * L * K * entryBytes,
     chunks,
   };

@@ -9,6 +9,7 @@ import type { KvArray, RunResult, StatName } from "../model/session.ts";
 import { type ScoreView, select } from "../policies/mod.ts";
 import type { HeadUpdate, KvStore } from "./kv_store.ts";
 import { mergeLayer, writeMerged } from "./merge_step.ts";
+import { headKeys } from "./thin_keys.ts";
 import type { EvictionRule } from "./plan.ts";
 
 export interface EvictStep {
@@ -90,7 +91,10 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
       accumulated,
       seen,
       importance,
-      keyNorms: () => keyNorms(layer.keys, h * cap, P, newKeys, h * S, c, d),
+      keyNorms: () =>
+        layer.thinKeys
+          ? keyNorms(headKeys(layer.thinKeys, h, P, d), 0, P, newKeys, h * S, c, d)
+          : keyNorms(layer.keys, h * cap, P, newKeys, h * S, c, d),
       windowQueries: step.windowQueries,
     });
     updates.push({ keep: new Int32Array(0), positions, accumulated, seen, importance });
@@ -106,7 +110,8 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
   }
   const fresh = { keys: newKeys, values: result.newValues[l], stride: S };
   const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
-  store.commit(l, updates, fresh);
+  // thin keys: the observation window stays whole, unless it is the patch (not kept)
+  store.commit(l, updates, fresh, step.patch ? 0 : rule.keyChannels?.window);
   if (merged) writeMerged(store, l, merged);
 }
 

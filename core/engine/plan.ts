@@ -8,6 +8,7 @@
 import { TomeError } from "../errors.ts";
 import type { Merger } from "../policies/merge/mod.ts";
 import type { Policy, Protection } from "../policies/policy.ts";
+import type { KeyChannels } from "./thin_keys.ts";
 
 /** How one phase (reading, or generating) evicts: per-head entry counts and protection. */
 export interface EvictionRule {
@@ -18,6 +19,11 @@ export interface EvictionRule {
   protect(l: number, windowQueries: number, patch: boolean): Protection;
   /** Folds the entries the selection drops into kept ones instead of dropping them (D2O, KVMerger, anchors). */
   merge?: Merger;
+  /**
+   * Thin keys (ThinK): after a step all but each head's newest `window` entries keep `channels` key
+   * channels (with a question patch, all of them: the patch is the observation window); the window is protected.
+   */
+  keyChannels?: KeyChannels;
 }
 
 /** A run's budgets: per layer while reading, and while generating when the decode budget is set. */
@@ -43,6 +49,8 @@ export interface PlanOptions {
   recent?: number;
   /** The run's merger (one per run: it holds per-entry weights). */
   merge?: Merger;
+  /** Thin keys: the newest `window` entries of each head stay whole and are protected (at least that many recent). */
+  keyChannels?: KeyChannels;
 }
 
 /** The budget plan of `policy` for a model of `layers` × `kvHeads`. */
@@ -54,9 +62,14 @@ export function planBudgets(policy: Policy, dims: { layers: number }, o: PlanOpt
     keep: (l, h) => (policy.keepsAll ? Infinity : policy.headBudget?.(l, h, budgetOf(l)) ?? budgetOf(l)),
     protect: (l, w, patch) => {
       const base = policy.protect(budgetOf(l), w, patch);
-      return { sinks: o.sinks ?? base.sinks, recent: o.recent ?? base.recent };
+      const recent = o.recent ?? base.recent;
+      // thin keys never widen again, so the entries that stay whole must stay: the window is protected
+      // (with a patch the observation window is the patch, whose entries are not kept: nothing stays whole)
+      const whole = o.keyChannels && !patch ? o.keyChannels.window : 0;
+      return { sinks: o.sinks ?? base.sinks, recent: Math.max(recent, whole) };
     },
     ...(o.merge && !policy.keepsAll ? { merge: o.merge } : {}),
+    ...(o.keyChannels ? { keyChannels: o.keyChannels } : {}),
   });
   const evictsWhileGenerating = o.decodeBudget !== undefined && !policy.keepsAll;
   return {
@@ -81,6 +94,18 @@ export function checkPlan(plan: BudgetPlan, window: number, patch: boolean): voi
         "usage",
         `budget ${plan.layerBudgets[l]} is smaller than the entries ${policy.name} protects`,
       );
+    }
+    const d = plan.decode;
+    if (d?.keyChannels) {
+      const q = d.protect(l, 1, false);
+      if (q.sinks + q.recent > plan.decodeBudget!) {
+        throw new TomeError(
+          "usage",
+          `decode budget ${plan.decodeBudget} is smaller than the ${
+            q.sinks + q.recent
+          } entries kept whole or protected`,
+        );
+      }
     }
   }
 }

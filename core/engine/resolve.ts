@@ -10,6 +10,7 @@ import { DEFAULT_POLICY, makePolicy, type Policy, type PolicyOptions } from "../
 import { DROP, makeMerger } from "../policies/merge/mod.ts";
 import { parseBudget } from "./budget.ts";
 import { type BudgetPlan, checkPlan, planBudgets } from "./plan.ts";
+import type { KeyChannels } from "./thin_keys.ts";
 import { DEFAULT_WINDOW } from "./prefill.ts";
 
 /**
@@ -47,6 +48,11 @@ export interface RunOptions {
    * merge, which only EMS has, else drop them; `drop` drops them under EMS too).
    */
   merge?: string;
+  /**
+   * Thin keys (ThinK): the fraction of key channels in (0, 1] each KV head keeps
+   * for all but its newest `window` entries, ⌈fraction·d⌉ channels (default 1: off).
+   */
+  keyChannels?: number;
 }
 
 /** What is known of the input before reading it, for `positions: auto`. */
@@ -78,6 +84,8 @@ export interface ResolvedRun {
    * off); the merger itself rides on the plan's rules.
    */
   merge: string | null;
+  /** Thin keys: channels kept and the whole window, null when every key keeps all channels. */
+  keyChannels: KeyChannels | null;
 }
 
 /** Resolves user options for a model; every bad option is a usage error here, before any model work. */
@@ -100,7 +108,16 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
     }
   }
   const merger = makeMerger(o.merge, policy);
-  const plan = planBudgets(policy, config, { budget, decodeBudget, sinks: o.sinks, recent: o.recent, merge: merger });
+  const keyChannels = thinKeys(o.keyChannels, config.headDim, window);
+  if (keyChannels && merger) throw new TomeError("usage", "--key-channels does not combine with merging (--merge, or --policy ems)");
+  const plan = planBudgets(policy, config, {
+    budget,
+    decodeBudget,
+    sinks: o.sinks,
+    recent: o.recent,
+    merge: merger,
+    ...(keyChannels ? { keyChannels } : {}),
+  });
   const questionPatch = (o.questionPatch ?? true) && policy.attention;
   checkPlan(plan, window, questionPatch);
   return {
@@ -115,7 +132,18 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
     window,
     questionPatch,
     merge: policy.keepsAll ? null : merger ? merger.name : policy.merger ? DROP : null,
+    keyChannels,
   };
+}
+
+/** `--key-channels`: a fraction in (0, 1] → ⌈fraction·d⌉ channels with the window whole; null when that is all d. */
+function thinKeys(fraction: number | undefined, d: number, window: number): KeyChannels | null {
+  if (fraction === undefined) return null;
+  if (!(Number.isFinite(fraction) && fraction > 0 && fraction <= 1)) {
+    throw new TomeError("usage", `key channels must be a fraction in (0, 1], got ${fraction}`);
+  }
+  const channels = Math.ceil(fraction * d - 1e-9);
+  return channels >= d ? null : { channels, window };
 }
 
 /**

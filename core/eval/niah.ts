@@ -84,6 +84,7 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
                   prefix: prompt.prefix,
                   question: prompt.suffix,
                   merge,
+                  keyChannels: o.keyChannels,
                 });
                 let answer = "";
                 const maxTokens = isChat(model) ? MAX_TOKENS.chat : MAX_TOKENS.completion;
@@ -95,7 +96,8 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
                 const s = state.meter.summary();
                 const score = scoreAnswer(answer, h.needle.code);
                 yield {
-                  policy: merge === NO_MERGE ? policy.name : `${policy.name}+${merge}`,
+                  policy: (merge === NO_MERGE ? policy.name : `${policy.name}+${merge}`) +
+                    (state.run.keyChannels ? `+think${o.keyChannels}` : ""),
                   budget,
                   length,
                   tokens: s.documentTokens,

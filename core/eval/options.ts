@@ -21,6 +21,8 @@ export interface EvalOptions {
   retainingHeads?: string;
   /** Merge methods swept per policy (`none`: drop-only); default drop-only. */
   merges?: string[];
+  /** Thin keys (ThinK): the fraction of key channels kept (default 1: off); `tome eval niah` takes it. */
+  keyChannels?: number;
   /** How the graphs store weights (default f32). */
   weights?: WeightChoice;
 }

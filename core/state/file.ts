@@ -38,6 +38,7 @@ export async function saveState(
 ): Promise<StateHeader> {
   const { config } = model;
   const d = config.headDim;
+  if (seq.store.keyChannels) throw new TomeError("usage", "a reading with thin keys (--key-channels) cannot be saved");
   const layers: StateLayer[] = seq.store.layers.map((c) => {
     const n = c.lengths.reduce((a, b) => a + b, 0);
     const f32 = c.keys instanceof Float32Array;

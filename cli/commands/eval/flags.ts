@@ -10,6 +10,7 @@ import { needlePrompt } from "../../../recipes/needle.ts";
 import {
   addShared,
   intFlag,
+  keyChannelsFlag,
   kvDtypeFlag,
   type ModelFlags,
   numberFlag,
@@ -34,6 +35,7 @@ export interface EvalFlags extends ModelFlags {
   text?: string;
   last: string;
   merge: string;
+  keyChannels?: string;
 }
 
 /** A subcommand's defaults for the lists it sweeps. */
@@ -61,7 +63,8 @@ export function addEvalOptions(cmd: Command, defaults: EvalDefaults): Command {
       "--merge <list>",
       "merge methods, comma-separated: none (the policy's own: ems merges, others drop), drop, d2o, kvmerger, anchors, ems",
       "none",
-    );
+    )
+    .option("--key-channels <fraction>", "ThinK: fraction of key channels kept for old entries (niah; 1: off)");
   return addShared(cmd, "chunk", "kvDtype", "weights", "positions", "device", "threads")
     .option("--json", "print the results as JSON")
     .option("-q, --quiet", "no progress on stderr")
@@ -105,6 +108,7 @@ export async function evalSettings(flags: EvalFlags) {
     policyOptions: { mask: flags.duoMask, sparsity: numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1) },
     retainingHeads: flags.retainingHeads,
     merges: flags.merge.split(",").map((x) => x.trim()).filter(Boolean),
+    keyChannels: keyChannelsFlag(flags.keyChannels),
   };
   const config = await readConfig(model);
   for (const policy of policies) {
