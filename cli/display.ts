@@ -82,6 +82,9 @@ export class Display {
         share(s.kvBytes)
       }`,
       `${"KV footprint".padEnd(14)}${percent(s.footprint).padStart(12)}${"100%".padStart(14)}`,
+      ...(Math.abs(s.footprintBytes - s.footprint) > 1e-9
+        ? [`${"  in bytes".padEnd(14)}${percent(s.footprintBytes).padStart(12)}${"100%".padStart(14)}`]
+        : []),
       `${"peak RSS".padEnd(14)}${formatBytes(s.rssPeakBytes).padStart(12)}`,
       `${"time".padEnd(14)}${
         `prefill ${formatSeconds(s.prefillSeconds)}, decode ${formatSeconds(s.decodeSeconds)}`.padStart(12)

@@ -350,6 +350,7 @@ export async function runRead(
           kv_peak_bytes: s.kvPeakBytes,
           kv_full_bytes: s.fullKvBytes,
           kv_footprint: round(s.footprint, 6),
+          kv_footprint_bytes: round(s.footprintBytes, 6),
           state_bytes: (await Deno.stat(flags.save)).size,
           seconds: { total: round((performance.now() - started) / 1000), prefill: round(s.prefillSeconds) },
         }) + "\n",
@@ -555,6 +556,7 @@ export function jsonResult(r: {
     kv_peak_bytes: s.kvPeakBytes,
     kv_full_bytes: s.fullKvBytes,
     kv_footprint: round(s.footprint, 6),
+    kv_footprint_bytes: round(s.footprintBytes, 6),
     peak_kv_fraction: round(s.peakFraction, 6),
     peak_rss_bytes: Math.max(s.rssPeakBytes, rss().peak),
     seconds: {

@@ -356,3 +356,38 @@ Deno.test("thin keys: the CLI takes --key-channels, refuses bad values and savin
   const kv = (r: { stdout: string }) => JSON.parse(r.stdout).summary?.kv_bytes ?? JSON.parse(r.stdout).kv_bytes;
   assert.ok(kv(thin) < kv(plain), `thin ${kv(thin)} < whole ${kv(plain)}`);
 });
+
+Deno.test("thin keys: the footprint in bytes-time restated from the chunk events; equal to the entry footprint without", async () => {
+  const m = await tiny("float16");
+  const tb = kvBytesPerToken(m.config, 2);
+  const ids = Array.from({ length: 300 }, (_, i) => (i * 11 + 5) % m.config.vocab);
+  const once = async (keyChannels?: number) => {
+    const chunks: { tokens: number; kvBytes: number }[] = [];
+    const state = await read({ ids }, {
+      model: m,
+      policy: "snapkv",
+      budget: 48,
+      chunk: 32,
+      keyChannels,
+      onEvent: (e) => e.type === "chunk" && chunks.push({ tokens: e.tokens, kvBytes: e.kvBytes }),
+    });
+    // the definition: every query of a chunk of c tokens sees the bytes held before it and the chunk's earlier tokens
+    let resident = 0, held = 0, read_ = 0;
+    for (const e of chunks) {
+      const c = e.tokens - read_;
+      resident += ((c * (c + 1)) / 2) * tb + c * held;
+      held = e.kvBytes;
+      read_ = e.tokens;
+    }
+    const n = read_;
+    return { summary: state.meter.summary(), expected: resident / (tb * ((n * (n + 1)) / 2)) };
+  };
+  const thin = await once(0.5), plain = await once();
+  assert.ok(
+    Math.abs(thin.summary.footprintBytes - thin.expected) < 1e-12,
+    `${thin.summary.footprintBytes} vs ${thin.expected}`,
+  );
+  assert.ok(thin.summary.footprintBytes < thin.summary.footprint, "thin keys cost fewer byte-steps than entry-steps");
+  assert.ok(Math.abs(plain.summary.footprintBytes - plain.summary.footprint) < 1e-12);
+  assert.ok(Math.abs(plain.summary.footprintBytes - plain.expected) < 1e-12);
+});

@@ -9,7 +9,11 @@
  * count N(N+1)/2 — a chunk of c tokens over P retained entries contributes
  * c(c+1)/2 + c·P, a decoded token the entries it attends to. Peak KV fraction:
  * the most entries held at once over the tokens seen. Entry counts are means
- * over layers and KV heads.
+ * over layers and KV heads. KV footprint in bytes-time: the same sum with each
+ * resident entry weighted by the bytes it is held in (a chunk adds
+ * c(c+1)/2 · tokenBytes + c · bytes retained before it; a decoded token the
+ * bytes it attends to), over the full cache's tokenBytes · N(N+1)/2; it equals
+ * the entry footprint unless entries are held at different widths (thin keys).
  */
 import { rss } from "./rss.ts";
 
@@ -32,6 +36,8 @@ export interface ChunkEvent {
   kvPeakBytes: number;
   /** KV footprint so far, in [0, 1]. */
   footprint: number;
+  /** KV footprint in bytes-time so far, in [0, 1]. */
+  footprintBytes: number;
   /** Most entries held at once over tokens so far. */
   peakFraction: number;
   rssBytes: number;
@@ -64,6 +70,8 @@ export interface MeterSummary {
   /** KV bytes the full cache would need for every token of the run. */
   fullKvBytes: number;
   footprint: number;
+  /** The footprint in bytes-time (see the module comment). */
+  footprintBytes: number;
   peakFraction: number;
   kept: number;
   evicted: number;
@@ -80,6 +88,8 @@ export interface MeterSnapshot {
   promptTokens: number;
   framing: number;
   resident: number;
+  /** Bytes-time resident (absent in states written before it was metered: then resident × tokenBytes). */
+  residentBytes?: number;
   peakEntries: number;
   kvPeak: number;
   kvNow: number;
@@ -105,6 +115,7 @@ export class Meter {
   #promptTokens = 0;
   #framing = 0;
   #resident = 0;
+  #residentBytes = 0;
   #peakEntries = 0;
   #kvPeak = 0;
   #kvNow = 0;
@@ -138,6 +149,7 @@ export class Meter {
   }): ChunkEvent {
     const c = o.tokens;
     this.#resident += (c * (c + 1)) / 2 + c * o.before;
+    this.#residentBytes += ((c * (c + 1)) / 2) * this.tokenBytes + c * o.kvBytesBefore;
     this.#tokens += c;
     this.#docTokens += c;
     this.#promptTokens += c;
@@ -166,6 +178,7 @@ export class Meter {
       kvBytes: this.#kvNow,
       kvPeakBytes: this.#kvPeak,
       footprint: this.#footprint(this.#tokens),
+      footprintBytes: this.#footprintBytes(this.#tokens),
       peakFraction: this.#peakEntries / Math.max(1, this.#tokens),
       rssBytes: m.now,
       rssPeakBytes: m.peak,
@@ -177,11 +190,15 @@ export class Meter {
     return e;
   }
 
-  /** A decoded token (or suffix token) that attended to `entries` entries (itself included). */
-  token(entries: number, kvBytes: number, generated: boolean): void {
+  /**
+   * A decoded token (or suffix token) that attended to `entries` entries (itself included), held in
+   * `attendedBytes`; `kvBytes` are held after it.
+   */
+  token(entries: number, kvBytes: number, generated: boolean, attendedBytes = kvBytes): void {
     if (this.#decodeStarted === 0) this.#decodeStarted = performance.now();
     if (!generated) this.#promptTokens++;
     this.#resident += entries;
+    this.#residentBytes += attendedBytes;
     this.#tokens += 1;
     this.#peakEntries = Math.max(this.#peakEntries, entries);
     this.#kvNow = kvBytes;
@@ -217,6 +234,7 @@ export class Meter {
       promptTokens: this.#promptTokens,
       framing: this.#framing,
       resident: this.#resident,
+      residentBytes: this.#residentBytes,
       peakEntries: this.#peakEntries,
       kvPeak: this.#kvPeak,
       kvNow: this.#kvNow,
@@ -235,6 +253,7 @@ export class Meter {
     m.#promptTokens = s.promptTokens;
     m.#framing = s.framing;
     m.#resident = s.resident;
+    m.#residentBytes = s.residentBytes ?? s.resident * tokenBytes;
     m.#peakEntries = s.peakEntries;
     m.#kvPeak = s.kvPeak;
     m.#kvNow = s.kvNow;
@@ -263,6 +282,7 @@ export class Meter {
       kvPeakBytes: this.#kvPeak,
       fullKvBytes: this.#tokens * this.tokenBytes,
       footprint: this.#footprint(this.#tokens),
+      footprintBytes: this.#footprintBytes(this.#tokens),
       peakFraction: this.#peakEntries / Math.max(1, this.#tokens),
       kept: this.#kept,
       evicted: Math.max(0, this.#tokens - this.#kept),
@@ -274,5 +294,9 @@ export class Meter {
 
   #footprint(n: number): number {
     return n === 0 ? 0 : this.#resident / ((n * (n + 1)) / 2);
+  }
+
+  #footprintBytes(n: number): number {
+    return n === 0 ? 0 : this.#residentBytes / (this.tokenBytes * ((n * (n + 1)) / 2));
   }
 }
