@@ -1,0 +1,158 @@
+/**
+ * Where the memory goes: resident memory at each stage of a read at the 360M
+ * shape (random weights, SmolLM2 tokenizer), one weight type per child process
+ * (the graph is built first by a child of its own, so the stages see a cached
+ * graph, as every read after the first does):
+ *
+ *   start        the modules imported (onnxruntime not yet loaded)
+ *   checkpoint   the checkpoint opened, tokenizer loaded (what loadModel reads into JavaScript)
+ *   graph        the cached graph found (cache key, builder probe)
+ *   session      onnxruntime's session created on it
+ *   prefill      4K tokens read with snapkv at budget 1024, chunks of 512
+ *   decode       32 tokens generated
+ *
+ * Each stage reports VmRSS and VmHWM (`/proc/self/status`), V8's heap and the
+ * memory of JavaScript buffers (`external`). `--build` also reports the peak of
+ * the child that built the graph.
+ *
+ *   deno run -A bench/mem_stages.ts [--weights q8,q4] [--size 360m] [--tokens 4096] [--session default]
+ */
+import { parseArgs } from "node:util";
+import { join } from "node:path";
+import { rss } from "../core/meter/rss.ts";
+import { DENO_RUN, report, type Row } from "./report.ts";
+import { parseWeightSpec } from "./weight_spec.ts";
+import type { Ort } from "../core/model/ort.ts";
+
+const { values: args } = parseArgs({
+  options: {
+    size: { type: "string", default: "360m" },
+    weights: { type: "string", default: "q8,q4" },
+    tokens: { type: "string", default: "4096" },
+    threads: { type: "string" },
+    chunk: { type: "string", default: "512" },
+    kv: { type: "string", default: "float32" },
+    session: { type: "string", default: "default" },
+    child: { type: "string" },
+  },
+});
+const root = join(import.meta.dirname!, "results", "mem");
+const shared = join(import.meta.dirname!, "..", "..", "shared");
+Deno.env.set("TOME_CACHE", join(root, "cache"));
+const modelDir = join(root, `random-${args.size}`);
+const tokenizerDir = join(shared, "fixtures", "smollm2-tokenizer");
+
+/** onnxruntime session option sets, by name (measured one by one). */
+const SESSIONS: Record<string, Ort.InferenceSession.SessionOptions> = {
+  default: {},
+  "no-arena": { enableCpuMemArena: false },
+  "no-mem-pattern": { enableMemPattern: false },
+  "device-alloc-init": { extra: { session: { use_device_allocator_for_initializers: "1" } } },
+  "no-prepack": { extra: { session: { disable_prepacking: "1" } } },
+};
+
+const mb = (b: number) => Math.round(b / 1e6);
+
+if (args.child) {
+  const { weights, phase } = JSON.parse(args.child);
+  const { loadModel, read, generate } = await import("../core/mod.ts");
+  const { openCheckpoint } = await import("../core/model/checkpoint.ts");
+  const { graphFor } = await import("../core/model/cache.ts");
+  const { DEFAULT_GRAPH_OPTIONS } = await import("../core/model/onnx/decoder.ts");
+  if (phase === "build") {
+    const ckpt = await openCheckpoint(modelDir);
+    const built = await graphFor(ckpt, { ...DEFAULT_GRAPH_OPTIONS, ...parseWeightSpec(weights) });
+    console.log(JSON.stringify({ built: built.built, seconds: built.seconds, peak: rss().peak }));
+    Deno.exit(0);
+  }
+  const stages: Row[] = [];
+  const mark = (stage: string) => {
+    const r = rss();
+    const m = Deno.memoryUsage();
+    const status = Deno.readTextFileSync("/proc/self/status");
+    const kb = (key: string) => Number(status.match(new RegExp(`^${key}:\\s+(\\d+) kB`, "m"))?.[1] ?? 0) * 1024;
+    stages.push({
+      stage,
+      rss: mb(r.now),
+      hwm: mb(r.peak),
+      anon: mb(kb("RssAnon")),
+      file: mb(kb("RssFile")),
+      heap: mb(m.heapUsed),
+      external: mb(m.external),
+    });
+  };
+  mark("start");
+  const { loadTokenizer } = await import("../core/tokens/tokenizer.ts");
+  const tok = await loadTokenizer(tokenizerDir);
+  const book = await Deno.readTextFile(join(shared, "corpus", "war_and_peace.txt"));
+  // 4.2 bytes a token: a little more text than needed, cut to the count
+  const ids = Int32Array.from(tok.encode(book.slice(0, Number(args.tokens) * 6))).subarray(0, Number(args.tokens));
+  const question = tok.encode("What is the pass code of Natasha?");
+  mark("tokens");
+  const spec = parseWeightSpec(weights);
+  const model = await loadModel(modelDir, {
+    weights: spec.weights,
+    kvDtype: args.kv as "float32" | "float16",
+    quant: spec.quant,
+    threads: args.threads ? Number(args.threads) : undefined,
+    ort: SESSIONS[args.session!],
+    onStage: mark,
+  });
+  mark("loaded");
+  const t0 = performance.now();
+  const state = await read({ ids }, { model, policy: "snapkv", budget: 1024, chunk: Number(args.chunk), question });
+  const prefill = (performance.now() - t0) / 1000;
+  mark("prefill");
+  const t1 = performance.now();
+  let n = 0;
+  for await (const _ of generate(state, { suffix: question, maxTokens: 32, sampling: { temperature: 0 }, eos: [] })) {
+    n++;
+  }
+  const decode = (performance.now() - t1) / 1000;
+  mark("decode");
+  console.log(JSON.stringify({ stages, prefill_tok_s: Math.round(ids.length / prefill), decode_tok_s: n / decode }));
+  Deno.exit(0);
+}
+
+await Deno.mkdir(root, { recursive: true });
+if (!(await Deno.stat(join(modelDir, "config.json")).then(() => true, () => false))) {
+  const { makeRandomModel, SIZES } = await import("../core/model/make.ts");
+  await makeRandomModel(modelDir, {
+    arch: "llama",
+    shape: SIZES[args.size!],
+    seed: 0,
+    dtype: "BF16",
+    tokenizer: tokenizerDir,
+  });
+}
+const child = async (job: object) => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      ...DENO_RUN,
+      import.meta.filename!,
+      ...Deno.args.filter((a) => !a.startsWith("--child")),
+      `--child=${JSON.stringify(job)}`,
+    ],
+    stderr: "inherit",
+  }).output();
+  if (!out.success) throw new Error(`${JSON.stringify(job)} failed`);
+  return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "");
+};
+const rows: Row[] = [];
+for (const weights of args.weights!.split(",")) {
+  const build = await child({ weights, phase: "build" });
+  const run = await child({ weights, phase: "run" });
+  const row: Row = {
+    weights,
+    options: `${args.session} kv ${args.kv} chunk ${args.chunk}`,
+    build_peak: build.built ? mb(build.peak) : null,
+  };
+  for (const s of run.stages) {
+    row[`${s.stage}`] = `${s.rss}/${s.hwm} (anon ${s.anon} file ${s.file} heap ${s.heap} ext ${s.external})`;
+  }
+  row.prefill_tok_s = run.prefill_tok_s;
+  row.decode_tok_s = Number(run.decode_tok_s.toFixed(1));
+  console.error(JSON.stringify(row));
+  rows.push(row);
+}
+await report(`mem-stages-${args.size}`, `deno run -A bench/mem_stages.ts ${Deno.args.join(" ")}`.trim(), rows);
