@@ -11,7 +11,8 @@
  *   prefill      4K tokens read with snapkv at budget 1024, chunks of 512
  *   decode       32 tokens generated
  *
- * Each stage reports VmRSS and VmHWM (`/proc/self/status`), V8's heap and the
+ * `--until session` stops after the session; `--smaps` prints the largest resident
+ * mappings there and at the end. Each stage reports VmRSS and VmHWM (`/proc/self/status`), V8's heap and the
  * memory of JavaScript buffers (`external`). `--build` also reports the peak of
  * the child that built the graph.
  *
@@ -31,8 +32,10 @@ const { values: args } = parseArgs({
     tokens: { type: "string", default: "4096" },
     threads: { type: "string" },
     chunk: { type: "string", default: "512" },
-    kv: { type: "string", default: "float32" },
+    kv: { type: "string", default: "float16" },
     session: { type: "string", default: "default" },
+    until: { type: "string", default: "decode" },
+    smaps: { type: "boolean", default: false },
     child: { type: "string" },
   },
 });
@@ -53,6 +56,20 @@ const SESSIONS: Record<string, Ort.InferenceSession.SessionOptions> = {
 
 const mb = (b: number) => Math.round(b / 1e6);
 
+/** The largest resident mappings (`/proc/self/smaps`), anonymous ones summed, on stderr. */
+function mappings() {
+  const by = new Map<string, number>();
+  let name = "";
+  for (const line of Deno.readTextFileSync("/proc/self/smaps").split("\n")) {
+    const head = line.match(/^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/);
+    if (head) name = head[1] || "[anon]";
+    const rss = line.match(/^Rss:\s+(\d+) kB/);
+    if (rss) by.set(name, (by.get(name) ?? 0) + Number(rss[1]) * 1024);
+  }
+  const top = [...by].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `${mb(v)} MB ${k}`);
+  console.error(top.join("\n"));
+}
+
 if (args.child) {
   const { weights, phase } = JSON.parse(args.child);
   const { loadModel, read, generate } = await import("../core/mod.ts");
@@ -61,7 +78,11 @@ if (args.child) {
   const { DEFAULT_GRAPH_OPTIONS } = await import("../core/model/onnx/decoder.ts");
   if (phase === "build") {
     const ckpt = await openCheckpoint(modelDir);
-    const built = await graphFor(ckpt, { ...DEFAULT_GRAPH_OPTIONS, ...parseWeightSpec(weights) });
+    const built = await graphFor(ckpt, {
+      ...DEFAULT_GRAPH_OPTIONS,
+      kvDtype: args.kv as "float32" | "float16",
+      ...parseWeightSpec(weights),
+    });
     console.log(JSON.stringify({ built: built.built, seconds: built.seconds, peak: rss().peak }));
     Deno.exit(0);
   }
@@ -82,35 +103,41 @@ if (args.child) {
     });
   };
   mark("start");
-  const { loadTokenizer } = await import("../core/tokens/tokenizer.ts");
-  const tok = await loadTokenizer(tokenizerDir);
-  const book = await Deno.readTextFile(join(shared, "corpus", "war_and_peace.txt"));
-  // 4.2 bytes a token: a little more text than needed, cut to the count
-  const ids = Int32Array.from(tok.encode(book.slice(0, Number(args.tokens) * 6))).subarray(0, Number(args.tokens));
-  const question = tok.encode("What is the pass code of Natasha?");
-  mark("tokens");
   const spec = parseWeightSpec(weights);
   const model = await loadModel(modelDir, {
     weights: spec.weights,
-    kvDtype: args.kv as "float32" | "float16",
     quant: spec.quant,
+    kvDtype: args.kv as "float32" | "float16",
     threads: args.threads ? Number(args.threads) : undefined,
     ort: SESSIONS[args.session!],
     onStage: mark,
   });
+  if (args.smaps) mappings();
+  if (args.until === "session") {
+    console.log(JSON.stringify({ stages, prefill_tok_s: 0, decode_tok_s: 0 }));
+    Deno.exit(0);
+  }
+  const book = await Deno.readTextFile(join(shared, "corpus", "war_and_peace.txt"));
+  // 4.2 bytes a token: a little more text than needed, cut to the count
+  const n = Number(args.tokens);
+  const ids = Int32Array.from(model.tokenizer.encode(book.slice(0, n * 6))).subarray(0, n);
+  const question = model.tokenizer.encode("What is the pass code of Natasha?");
   mark("loaded");
   const t0 = performance.now();
   const state = await read({ ids }, { model, policy: "snapkv", budget: 1024, chunk: Number(args.chunk), question });
   const prefill = (performance.now() - t0) / 1000;
   mark("prefill");
   const t1 = performance.now();
-  let n = 0;
+  let generated = 0;
   for await (const _ of generate(state, { suffix: question, maxTokens: 32, sampling: { temperature: 0 }, eos: [] })) {
-    n++;
+    generated++;
   }
   const decode = (performance.now() - t1) / 1000;
   mark("decode");
-  console.log(JSON.stringify({ stages, prefill_tok_s: Math.round(ids.length / prefill), decode_tok_s: n / decode }));
+  if (args.smaps) mappings();
+  console.log(
+    JSON.stringify({ stages, prefill_tok_s: Math.round(ids.length / prefill), decode_tok_s: generated / decode }),
+  );
   Deno.exit(0);
 }
 
