@@ -20,6 +20,7 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
+import process from "node:process";
 import { rss } from "../core/meter/rss.ts";
 import { DENO_RUN, report, type Row } from "./report.ts";
 import { parseWeightSpec } from "./weight_spec.ts";
@@ -123,9 +124,12 @@ if (args.child) {
   const ids = Int32Array.from(model.tokenizer.encode(book.slice(0, n * 6))).subarray(0, n);
   const question = model.tokenizer.encode("What is the pass code of Natasha?");
   mark("loaded");
+  const cpu = () => (process.cpuUsage().user + process.cpuUsage().system) / 1e6;
+  const c0 = cpu();
   const t0 = performance.now();
   const state = await read({ ids }, { model, policy: "snapkv", budget: 1024, chunk: Number(args.chunk), question });
   const prefill = (performance.now() - t0) / 1000;
+  const prefillCpu = cpu() - c0;
   mark("prefill");
   const t1 = performance.now();
   let generated = 0;
@@ -178,6 +182,7 @@ for (const weights of args.weights!.split(",")) {
     row[`${s.stage}`] = `${s.rss}/${s.hwm} (anon ${s.anon} file ${s.file} heap ${s.heap} ext ${s.external})`;
   }
   row.prefill_tok_s = run.prefill_tok_s;
+  row.prefill_cpu_s = Number((run.prefill_cpu_s ?? 0).toFixed(1));
   row.decode_tok_s = Number(run.decode_tok_s.toFixed(1));
   console.error(JSON.stringify(row));
   rows.push(row);

@@ -349,9 +349,12 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   const rows = g.op("Reshape", [x, g.ints([-1, D])]);
   let logits: string;
   if (bits) {
-    // the LM head is MatMulNBits on the embedding's blocks when tied (one copy), else on its own
+    // the LM head is MatMulNBits on the embedding's blocks when tied (one copy on disk), else on its own. Tied, it
+    // reads them through an alias: onnxruntime repacks the head's blocks at load and unmaps what it read, while the
+    // lookup's mapping keeps only the rows it touched resident (a shared initializer stays mapped whole: 47 MB at q8)
+    const tied = embed as Blocks;
     const head = ckpt.tiedEmbeddings
-      ? embed as Blocks
+      ? { ...tied, data: g.alias(`${embedName}.head.q${bits}`, tied.data) }
       : blocks("lm_head.weight", await loadTensor(ckpt, "lm_head.weight"), V, D);
     logits = matMulNBits(rows, head);
   } else {
