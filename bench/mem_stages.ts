@@ -13,8 +13,9 @@
  *
  * `--until session` stops after the session; `--smaps` prints the largest resident
  * mappings there and at the end. Each stage reports VmRSS and VmHWM (`/proc/self/status`), V8's heap and the
- * memory of JavaScript buffers (`external`). `--build` also reports the peak of
- * the child that built the graph.
+ * memory of JavaScript buffers (`external`); `build_peak` is the peak of the
+ * child that built the graph. `--fresh` has the reading child build it itself,
+ * in an empty cache, as a first run does (the "graph" stage then holds the build).
  *
  *   deno run -A bench/mem_stages.ts [--weights q8,q4] [--size 360m] [--tokens 4096] [--session default]
  */
@@ -37,12 +38,17 @@ const { values: args } = parseArgs({
     session: { type: "string", default: "default" },
     until: { type: "string", default: "decode" },
     smaps: { type: "boolean", default: false },
+    fresh: { type: "boolean", default: false },
     child: { type: "string" },
   },
 });
 const root = join(import.meta.dirname!, "results", "mem");
 const shared = join(import.meta.dirname!, "..", "..", "shared");
-Deno.env.set("TOME_CACHE", join(root, "cache"));
+// --fresh: the reading child builds the graph itself, in an empty cache (a first run)
+Deno.env.set(
+  "TOME_CACHE",
+  args.fresh && args.child ? Deno.makeTempDirSync({ prefix: "tome-mem-" }) : join(root, "cache"),
+);
 const modelDir = join(root, `random-${args.size}`);
 const tokenizerDir = join(shared, "fixtures", "smollm2-tokenizer");
 
@@ -56,6 +62,12 @@ const SESSIONS: Record<string, Ort.InferenceSession.SessionOptions> = {
 };
 
 const mb = (b: number) => Math.round(b / 1e6);
+
+/** Ends a child (removing the --fresh cache). */
+function done(): never {
+  if (args.fresh) Deno.removeSync(Deno.env.get("TOME_CACHE")!, { recursive: true });
+  Deno.exit(0);
+}
 
 /** The largest resident mappings (`/proc/self/smaps`), anonymous ones summed, on stderr. */
 function mappings() {
@@ -116,7 +128,7 @@ if (args.child) {
   if (args.smaps) mappings();
   if (args.until === "session") {
     console.log(JSON.stringify({ stages, prefill_tok_s: 0, decode_tok_s: 0 }));
-    Deno.exit(0);
+    done();
   }
   const book = await Deno.readTextFile(join(shared, "corpus", "war_and_peace.txt"));
   // 4.2 bytes a token: a little more text than needed, cut to the count
@@ -140,9 +152,14 @@ if (args.child) {
   mark("decode");
   if (args.smaps) mappings();
   console.log(
-    JSON.stringify({ stages, prefill_tok_s: Math.round(ids.length / prefill), decode_tok_s: generated / decode }),
+    JSON.stringify({
+      stages,
+      prefill_tok_s: Math.round(ids.length / prefill),
+      prefill_cpu_s: prefillCpu,
+      decode_tok_s: generated / decode,
+    }),
   );
-  Deno.exit(0);
+  done();
 }
 
 await Deno.mkdir(root, { recursive: true });
@@ -171,7 +188,7 @@ const child = async (job: object) => {
 };
 const rows: Row[] = [];
 for (const weights of args.weights!.split(",")) {
-  const build = await child({ weights, phase: "build" });
+  const build = args.fresh ? { built: false } : await child({ weights, phase: "build" });
   const run = await child({ weights, phase: "run" });
   const row: Row = {
     weights,
