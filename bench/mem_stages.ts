@@ -8,7 +8,7 @@
  *   checkpoint   the checkpoint opened, tokenizer loaded (what loadModel reads into JavaScript)
  *   graph        the cached graph found (cache key, builder probe)
  *   session      onnxruntime's session created on it
- *   prefill      4K tokens read with snapkv at budget 1024, chunks of 512
+ *   prefill      4K tokens (`--tokens`) read with snapkv at budget 1024, chunks of 512 (`--chunk`)
  *   decode       32 tokens generated
  *
  * `--until session` stops after the session; `--smaps` prints the largest resident
@@ -17,7 +17,11 @@
  * child that built the graph. `--fresh` has the reading child build it itself,
  * in an empty cache, as a first run does (the "graph" stage then holds the build).
  *
- *   deno run -A bench/mem_stages.ts [--weights q8,q4] [--size 360m] [--tokens 4096] [--session default]
+ * KV is float16 and chunks 512 by default, as the CLI reads.
+ *
+ *   deno run -A bench/mem_stages.ts [--weights q8,q4,q8:32,…] [--size 360m] [--tokens 4096] [--chunk 512]
+ *     [--kv float16|float32] [--session default|no-arena|no-mem-pattern|device-alloc-init|no-prepack]
+ *     [--until session] [--smaps] [--fresh]
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
