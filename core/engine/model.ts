@@ -12,7 +12,7 @@ import {
   resolveWeights,
   type WeightChoice,
 } from "../model/onnx/decoder.ts";
-import { ModelSession } from "../model/session.ts";
+import { ModelSession, type SessionOptions } from "../model/session.ts";
 import { loadTokenizer, type Tokenizer } from "../tokens/tokenizer.ts";
 import type { KvDtype } from "./kv_store.ts";
 
@@ -54,6 +54,10 @@ export interface LoadOptions {
   weights?: WeightChoice;
   /** Block quantization for q8/q4 (default DEFAULT_QUANT). */
   quant?: QuantOptions;
+  /** Further onnxruntime session options (benches measure them one by one). */
+  ort?: SessionOptions["ort"];
+  /** Called after each stage (checkpoint, graph, session): benches read resident memory there. */
+  onStage?: (stage: "checkpoint" | "graph" | "session") => void;
 }
 
 /** Opens a checkpoint directory, builds (or finds) its graph and starts a session. */
@@ -73,12 +77,16 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   };
   // the generation config is checked before the (possibly long) graph build
   const generation = await generationDefaults(dir, checkpoint.config, tokenizer);
+  opts.onStage?.("checkpoint");
   const cached = await graphFor(checkpoint, graph);
+  opts.onStage?.("graph");
   const t0 = performance.now();
   const session = await ModelSession.open(checkpoint.config, graph, cached.path, {
     threads: opts.threads,
     executionProviders: opts.executionProviders,
+    ort: opts.ort,
   });
+  opts.onStage?.("session");
   return {
     dir,
     checkpoint,

@@ -15,6 +15,7 @@
 import { join, resolve } from "node:path";
 import { fsError, TomeError } from "../errors.ts";
 import { checkManifest, writeManifest } from "./cache_manifest.ts";
+import { collectGarbage } from "./gc.ts";
 import type { Checkpoint } from "./checkpoint.ts";
 import { buildGraph } from "./graph_build.ts";
 import { builderDigest } from "./graph_digest.ts";
@@ -186,6 +187,9 @@ async function build(ckpt: Checkpoint, opts: GraphOptions, key: string, dir: str
   } catch (err) {
     await tmp.discard();
     throw writeError(err, tmp.path);
+  } finally {
+    // the build's weights are garbage now: collect them before a session loads the graph
+    collectGarbage();
   }
   return (performance.now() - started) / 1000;
 }

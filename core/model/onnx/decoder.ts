@@ -86,8 +86,13 @@ export interface QuantOptions {
   accuracyLevel: 0 | 4;
 }
 
-/** The measured default (README, "Weight types"). */
-export const DEFAULT_QUANT: QuantOptions = { block: 32, symmetric: true, accuracyLevel: 4 };
+/**
+ * The measured default (README, "Weight types"): blocks of 128. onnxruntime repacks each block with a float32 scale
+ * and a float32 block sum and keeps the scales mapped, so at 32 a block carries 12 bytes beside its 8 or 16 bytes of
+ * values; at 128 the 360M shape's session is 84 MB (q8) and 92 MB (q4) smaller (`bench/mem_stages.ts`), and
+ * teacher-forced quality against f32 is unchanged within the random model's noise (`bench/quality.ts`).
+ */
+export const DEFAULT_QUANT: QuantOptions = { block: 128, symmetric: true, accuracyLevel: 4 };
 
 /** Options that change the graph (and so the cache key). */
 export interface GraphOptions {
@@ -358,9 +363,12 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   const rows = g.op("Reshape", [x, g.ints([-1, D])]);
   let logits: string;
   if (bits) {
-    // the LM head is MatMulNBits on the embedding's blocks when tied (one copy), else on its own
+    // the LM head is MatMulNBits on the embedding's blocks when tied (one copy on disk), else on its own. Tied, it
+    // reads them through an alias: onnxruntime repacks the head's blocks at load and unmaps what it read, while the
+    // lookup's mapping keeps only the rows it touched resident (a shared initializer stays mapped whole: 47 MB at q8)
+    const tied = embed as Blocks;
     const head = ckpt.tiedEmbeddings
-      ? embed as Blocks
+      ? { ...tied, data: g.alias(`${embedName}.head.q${bits}`, tied.data) }
       : blocks("lm_head.weight", await loadTensor(ckpt, "lm_head.weight"), V, D);
     logits = matMulNBits(rows, head);
   } else {

@@ -105,6 +105,19 @@ export class Graph {
     return full;
   }
 
+  /**
+   * A second initializer over the bytes of `of` (an initializer of this graph): the same external span, or a copy
+   * of small inline data. onnxruntime maps each initializer on its own, so a consumer that repacks its copy at load
+   * (and releases it) leaves the other's pages untouched.
+   */
+  alias(name: string, of: string): string {
+    const src = this.initializers.find((t) => t.name === of);
+    if (!src) throw new Error(`alias ${name}: no initializer ${of}`);
+    const t = onnx.TensorProto.create({ ...src, name: this.#name(name) });
+    this.initializers.push(t);
+    return t.name;
+  }
+
   /** A small int64 constant (shared between uses). */
   ints(values: number[], dims: number[] = [values.length]): string {
     return this.#constant("int64", values, dims, () => BigInt64Array.from(values.map(BigInt)));
