@@ -19,10 +19,10 @@ import { parseArgs } from "node:util";
 import process from "node:process";
 import { join } from "node:path";
 import { generate, type LoadedModel, loadModel, read, type ReadState } from "../core/mod.ts";
-import { makeRandomModel, SIZES } from "../core/model/make.ts";
 import { rss } from "../core/meter/rss.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { report, type Row } from "./report.ts";
+import { ensureRandomModel } from "./setup.ts";
 import type { WeightChoice } from "../core/model/onnx/decoder.ts";
 
 const { values: args } = parseArgs({
@@ -41,15 +41,7 @@ const shared = join(import.meta.dirname!, "..", "..", "shared");
 Deno.env.set("TOME_CACHE", join(root, "cache"));
 const modelDir = join(root, `random-${args.size}`);
 const tokenizerDir = join(shared, "fixtures", "smollm2-tokenizer");
-if (!(await Deno.stat(join(modelDir, "config.json")).then(() => true, () => false))) {
-  await makeRandomModel(modelDir, {
-    arch: "llama",
-    shape: SIZES[args.size!],
-    seed: 0,
-    dtype: "BF16",
-    tokenizer: tokenizerDir,
-  });
-}
+await ensureRandomModel(modelDir, args.size!);
 const tok = await loadTokenizer(tokenizerDir);
 const book = Int32Array.from(tok.encode(await Deno.readTextFile(join(shared, "corpus", "war_and_peace.txt"))));
 const question = tok.encode("What is the pass code of Natasha?");

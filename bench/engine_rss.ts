@@ -9,9 +9,9 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { generate, loadModel, read } from "../core/mod.ts";
 import { openSource } from "../core/input/source.ts";
-import { makeRandomModel, SIZES } from "../core/model/make.ts";
 import { rss } from "../core/meter/rss.ts";
 import { DENO_RUN, report, type Row } from "./report.ts";
+import { ensureRandomModel } from "./setup.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -52,15 +52,7 @@ if (args.child) {
 }
 
 await Deno.mkdir(results, { recursive: true });
-if (!(await Deno.stat(join(modelDir, "config.json")).then(() => true, () => false))) {
-  await makeRandomModel(modelDir, {
-    arch: "llama",
-    shape: SIZES.tiny,
-    seed: 0,
-    dtype: "BF16",
-    tokenizer: join(shared, "fixtures", "smollm2-tokenizer"),
-  });
-}
+await ensureRandomModel(modelDir, "tiny");
 const book = join(shared, "corpus", "war_and_peace.txt");
 const short = join(results, "war_and_peace_50k.txt");
 // ~50K tokens: the book's first 211 KB (4.2 bytes per token)

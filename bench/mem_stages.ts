@@ -27,7 +27,8 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import process from "node:process";
 import { rss } from "../core/meter/rss.ts";
-import { DENO_RUN, report, type Row } from "./report.ts";
+import { report, type Row } from "./report.ts";
+import { ensureRandomModel, runChild } from "./setup.ts";
 import { parseWeightSpec } from "./weight_spec.ts";
 import type { Ort } from "../core/model/ort.ts";
 
@@ -54,7 +55,6 @@ Deno.env.set(
   args.fresh && args.child ? Deno.makeTempDirSync({ prefix: "tome-mem-" }) : join(root, "cache"),
 );
 const modelDir = join(root, `random-${args.size}`);
-const tokenizerDir = join(shared, "fixtures", "smollm2-tokenizer");
 
 /** onnxruntime session option sets, by name (measured one by one). */
 const SESSIONS: Record<string, Ort.InferenceSession.SessionOptions> = {
@@ -167,29 +167,9 @@ if (args.child) {
 }
 
 await Deno.mkdir(root, { recursive: true });
-if (!(await Deno.stat(join(modelDir, "config.json")).then(() => true, () => false))) {
-  const { makeRandomModel, SIZES } = await import("../core/model/make.ts");
-  await makeRandomModel(modelDir, {
-    arch: "llama",
-    shape: SIZES[args.size!],
-    seed: 0,
-    dtype: "BF16",
-    tokenizer: tokenizerDir,
-  });
-}
-const child = async (job: object) => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      ...DENO_RUN,
-      import.meta.filename!,
-      ...Deno.args.filter((a) => !a.startsWith("--child")),
-      `--child=${JSON.stringify(job)}`,
-    ],
-    stderr: "inherit",
-  }).output();
-  if (!out.success) throw new Error(`${JSON.stringify(job)} failed`);
-  return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "");
-};
+await ensureRandomModel(modelDir, args.size!);
+// deno-lint-ignore no-explicit-any
+const child = (job: object) => runChild<any>(import.meta.filename!, job);
 const rows: Row[] = [];
 for (const weights of args.weights!.split(",")) {
   const build = args.fresh ? { built: false } : await child({ weights, phase: "build" });

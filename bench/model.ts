@@ -24,7 +24,8 @@ import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../core/model/onnx/dec
 import { parseWeightSpec } from "./weight_spec.ts";
 import { ModelSession } from "../core/model/session.ts";
 import { rss } from "../core/meter/rss.ts";
-import { DENO_RUN, report, type Row } from "./report.ts";
+import { report, type Row } from "./report.ts";
+import { runChild } from "./setup.ts";
 import type { Ort } from "../core/model/ort.ts";
 
 const { values: args } = parseArgs({
@@ -176,19 +177,7 @@ if (args.child) {
     ...args.weights!.split(",").filter(Boolean).map((w) => ({ name: w, opts: parseWeightSpec(w) })),
   ];
   if (!args.keep) await Deno.remove(join(root, "cache"), { recursive: true }).catch(() => {});
-  const child = async (job: object): Promise<Row> => {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        ...DENO_RUN,
-        import.meta.filename!,
-        ...Deno.args.filter((a) => !a.startsWith("--child")),
-        `--child=${JSON.stringify(job)}`,
-      ],
-      stderr: "inherit",
-    }).output();
-    if (!out.success) throw new Error(`${JSON.stringify(job)} failed`);
-    return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "") as Row;
-  };
+  const child = (job: object) => runChild<Row>(import.meta.filename!, job);
   for (const job of jobs) {
     const build = await child({ ...job, phase: "build" });
     for (const session of args.session!.split(",")) {

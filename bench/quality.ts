@@ -11,12 +11,12 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { graphFor } from "../core/model/cache.ts";
 import { openCheckpoint } from "../core/model/checkpoint.ts";
-import { makeRandomModel, SIZES } from "../core/model/make.ts";
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../core/model/onnx/decoder.ts";
 import { emptyPast, ModelSession } from "../core/model/session.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { parseWeightSpec } from "./weight_spec.ts";
 import { report, type Row } from "./report.ts";
+import { ensureRandomModel } from "./setup.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -30,17 +30,8 @@ const { values: args } = parseArgs({
 const root = join(import.meta.dirname!, "results", "model-cache");
 Deno.env.set("TOME_CACHE", join(root, "cache"));
 const shared = join(import.meta.dirname!, "..", "..", "shared");
-const tokenizerDir = join(shared, "fixtures", "smollm2-tokenizer");
 const modelDir = args.model ?? join(root, `random-${args.size}`);
-if (!(await Deno.stat(join(modelDir, "config.json")).then(() => true, () => false))) {
-  await makeRandomModel(modelDir, {
-    arch: "llama",
-    shape: SIZES[args.size!],
-    seed: 0,
-    dtype: "BF16",
-    tokenizer: tokenizerDir,
-  });
-}
+await ensureRandomModel(modelDir, args.size!);
 const ckpt = await openCheckpoint(modelDir);
 const c = ckpt.config;
 const tok = await loadTokenizer(modelDir);

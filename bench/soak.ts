@@ -21,8 +21,8 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { loadModel, read } from "../core/mod.ts";
-import { makeRandomModel, SIZES } from "../core/model/make.ts";
 import { DENO_RUN, report, type Row } from "./report.ts";
+import { ensureRandomModel } from "./setup.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -41,15 +41,7 @@ const modelDir = join(results, "tiny-llama");
 const cache = join(results, "cache");
 Deno.env.set("TOME_CACHE", cache);
 await Deno.mkdir(results, { recursive: true });
-if (!(await Deno.stat(join(modelDir, "config.json")).then(() => true, () => false))) {
-  await makeRandomModel(modelDir, {
-    arch: "llama",
-    shape: SIZES.tiny,
-    seed: 0,
-    dtype: "BF16",
-    tokenizer: join(shared, "fixtures", "smollm2-tokenizer"),
-  });
-}
+await ensureRandomModel(modelDir, "tiny");
 
 const load = () => Deno.loadavg()[0];
 const fds = () => [...Deno.readDirSync("/proc/self/fd")].length;
