@@ -9,6 +9,8 @@
  *   past_key_L, past_value_L  [1, Hkv, P_L, d] layer L's cache buffer at its capacity P_L (f32 or f16)
  *   past_lengths           f32 [L, Hkv]      valid entries of each layer and KV head: slots at or
  *                                            past the length are masked out (any finite content)
+ *   want_stats             bool []           compute the attention statistics (else each is [1, Hkv, 0])
+ *   want_retain            bool []           with `retainingHeads`: compute retain_L (else [1, Hkv, 0])
  * Positions, lengths and the masks made from them are float, not int64: the
  * WebGPU provider has no int64 arithmetic, so int64 Range/Less/Greater would
  * run on the CPU (tests/webgpu_test.ts checks every node's placement).
@@ -26,6 +28,9 @@
  *   retain_L               f32 [1, Hkv, S]   with `retainingHeads`: Locret's importance of each new token
  * (masked slots receive 0).
  * Every statistic is summed over the query heads of each KV head's group.
+ * The statistics and the retaining heads sit in one `If` node per layer, so a
+ * run that fetches none of them (decode without decode-time eviction) does not
+ * compute them: onnxruntime runs every node of a graph whatever is fetched.
  *
  * Attention (`attention.ts`) is computed against past and new keys
  * separately — one softmax over both score blocks, never concatenating K or V.
@@ -126,6 +131,10 @@ export const io = {
   newValue: (l: number) => `new_value_${l}`,
   stat: (name: StatName, l: number) => `attn_${name}_${l}`,
   retain: (l: number) => `retain_${l}`,
+  /** The bool scalar input that turns the statistics on. */
+  wantStats: "want_stats",
+  /** The bool scalar input that turns the retaining heads on (graphs with them only). */
+  wantRetain: "want_retain",
 };
 
 /**
@@ -196,6 +205,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
     g.input(io.pastValue(l), kvType, [1, K, `P${l}`, d]);
   }
   const pastLengths = g.input("past_lengths", "float32", [c.layers, K]);
+  const wantStats = g.input(io.wantStats, "bool", []);
 
   // sizes and shared tables
   const [S, SminusOne] = g.within("sizes", () => {
@@ -236,6 +246,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   const lastStart = g.op("Unsqueeze", [SminusOne, g.ints([0])]);
 
   const retaining = opts.retainingHeads ? await readRetainingHeads(opts.retainingHeads, c) : null;
+  const wantRetain = retaining ? g.input(io.wantRetain, "bool", []) : "";
 
   // embed: a row lookup on the table as stored (16-bit rows cast after the lookup; blocks dequantized by
   // GatherBlockQuantized), so the table is never widened to float32
@@ -290,7 +301,14 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       const qFlat = await proj(n.wq, n.bq, H * d, c.qkvBias);
       const kFlat = await proj(n.wk, n.bk, K * d, c.qkvBias);
       const vFlat = await proj(n.wv, n.bv, K * d, c.qkvBias);
-      if (retaining) retainingHead(g, retaining[l], qFlat, kFlat, vFlat, io.retain(l));
+      if (retaining) {
+        g.branch(
+          wantRetain,
+          [{ name: io.retain(l), type: "float32" }],
+          () => [retainingHead(g, retaining[l], qFlat, kFlat, vFlat)],
+          () => [g.floats([], [1, K, 0])],
+        );
+      }
       let q = g.op("Transpose", [g.op("Reshape", [qFlat, qHeads])], {
         perm: [0, 2, 1, 3],
       });
@@ -320,7 +338,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       }
 
       const statNames = Object.fromEntries(STATS.map((s) => [s, io.stat(s, l)])) as Record<StatName, string>;
-      const { out, stats } = attend(g, shapes, q, k, v, pastK, pastV, past.mask, statNames);
+      const { out, stats } = attend(g, shapes, q, k, v, pastK, pastV, past.mask, statNames, wantStats);
       let o = await linear(out, n.wo, D, H * d);
       if (c.oBias) o = g.op("Add", [o, await vector(n.bo)]);
       let h = g.op("Add", [x, o]);
