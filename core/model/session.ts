@@ -177,6 +177,7 @@ export class ModelSession {
       window_start: new T("int64", BigInt64Array.of(BigInt(req.windowStart ?? S - 1)), [1]),
     };
     const padded: boolean[] = [];
+    const caps: number[] = [];
     let fed = 0;
     for (let l = 0; l < layers; l++) {
       let keys = req.past.keys[l];
@@ -191,6 +192,7 @@ export class ModelSession {
         keys = values = kvType === "float32" ? new Float32Array(K * d) : new Uint16Array(K * d);
         cap = 1;
       }
+      caps.push(cap);
       fed += keys.byteLength + values.byteLength;
       feeds[io.pastKey(l)] = new T(kvType, keys, [1, K, cap, d]);
       feeds[io.pastValue(l)] = new T(kvType, values, [1, K, cap, d]);
@@ -219,6 +221,10 @@ export class ModelSession {
     for (const s of want.stats ?? []) {
       result.stats[s] = Array.from({ length: layers }, (_, l) => {
         const a = out[io.stat(s, l)].data as Float32Array;
+        // a statistic the graph skipped is empty: never score from it
+        if (a.length !== K * (caps[l] + S)) {
+          throw new Error(`${io.stat(s, l)}: ${a.length} values, not ${K}×${caps[l] + S}`);
+        }
         return padded[l] ? dropFirstSlot(a, K) : a;
       });
     }
