@@ -10,7 +10,10 @@
  *   step    one decode step over --past retained entries, with and without the statistics fetched
  *           (ms per step, and the difference per layer), interleaved --reps times, medians.
  *
- *   deno run -A bench/decode.ts [--part engine,step] [--tokens 4096] [--reps 5] [--weights f32]
+ *   deno run -A bench/decode.ts [--part engine,step] [--tokens 4096] [--reps 5] [--weights f32] [--threads N]
+ *
+ * On a shared machine wall times follow the load; CPU times (with --threads 1, no spinning worker
+ * threads) follow the work.
  *
  * Writes one JSON line per row to stdout (and the report under bench/results/).
  */
@@ -34,6 +37,7 @@ const { values: args } = parseArgs({
     reps: { type: "string", default: "5" },
     decode: { type: "string", default: "33" },
     weights: { type: "string", default: "f32" },
+    threads: { type: "string" },
   },
 });
 const parts = args.part!.split(",");
@@ -55,11 +59,19 @@ if (!(await Deno.stat(join(modelDir, "config.json")).then(() => true, () => fals
 const tok = await loadTokenizer(tokenizerDir);
 const book = Int32Array.from(tok.encode(await Deno.readTextFile(join(shared, "corpus", "war_and_peace.txt"))));
 const question = tok.encode("What is the pass code of Natasha?");
-const model: LoadedModel = await loadModel(modelDir, { weights: args.weights as WeightChoice });
+const model: LoadedModel = await loadModel(modelDir, {
+  weights: args.weights as WeightChoice,
+  threads: args.threads ? Number(args.threads) : undefined,
+});
 const L = model.config.layers;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const round = (x: number, digits = 2) => Number(x.toFixed(digits));
 const load = () => Deno.loadavg()[0];
+/** CPU milliseconds of this process (all threads): the work, whatever else the machine runs. */
+const cpu = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
 
 /** Times onnxruntime's own `run` inside a ModelSession (its private session object). */
 function timeOrt(session: ModelSession): { ms: number } {
@@ -100,10 +112,10 @@ if (parts.includes("engine")) {
       decodeBudget: s.decodeBudget,
       question,
     });
-    const per = { token: [] as number[], session: [] as number[], ort: [] as number[] };
+    const per = { token: [] as number[], session: [] as number[], ort: [] as number[], cpu: [] as number[] };
     for (let r = 0; r < reps + 1; r++) {
       const st = fork(state);
-      let first = 0, run0 = 0, ort0 = 0, n = 0;
+      let first = 0, run0 = 0, ort0 = 0, cpu0 = 0, n = 0;
       for await (
         const _ of generate(st, {
           suffix: question,
@@ -116,6 +128,7 @@ if (parts.includes("engine")) {
           first = performance.now();
           run0 = st.sequence.timings.run;
           ort0 = ortClock.ms;
+          cpu0 = cpu();
         }
       }
       const tokens = st.meter.summary().generatedTokens - 1;
@@ -123,6 +136,7 @@ if (parts.includes("engine")) {
       per.token.push((performance.now() - first) / tokens);
       per.session.push(((st.sequence.timings.run - run0) * 1000) / tokens);
       per.ort.push((ortClock.ms - ort0) / tokens);
+      per.cpu.push((cpu() - cpu0) / tokens);
     }
     emit({
       part: "engine decode",
@@ -134,6 +148,7 @@ if (parts.includes("engine")) {
       feeds_outputs_ms: round(median(per.session) - median(per.ort)),
       engine_rest_ms: round(median(per.token) - median(per.session)),
       tok_s: round(1000 / median(per.token)),
+      cpu_ms_per_token: round(median(per.cpu)),
       load1: round(load()),
     });
   }
@@ -147,10 +162,6 @@ if (parts.includes("step")) {
       keys: Array.from({ length: L }, fill),
       values: Array.from({ length: L }, fill),
       lengths: new Array(L * c.kvHeads).fill(P),
-    };
-    const cpu = () => {
-      const u = process.cpuUsage();
-      return (u.user + u.system) / 1000;
     };
     const step = async (stats: boolean) => {
       const o0 = ortClock.ms;

@@ -45,8 +45,9 @@
  * materializes all [H, S, P+S] probabilities, which is what the two-block
  * softmax avoids), and both return the concatenated cache. A hybrid — fused
  * attention for the output, scores for the window rows only — would suit the
- * window-only policies (SnapKV, PyramidKV), and a graph without statistics
- * suits decode; both are left to the engine work.
+ * window-only policies (SnapKV, PyramidKV); it is left to the engine work.
+ * Decode without decode-time eviction fetches no statistics, and the `If`
+ * node skips them (bench/decode.ts measures what that saves per token).
  */
 import { type StatName, STATS } from "./stats.ts";
 import { f32ToBf16, f32ToF16 } from "../../../kernels/fp16.ts";
