@@ -130,9 +130,9 @@ for (const variant of ["tome", "tome-flag-off", "tome-no-stats", "gqa", "attenti
   cpu.sort((a, b) => a - b);
   rows.push({
     attention: variant,
-    [`layer_s_${S}_over_${P}`]: times[reps >> 1],
+    [`layer_ms_${S}_over_${P}`]: times[reps >> 1] * 1000,
     layer_cpu_ms: cpu[reps >> 1],
-    x32_layers_s: times[reps >> 1] * 32,
+    x32_layers_ms: times[reps >> 1] * 32000,
     load1: Deno.loadavg()[0],
     max_abs_diff_vs_tome: diff,
     peak_rss_mb: Math.round(rss().peak / 1e6),

@@ -61,9 +61,11 @@ const SHAPE_OPS = new Set(["Shape", "Gather", "Sub", "Add", "Mul", "Concat", "Un
 /**
  * The one known fallback: onnxruntime 1.30's WebGPU provider registers no
  * kernel for opset-22+ `Cos`/`Sin`, so the RoPE tables ([n, d] per run) are
- * computed on the CPU and uploaded.
+ * computed on the CPU and uploaded. Nor for opset-23 `If` (the statistics'
+ * switch, one a layer): the node only picks a branch, whose nodes are placed,
+ * and checked here, like the graph's own.
  */
-const KNOWN_FALLBACK = new Set(["Cos", "Sin"]);
+const KNOWN_FALLBACK = new Set(["Cos", "Sin", "If"]);
 
 /**
  * Nodes of the graph that only compute shapes: a `Shape`, or a node whose
@@ -76,14 +78,18 @@ async function shapeNodes(path: string): Promise<{ ops: Map<string, string>; sha
   const known = new Set(g.initializer!.map((t) => t.name!));
   const ops = new Map<string, string>();
   const shape = new Set<string>();
-  for (const n of g.node!) {
-    ops.set(n.name!, n.opType!);
-    const inputs = n.input!.filter((i) => i !== "");
-    if (n.opType === "Shape" || (inputs.length > 0 && inputs.every((i) => known.has(i)))) {
-      shape.add(n.name!);
-      for (const o of n.output!) known.add(o);
+  const visit = (nodes: typeof g.node) => {
+    for (const n of nodes!) {
+      ops.set(n.name!, n.opType!);
+      const inputs = n.input!.filter((i) => i !== "");
+      if (n.opType === "Shape" || (inputs.length > 0 && inputs.every((i) => known.has(i)))) {
+        shape.add(n.name!);
+        for (const o of n.output!) known.add(o);
+      }
+      for (const a of n.attribute ?? []) if (a.g) visit(a.g.node); // an If's branches, which read outer values
     }
-  }
+  };
+  visit(g.node);
   return { ops, shape };
 }
 
