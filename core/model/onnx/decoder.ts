@@ -47,7 +47,10 @@
  * attention for the output, scores for the window rows only — would suit the
  * window-only policies (SnapKV, PyramidKV); it is left to the engine work.
  * Decode without decode-time eviction fetches no statistics, and the `If`
- * node skips them (bench/decode.ts measures what that saves per token).
+ * node skips them: one decode query over 4096 entries, medians of 201 runs
+ * in three runs on 2 cores shared under load 9, 2.06–2.19 ms with them,
+ * 1.80–1.92 ms without (1.91–2.94 ms with none in the graph: the `If` costs
+ * nothing measurable); bench/decode.ts measures whole decode steps.
  */
 import { type StatName, STATS } from "./stats.ts";
 import { f32ToBf16, f32ToF16 } from "../../../kernels/fp16.ts";
