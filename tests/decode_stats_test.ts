@@ -107,13 +107,13 @@ Deno.test("decoder graph: with want_stats off the statistics are empty and logit
     }
   }
   // through ModelSession: the flag is on exactly when statistics are fetched
-  const inner = (m.session as unknown as { session: { run: (f: Record<string, unknown>) => Promise<unknown> } })
+  const inner = (m.session as unknown as { session: { run: (f: Record<string, unknown>, o: unknown) => unknown } })
     .session;
   const real = inner.run.bind(inner);
   const flags: boolean[] = [];
-  inner.run = (f) => {
+  inner.run = (f, fetches) => {
     flags.push((f[io.wantStats] as { data: Uint8Array }).data[0] === 1);
-    return real(f);
+    return real(f, fetches);
   };
   for (const stats of [[], ["all"], [...STATS], []] as const) {
     await m.session.run({
