@@ -4,8 +4,9 @@
  * the decoder graph. All variants get the same inputs; their outputs are
  * checked against tome's before timing.
  *
- *   tome            core/model/onnx/attention.ts, with the four statistics (what the decoder uses)
- *   tome-no-stats   the same block, statistics not computed
+ *   tome            core/model/onnx/attention.ts, with the four statistics (`want_stats` true: reading)
+ *   tome-flag-off   the same graph with `want_stats` false (its If node skips them: decode)
+ *   tome-no-stats   the same block, statistics not in the graph
  *   gqa             com.microsoft GroupQueryAttention (fused; no statistics; returns the concatenated cache)
  *   attention-23    ai.onnx opset-23 Attention with an explicit mask (returns the concatenated cache)
  *
@@ -13,6 +14,7 @@
  */
 import { type StatNames, STATS } from "../core/model/onnx/stats.ts";
 import { parseArgs } from "node:util";
+import process from "node:process";
 import { attend, attentionShapes } from "../core/model/onnx/attention.ts";
 import { Graph } from "../core/model/onnx/graph.ts";
 import { ort } from "../core/model/ort.ts";
@@ -31,7 +33,8 @@ const S = Number(args.chunk);
 const P = Number(args.past);
 const H = 15, K = 5, d = 64;
 
-type Variant = "tome" | "tome-no-stats" | "gqa" | "attention-23";
+type Variant = "tome" | "tome-flag-off" | "tome-no-stats" | "gqa" | "attention-23";
+const FLAGGED: Variant[] = ["tome", "tome-flag-off"];
 
 function build(variant: Variant): Uint8Array {
   const g = new Graph();
@@ -64,9 +67,22 @@ function build(variant: Variant): Uint8Array {
     const windowStart = g.op("Unsqueeze", [g.op("Sub", [S0, g.ints([32], [])]), g.ints([0])]);
     const shapes = attentionShapes(g, S0, H, K, d, windowStart);
     const names = Object.fromEntries(STATS.map((s) => [s, `attn_${s}`])) as StatNames;
-    const { out, stats } = attend(g, shapes, heads(qIn, H), heads(kIn, K), heads(vIn, K), pastK, pastV, "", names);
-    g.op("Identity", [variant === "tome" ? g.after(out, stats) : out], {}, { out: "out" });
-    if (variant === "tome") { for (const n of Object.values(names)) g.output(n, "float32", [1, K, "T"]); }
+    const flagged = FLAGGED.includes(variant);
+    const want = flagged ? g.input("want_stats", "bool", []) : g.op("Cast", [g.ints([1], [])], { to: 9 });
+    const { out, stats } = attend(
+      g,
+      shapes,
+      heads(qIn, H),
+      heads(kIn, K),
+      heads(vIn, K),
+      pastK,
+      pastV,
+      "",
+      names,
+      want,
+    );
+    g.op("Identity", [flagged ? g.after(out, stats) : out], {}, { out: "out" });
+    if (flagged) { for (const n of Object.values(names)) g.output(n, "float32", [1, K, "T"]); }
   }
   g.output("out", "float32", [1, "S", H * d]);
   return g.encode({ "": 23, "com.microsoft": 1 });
@@ -83,28 +99,41 @@ const feeds = {
 };
 const rows: Row[] = [];
 let reference: Float32Array | null = null;
-for (const variant of ["tome", "tome-no-stats", "gqa", "attention-23"] as Variant[]) {
+const cpuMs = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
+for (const variant of ["tome", "tome-flag-off", "tome-no-stats", "gqa", "attention-23"] as Variant[]) {
   const session = await o.InferenceSession.create(build(variant), {
     executionProviders: ["cpu"],
     graphOptimizationLevel: "all",
     ...(args.threads ? { intraOpNumThreads: Number(args.threads) } : {}),
   });
-  const run = async () => (await session.run(feeds, ["out"])).out.data as Float32Array;
+  const fed = FLAGGED.includes(variant)
+    ? { ...feeds, want_stats: new o.Tensor("bool", Uint8Array.of(variant === "tome" ? 1 : 0), []) }
+    : feeds;
+  const run = async () => (await session.run(fed, ["out"])).out.data as Float32Array;
   const out = await run();
   reference ??= out;
   let diff = 0;
   for (let i = 0; i < out.length; i++) diff = Math.max(diff, Math.abs(out[i] - reference[i]));
-  const times: number[] = [];
-  for (let i = 0; i < 5; i++) {
-    const t0 = performance.now();
+  // medians: of 5 runs, or of 201 for short (decode) runs; CPU time too, which load inflates less
+  const reps = S <= 16 ? 201 : 5;
+  const times: number[] = [], cpu: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now(), c0 = cpuMs();
     await run();
     times.push((performance.now() - t0) / 1000);
+    cpu.push(cpuMs() - c0);
   }
   times.sort((a, b) => a - b);
+  cpu.sort((a, b) => a - b);
   rows.push({
     attention: variant,
-    [`layer_s_${S}_over_${P}`]: times[2],
-    x32_layers_s: times[2] * 32,
+    [`layer_ms_${S}_over_${P}`]: times[reps >> 1] * 1000,
+    layer_cpu_ms: cpu[reps >> 1],
+    x32_layers_ms: times[reps >> 1] * 32000,
+    load1: Deno.loadavg()[0],
     max_abs_diff_vs_tome: diff,
     peak_rss_mb: Math.round(rss().peak / 1e6),
   });

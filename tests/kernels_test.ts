@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { compactRows } from "../kernels/compact.ts";
 import { avgPool1d, maxPool1d } from "../kernels/pool.ts";
 import { normals, uniform } from "../kernels/random.ts";
-import { argmax, sample } from "../kernels/sample.ts";
+import { argmax, descendingOrder, sample } from "../kernels/sample.ts";
 import { topK } from "../kernels/topk.ts";
 import { StopFilter } from "../core/engine/decode.ts";
 import { select } from "../core/policies/select.ts";
@@ -96,6 +96,47 @@ Deno.test("sample: greedy is argmax; top-k 1 and a tiny top-p are greedy; seeds 
     counts.set(id, (counts.get(id) ?? 0) + 1);
   }
   assert.equal([...counts].sort((a, b) => b[1] - a[1])[0][0], best);
+});
+
+Deno.test("sample: the radix order is the comparator sort's; draws equal those over the comparator sort", () => {
+  const r = uniform(8);
+  const bySort = (x: ArrayLike<number>) =>
+    Int32Array.from({ length: x.length }, (_, i) => i).sort((a, b) => x[b] - x[a] || a - b);
+  // ties, ±0, ±∞, subnormals, and plain arrays beside float32 ones
+  const special = [-0, 0, Infinity, -Infinity, 1e-40, -1e-40, 3, 3, -3, 3];
+  for (const n of [1, 7, 300, 5000]) {
+    const x = Float32Array.from(
+      { length: n },
+      (_, i) => i < special.length ? special[i] : r() < 0.3 ? Math.round(r() * 8) - 4 : (r() - 0.5) * 40,
+    );
+    assert.deepEqual(descendingOrder(x), bySort(x), `float32, n = ${n}`);
+    assert.deepEqual(descendingOrder(Array.from(x)), bySort(x), `plain array, n = ${n}`);
+  }
+  // sample() as it was, over the comparator sort: the same token for the same random numbers
+  const restated = (x: Float32Array, o: { temperature: number; topK: number; topP: number }, random: () => number) => {
+    let order = bySort(x);
+    if (o.topK > 0 && o.topK < x.length) order = order.subarray(0, o.topK);
+    const p = Array.from(order, (id) => Math.exp((x[id] - x[order[0]]) / o.temperature));
+    const sum = p.reduce((a, b) => a + b, 0);
+    let keep = p.length;
+    for (let i = 0, acc = 0; i < p.length && o.topP < 1; i++) {
+      acc += p[i] / sum;
+      if (acc >= o.topP) {
+        keep = i + 1;
+        break;
+      }
+    }
+    let rest = random() * p.slice(0, keep).reduce((a, b) => a + b, 0);
+    for (let i = 0; i < keep; i++) if ((rest -= p[i]) < 0) return order[i];
+    return order[keep - 1];
+  };
+  const logits = Float32Array.from(normals(r, 2000, 3), (v, i) => (i % 50 === 0 ? 2 : v));
+  for (const o of [{ temperature: 0.7, topK: 0, topP: 1 }, { temperature: 0.2, topK: 40, topP: 0.9 }]) {
+    const a = uniform(5), b = uniform(5);
+    for (let i = 0; i < 200; i++) {
+      assert.equal(sample(logits, { ...o, repetitionPenalty: 1 }, [], a), restated(logits, o, b), JSON.stringify(o));
+    }
+  }
 });
 
 Deno.test("StopFilter: cuts at the first stop string, holds back possible beginnings, releases them", () => {

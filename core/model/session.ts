@@ -172,6 +172,14 @@ export class ModelSession {
     return new ModelSession(config, graph, o, session, providers[0] !== "cpu");
   }
 
+  #flags = new Map<boolean, Ort.Tensor>();
+  /** A bool scalar feed (one tensor per value, reused by every run). */
+  #flag(on: boolean): Ort.Tensor {
+    let t = this.#flags.get(on);
+    if (!t) this.#flags.set(on, t = new this.ort.Tensor("bool", Uint8Array.of(on ? 1 : 0), []));
+    return t;
+  }
+
   /** The most KV bytes one run has fed (past keys and values of every layer): on a GPU, the device buffers they fill. */
   get kvFedPeakBytes(): number {
     return this.#kvFedPeak;
@@ -191,6 +199,7 @@ export class ModelSession {
       window_start: new T("int64", BigInt64Array.of(BigInt(req.windowStart ?? S - 1)), [1]),
     };
     const padded: boolean[] = [];
+    const caps: number[] = [];
     let fed = 0;
     let maxCap = 0;
     for (let l = 0; l < layers; l++) {
@@ -206,6 +215,7 @@ export class ModelSession {
         keys = values = kvType === "float32" ? new Float32Array(K * d) : new Uint16Array(K * d);
         cap = 1;
       }
+      caps.push(cap);
       fed += keys.byteLength + values.byteLength;
       maxCap = Math.max(maxCap, cap);
       feeds[io.pastKey(l)] = new T(kvType, keys, [1, K, cap, d]);
@@ -220,6 +230,9 @@ export class ModelSession {
     if (req.past.lengths.length !== layers * K) throw new Error(`past lengths: expected ${layers * K} values`);
     feeds.past_lengths = new T("float32", Float32Array.from(req.past.lengths), [layers, K]);
     const want = req.fetch ?? {};
+    // the statistics and retaining heads are computed only when fetched (an If node per layer in the graph)
+    feeds[io.wantStats] = this.#flag((want.stats?.length ?? 0) > 0);
+    if (this.graph.retainingHeads) feeds[io.wantRetain] = this.#flag(want.retain ?? false);
     const fetches: string[] = [];
     if (want.logits ?? true) fetches.push("logits");
     if (want.kv ?? true) { for (let l = 0; l < layers; l++) fetches.push(io.newKey(l), io.newValue(l)); }
@@ -237,6 +250,10 @@ export class ModelSession {
     for (const s of want.stats ?? []) {
       result.stats[s] = Array.from({ length: layers }, (_, l) => {
         const a = out[io.stat(s, l)].data as Float32Array;
+        // a statistic the graph skipped is empty: never score from it
+        if (a.length !== K * (caps[l] + S)) {
+          throw new Error(`${io.stat(s, l)}: ${a.length} values, not ${K}×${caps[l] + S}`);
+        }
         return padded[l] ? dropFirstSlot(a, K) : a;
       });
     }

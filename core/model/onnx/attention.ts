@@ -11,7 +11,7 @@
  * window's rows. Query heads are viewed as [Hkv, g·S], so K and V are never
  * repeated per query head.
  */
-import type { StatNames } from "./stats.ts";
+import { type StatName, type StatNames, STATS } from "./stats.ts";
 import type { Graph } from "./graph.ts";
 
 /** Shape tensors and the causal mask shared by every layer. */
@@ -84,6 +84,7 @@ export function attend(
   pastV: string,
   pastMask: string,
   names: StatNames,
+  wantStats: string,
 ): { out: string; stats: string[] } {
   const { grouped, groupedScores, five, causal, headDim: d, S, windowStart } = sh;
   // scaled dot-product attention over [past ; new], causal over new; query head h reads KV head ⌊h / g⌋.
@@ -113,41 +114,42 @@ export function attend(
   const invZ = g.op("Reciprocal", [bothBlocks("ReduceSum", expPast, expNew)]); // [1,K,g·S,1]
   const attn = g.op("Mul", [g.op("Add", [g.op("MatMul", [expPast, pastV]), g.op("MatMul", [expNew, v])]), invZ]);
   const out = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [attn, sh.back])], { perm: [0, 2, 1, 3] }), sh.flat]);
-  // attention statistics, summed over each KV head's query group; probabilities are e / z
-  const stats = g.within("stats", () => {
-    const invZ5 = g.op("Reshape", [invZ, five]); // [1,K,g,S,1]
-    const invZRow = g.op("Transpose", [invZ5], { perm: [0, 1, 2, 4, 3] }); // [1,K,g,1,S]
-    const sEnd = g.op("Unsqueeze", [S, g.ints([0])]);
-    const perBlock = (e: string) => {
-      const e5 = g.op("Reshape", [e, five]); // [1,K,g,S,n]
-      // mass from all queries: Σ_s e[s, t] / z[s], a batched vector–matrix product
-      const all = g.op("ReduceSum", [g.op("MatMul", [invZRow, e5]), g.ints([2, 3])], { keepdims: 0 });
-      // the window rows only, normalized
-      const win = g.op("Mul", [
-        g.op("Slice", [e5, windowStart, sEnd, g.ints([3])]),
-        g.op("Slice", [invZ5, windowStart, sEnd, g.ints([3])]),
-      ]); // [1,K,g,w,n]
-      const window = g.op("ReduceSum", [win, g.ints([2, 3])], { keepdims: 0 });
-      const max = g.op("ReduceSum", [g.op("ReduceMax", [win, g.ints([3])], { keepdims: 0 }), g.ints([2])], {
-        keepdims: 0,
-      });
-      const last = g.op("ReduceSum", [
-        g.op("Slice", [win, g.ints([-1]), g.ints([2 ** 62]), g.ints([3])]),
-        g.ints([2, 3]),
-      ], {
-        keepdims: 0,
-      });
-      return { all, window, max, last };
-    };
-    const past = perBlock(expPast);
-    const fresh = perBlock(expNew);
-    const join = (a: string, b: string, out: string) => g.op("Concat", [a, b], { axis: -1 }, { out });
-    return [
-      join(past.window, fresh.window, names.window),
-      join(past.all, fresh.all, names.all),
-      join(past.max, fresh.max, names.max),
-      join(past.last, fresh.last, names.last),
-    ];
-  });
+  // attention statistics, summed over each KV head's query group; probabilities are e / z. Computed only when
+  // `wantStats` is true: otherwise each is an empty [1, K, 0] (decode without a scoring policy skips their cost)
+  const stats = g.within("stats", () =>
+    g.branch(
+      wantStats,
+      STATS.map((s) => ({ name: names[s], type: "float32" as const })),
+      () => {
+        const invZ5 = g.op("Reshape", [invZ, five]); // [1,K,g,S,1]
+        const invZRow = g.op("Transpose", [invZ5], { perm: [0, 1, 2, 4, 3] }); // [1,K,g,1,S]
+        const sEnd = g.op("Unsqueeze", [S, g.ints([0])]);
+        const perBlock = (e: string): Record<StatName, string> => {
+          const e5 = g.op("Reshape", [e, five]); // [1,K,g,S,n]
+          // mass from all queries: Σ_s e[s, t] / z[s], a batched vector–matrix product
+          const all = g.op("ReduceSum", [g.op("MatMul", [invZRow, e5]), g.ints([2, 3])], { keepdims: 0 });
+          // the window rows only, normalized
+          const win = g.op("Mul", [
+            g.op("Slice", [e5, windowStart, sEnd, g.ints([3])]),
+            g.op("Slice", [invZ5, windowStart, sEnd, g.ints([3])]),
+          ]); // [1,K,g,w,n]
+          const window = g.op("ReduceSum", [win, g.ints([2, 3])], { keepdims: 0 });
+          const max = g.op("ReduceSum", [g.op("ReduceMax", [win, g.ints([3])], { keepdims: 0 }), g.ints([2])], {
+            keepdims: 0,
+          });
+          const last = g.op("ReduceSum", [
+            g.op("Slice", [win, g.ints([-1]), g.ints([2 ** 62]), g.ints([3])]),
+            g.ints([2, 3]),
+          ], {
+            keepdims: 0,
+          });
+          return { all, window, max, last };
+        };
+        const past = perBlock(expPast);
+        const fresh = perBlock(expNew);
+        return STATS.map((s) => g.op("Concat", [past[s], fresh[s]], { axis: -1 }));
+      },
+      () => STATS.map(() => g.floats([], [1, sh.kvHeads, 0])),
+    ));
   return { out, stats };
 }

@@ -22,7 +22,11 @@ export interface FloatAttr {
 }
 /** Marks a float attribute: `{ epsilon: float(1e-6) }`. */
 export const float = (x: number): FloatAttr => ({ float: x });
-export type Attr = number | number[] | string | FloatAttr;
+/** A graph attribute: the body of a control-flow node such as `If` (see {@link Graph.branch}). */
+export interface GraphAttr {
+  graph: GraphProto;
+}
+export type Attr = number | number[] | string | FloatAttr | GraphAttr;
 
 /** Where initializers larger than `threshold` bytes go. */
 export interface ExternalData {
@@ -36,12 +40,15 @@ export interface ExternalData {
 type NodeProto = InstanceType<typeof onnx.NodeProto>;
 type TensorProto = InstanceType<typeof onnx.TensorProto>;
 type ValueInfoProto = InstanceType<typeof onnx.ValueInfoProto>;
+type GraphProto = InstanceType<typeof onnx.GraphProto>;
 
 /** Initializer data: float32 values (stored as the given type) or raw typed data. */
 export type InitData = Float32Array | Uint16Array | BigInt64Array | Uint8Array;
 
 export class Graph {
+  /** The main graph's nodes (a branch's nodes go to its own list while it is built). */
   readonly nodes: NodeProto[] = [];
+  #target: NodeProto[] = this.nodes;
   readonly inputs: ValueInfoProto[] = [];
   readonly outputs: ValueInfoProto[] = [];
   readonly initializers: TensorProto[] = [];
@@ -164,7 +171,7 @@ export class Graph {
   ): string[] {
     const name = this.#name(type);
     const outputs = n === 1 && opts.out ? [opts.out] : Array.from({ length: n }, (_, i) => `${name}:${i}`);
-    this.nodes.push(
+    this.#target.push(
       onnx.NodeProto.create({
         name,
         opType: type,
@@ -188,6 +195,58 @@ export class Graph {
     const total = sums.reduce((a, b) => this.op("Add", [a, b]));
     const zero = this.op("Mul", [total, this.floats([0], [])]);
     return this.op("Add", [x, zero]);
+  }
+
+  /**
+   * An `If` node on the bool scalar `cond`: `then` and `otherwise` each build
+   * a branch (a subgraph that may read any value built before it, as ONNX
+   * outer-scope values) and return its values, one for each of `outs`, which
+   * name the node's outputs. Only the taken branch runs. The branches' values
+   * must agree in element type (`outs[i].type`); their shapes may differ.
+   */
+  branch(
+    cond: string,
+    outs: { name: string; type: ElemType }[],
+    then: () => string[],
+    otherwise: () => string[],
+  ): string[] {
+    const name = this.#name("If");
+    const local = name.slice(name.lastIndexOf("/") + 1);
+    const thenBranch = this.#subgraph(`${local}.then`, outs, then);
+    const elseBranch = this.#subgraph(`${local}.else`, outs, otherwise);
+    this.#target.push(
+      onnx.NodeProto.create({
+        name,
+        opType: "If",
+        domain: "",
+        input: [cond],
+        output: outs.map((o) => o.name),
+        attribute: [attribute("then_branch", { graph: thenBranch }), attribute("else_branch", { graph: elseBranch })],
+      }),
+    );
+    return outs.map((o) => o.name);
+  }
+
+  /** Builds `fn`'s nodes, named under `scope`, into a subgraph whose outputs are the values `fn` returns. */
+  #subgraph(scope: string, outs: { type: ElemType }[], fn: () => string[]): GraphProto {
+    const outer = this.#target;
+    const nodes: NodeProto[] = [];
+    this.#target = nodes;
+    try {
+      const values = this.within(scope, fn);
+      if (values.length !== outs.length) {
+        throw new Error(`${scope}: ${values.length} values for ${outs.length} outputs`);
+      }
+      // a subgraph's output is produced inside it: an outer value (or one returned twice) goes through Identity
+      const made = new Set(nodes.flatMap((n) => n.output ?? []));
+      const output = values.map((v, i) => {
+        const own = made.has(v) && values.indexOf(v) === i ? v : this.op("Identity", [v]);
+        return valueInfo(own, outs[i].type);
+      });
+      return onnx.GraphProto.create({ name: scope, node: nodes, output });
+    } finally {
+      this.#target = outer;
+    }
   }
 
   /** Serializes the model. `opsets` maps domains to versions, e.g. `{ "": 21 }`. */
@@ -217,13 +276,16 @@ export class Graph {
   }
 }
 
-function valueInfo(name: string, type: ElemType, dims: Dim[]): ValueInfoProto {
+/** A value's type; without `dims`, of unknown shape. */
+function valueInfo(name: string, type: ElemType, dims?: Dim[]): ValueInfoProto {
   return onnx.ValueInfoProto.create({
     name,
     type: {
       tensorType: {
         elemType: ONNX_TYPE[type],
-        shape: { dim: dims.map((d) => (typeof d === "number" ? { dimValue: d } : { dimParam: d })) },
+        ...(dims
+          ? { shape: { dim: dims.map((d) => (typeof d === "number" ? { dimValue: d } : { dimParam: d })) } }
+          : {}),
       },
     },
   });
@@ -233,6 +295,7 @@ function attribute(name: string, v: Attr) {
   const T = onnx.AttributeProto.AttributeType;
   if (typeof v === "string") return { name, type: T.STRING, s: new TextEncoder().encode(v) };
   if (Array.isArray(v)) return { name, type: T.INTS, ints: v };
+  if (typeof v === "object" && "graph" in v) return { name, type: T.GRAPH, g: v.graph };
   if (typeof v === "object") return { name, type: T.FLOAT, f: v.float };
   return { name, type: T.INT, i: v };
 }

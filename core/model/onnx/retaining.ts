@@ -67,9 +67,9 @@ export async function readRetainingHeads(path: string, c: ModelConfig): Promise<
   return heads;
 }
 
-/** Adds layer l's retaining head over q, k, v projections [1, S, ·]; writes [1, Hkv, S] to `out`. */
-export function retainingHead(g: Graph, h: RetainingHead, q: string, k: string, v: string, out: string): void {
-  g.within("retain", () => {
+/** Adds layer l's retaining head over q, k, v projections [1, S, ·]; returns its scores [1, Hkv, S]. */
+export function retainingHead(g: Graph, h: RetainingHead, q: string, k: string, v: string): string {
+  return g.within("retain", () => {
     const F = h.w1.length / h.hidden;
     const K = h.b2.length;
     const x = g.op("Concat", [q, k, v], { axis: -1 }); // [1,S,F]
@@ -78,6 +78,6 @@ export function retainingHead(g: Graph, h: RetainingHead, q: string, k: string, 
     const a = g.op("Add", [g.op("MatMul", [x, g.op("Transpose", [w1])]), g.weight("b1", "float32", [h.hidden], h.b1)]);
     const hid = g.op("Mul", [a, g.op("Sigmoid", [a])]);
     const r = g.op("Add", [g.op("MatMul", [hid, g.op("Transpose", [w2])]), g.weight("b2", "float32", [K], h.b2)]);
-    g.op("Transpose", [r], { perm: [0, 2, 1] }, { out });
+    return g.op("Transpose", [r], { perm: [0, 2, 1] });
   });
 }
