@@ -15,6 +15,7 @@ import { io, OPSETS } from "../core/model/onnx/decoder.ts";
 import { STATS } from "../core/model/onnx/stats.ts";
 import { emptyPast } from "../core/model/session.ts";
 import { graphFor } from "../core/model/cache.ts";
+import { inverseFrequencies, ropeTables } from "../core/model/rope.ts";
 import { makeTinyModels } from "./model_fixtures.ts";
 import { rng } from "./helpers.ts";
 
@@ -77,13 +78,15 @@ Deno.test("decoder graph: with want_stats off the statistics are empty and logit
   const s = await o.InferenceSession.create((await graphFor(m.checkpoint, m.graph)).path);
   const r = rng(3);
   const P = 5, S = 4;
+  const rope = ropeTables(Array.from({ length: S }, (_, i) => P + i), inverseFrequencies(c));
   const feeds = (on: boolean) => {
     const f: Record<string, InstanceType<typeof o.Tensor>> = {
       input_ids: new o.Tensor("int64", BigInt64Array.from({ length: S }, () => BigInt(Math.floor(r() * c.vocab))), [
         1,
         S,
       ]),
-      positions: new o.Tensor("float32", Float32Array.from({ length: S }, (_, i) => P + i), [1, S]),
+      rope_cos: new o.Tensor("float32", rope.cos, [1, 1, S, c.headDim]),
+      rope_sin: new o.Tensor("float32", rope.sin, [1, 1, S, c.headDim]),
       window_start: new o.Tensor("int64", BigInt64Array.of(1n), [1]),
       past_lengths: new o.Tensor("float32", new Float32Array(c.layers * c.kvHeads).fill(P - 1), [c.layers, c.kvHeads]),
       [io.wantStats]: new o.Tensor("bool", Uint8Array.of(+on), []),
