@@ -246,10 +246,11 @@ if (parts.includes("speed")) {
           peak_rss_mib: mib(Number(r.peak_rss)),
           kv_mib: mib(Number(r.kv_peak_bytes)),
         };
-        // against llama.cpp at the same weight type (q8 ↔ q8_0)
-        const peer = llama[w === "q8" ? "q8_0" : w];
+        // against llama.cpp at the same weight type (q8 ↔ q8_0, q4 ↔ q4_0)
+        const peerType = w === "q8" ? "q8_0" : w === "q4" ? "q4_0" : w;
+        const peer = llama[peerType];
         if (peer && !peer.error) {
-          row.vs = `llama.cpp ${w === "q8" ? "q8_0" : w}`;
+          row.vs = `llama.cpp ${peerType}`;
           row.prefill_ratio = Number((Number(row.prefill_tok_s) / Number(peer.prefill_tok_s)).toFixed(2));
           row.decode_ratio = Number((Number(row.decode_tok_s) / Number(peer.decode_tok_s)).toFixed(2));
           row.rss_ratio = Number((Number(row.peak_rss_mib) / Number(peer.peak_rss_mib)).toFixed(2));
