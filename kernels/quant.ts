@@ -21,15 +21,16 @@
  * GGUF: Q8_0 (blocks of 32, an f16 scale, int8 values) and Q4_0 (blocks of 32,
  * an f16 scale, 4-bit values with an implied offset of 8) are exactly
  * symmetric blocks of 32 here: q = value + 2^(bits−1), scale = the f16 scale
- * as float32 — see {@link fromSignedBlocks}, which `gguf_blocks.ts` feeds
- * from a file's bytes. Q4_1 and Q8_1 carry a min rather than a zero point
- * (value = q·d + m), which is a zero point only when −m/d is an integer, so
- * they need re-quantization here; the K-quants (Q4_K, Q6_K …) use 256-wide super-blocks with 6-bit sub-block scales and mins: Q4_K's
+ * as float32 — see {@link fromSignedBlocks}. Q4_1 and Q8_1 carry a min rather
+ * than a zero point (value = q·d + m), which is a zero point only when −m/d is
+ * an integer, so they need re-quantization here; the K-quants (Q4_K, Q6_K …)
+ * use 256-wide super-blocks with 6-bit sub-block scales and mins: Q4_K's
  * sub-blocks of 32 become blocks of 32 with a float32 scale (d·scale) and a
  * *float* zero point (dmin·min / (d·scale)). MatMulNBits' spec allows float
  * zero points, but this module writes uint8 ones only and whether the int8
  * (accuracy level 4) kernels take float ones is not measured: Q4_K is
  * re-quantized for now. Q6_K (6 bits) has no MatMulNBits width.
+ * `gguf_blocks.ts` feeds {@link fromSignedBlocks} from a file's bytes.
  */
 
 /** A block-quantized matrix in MatMulNBits' layout. */
