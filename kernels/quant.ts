@@ -30,6 +30,7 @@
  * zero points, but this module writes uint8 ones only and whether the int8
  * (accuracy level 4) kernels take float ones is not measured: Q4_K is
  * re-quantized for now. Q6_K (6 bits) has no MatMulNBits width.
+ * `gguf_blocks.ts` feeds {@link fromSignedBlocks} from a file's bytes.
  */
 
 /** A block-quantized matrix in MatMulNBits' layout. */

@@ -8,6 +8,9 @@
  *
  *   deno run -A bench/peers/agreement.ts [--tokens 200] [--types f32,f16,q8_0] [--kv f32|f16] [--size tiny|small|360m]
  *     [--archs llama,mistral,qwen2,qwen3] [--llama3-rope] [--model DIR] [--out ROWS.json]
+ *     [--tome-weights f32|auto|q8|q4] [--accuracy 4|0]
+ *   (--tome-weights: how tome's graph holds the GGUF's matrices, default f32 (dequantized); auto/q8/q4 take
+ *   Q8_0/Q4_0 blocks unchanged; --accuracy: MatMulNBits accuracy_level, 4 = int8 activations as llama.cpp's q8_0 dot)
  *   (--model: an existing checkpoint directory, e.g. the retrieval model, instead of random ones;
  *   --out: also write the rows there, for bench/peers/peers.ts)
  *   deno run -A bench/peers/agreement.ts --tokenize
@@ -24,7 +27,13 @@ import { graphFor } from "../../core/model/cache.ts";
 import type { Arch } from "../../core/model/config.ts";
 import { convertToGguf, type WriteType } from "../../core/model/gguf/convert.ts";
 import { makeRandomModel, SIZES } from "../../core/model/make.ts";
-import { DEFAULT_GRAPH_OPTIONS } from "../../core/model/onnx/decoder.ts";
+import {
+  DEFAULT_GRAPH_OPTIONS,
+  DEFAULT_QUANT,
+  type GraphOptions,
+  resolveWeights,
+  type WeightChoice,
+} from "../../core/model/onnx/decoder.ts";
 import { emptyPast, ModelSession } from "../../core/model/session.ts";
 import { loadTokenizer } from "../../core/tokens/tokenizer.ts";
 import { report, type Row } from "../report.ts";
@@ -41,6 +50,8 @@ const { values: args } = parseArgs({
     "llama3-rope": { type: "boolean", default: false },
     model: { type: "string" },
     out: { type: "string" },
+    "tome-weights": { type: "string", default: "f32" },
+    accuracy: { type: "string", default: "4" },
   },
 });
 
@@ -82,10 +93,17 @@ async function llamaCppLogits(gguf: string, ids: number[]): Promise<{ logits: Fl
 
 async function tomeLogits(gguf: string, ids: number[]): Promise<Float32Array> {
   const ckpt = await openCheckpoint(gguf);
-  const opts = {
+  const weights = resolveWeights(ckpt, args["tome-weights"] as WeightChoice);
+  const quantized = weights === "q8" || weights === "q4";
+  const opts: GraphOptions = {
     ...DEFAULT_GRAPH_OPTIONS,
     logits: "all" as const,
     kvDtype: args.kv === "f32" ? "float32" as const : "float16" as const,
+    weights,
+    // q8/q4: the file's Q8_0/Q4_0 blocks unchanged, the rest re-quantized at DEFAULT_QUANT's block
+    ...(quantized
+      ? { quant: { ...DEFAULT_QUANT, accuracyLevel: Number(args.accuracy) as 0 | 4 }, fileBlocks: true }
+      : {}),
   };
   const s = await ModelSession.open(ckpt.config, opts, (await graphFor(ckpt, opts)).path);
   try {
@@ -177,6 +195,7 @@ for (const arch of (args.model ? ["llama"] : args.archs!.split(",")) as Arch[]) 
     rows.push({
       model: label,
       weights: type,
+      tome_weights: args["tome-weights"] === "f32" ? "f32" : `${args["tome-weights"]} (acc ${args.accuracy})`,
       kv: args.kv!,
       tokens: ids.length,
       top1_agree: `${agree}/${ids.length}`,

@@ -54,6 +54,8 @@ export interface LoadOptions {
   weights?: WeightChoice;
   /** Block quantization for q8/q4 (default DEFAULT_QUANT). */
   quant?: QuantOptions;
+  /** q8/q4 from a GGUF file: take its Q8_0/Q4_0 blocks unchanged (default true; `GraphOptions.fileBlocks`). */
+  fileBlocks?: boolean;
   /** Further onnxruntime session options (benches measure them one by one). */
   ort?: SessionOptions["ort"];
   /** Called after each stage (checkpoint, graph, session): benches read resident memory there. */
@@ -73,6 +75,9 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     logits: opts.allLogits ? "all" : "last",
     weights,
     ...(weights === "q8" || weights === "q4" ? { quant: opts.quant ?? DEFAULT_QUANT } : {}),
+    ...((weights === "q8" || weights === "q4") && checkpoint.readBlocks && opts.fileBlocks !== false
+      ? { fileBlocks: true }
+      : {}),
     ...(opts.retainingHeads ? { retainingHeads: opts.retainingHeads } : {}),
   };
   // the generation config is checked before the (possibly long) graph build

@@ -2,6 +2,7 @@ import { basename, join } from "node:path";
 import { fsError, TomeError } from "../errors.ts";
 import { type ModelConfig, readConfig } from "./config.ts";
 import { readHeader, readTensor, type TensorInfo } from "./safetensors.ts";
+import type { BlockQuant } from "../../kernels/quant.ts";
 import { isGgufModel, openGgufCheckpoint } from "./gguf/checkpoint.ts";
 
 /** An opened Hugging Face checkpoint directory: config, and where every tensor lies. */
@@ -17,6 +18,13 @@ export interface Checkpoint {
   readTensor?: (name: string) => Promise<Float32Array>;
   /** Set by GGUF checkpoints: hashed into the graph cache key in place of config.json. */
   identity?: string;
+  /** Set by GGUF checkpoints: each tensor's GGML type (Q8_0, Q4_K, F16 …) under its Hugging Face name. */
+  ggmlTypes?: Map<string, string>;
+  /**
+   * Set by GGUF checkpoints: a matrix's own blocks as `bits`-wide MatMulNBits blocks of 32, in Hugging Face
+   * layout, when its type takes them unchanged (Q8_0, Q4_0: `kernels/gguf_blocks.ts`); else null.
+   */
+  readBlocks?: (name: string, bits: 4 | 8) => Promise<BlockQuant | null>;
 }
 
 /** Names of one layer's tensors, prefix `model.layers.N.`. */

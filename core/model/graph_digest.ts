@@ -9,7 +9,10 @@
  * (and probe retaining heads when the options name a file). The digest covers
  * both files the builder writes, so any change to nodes, attributes, inputs,
  * outputs, initializer names, shapes, layouts or how weights are transformed
- * (e.g. transposed) changes it. It is computed once per process and
+ * (e.g. transposed) changes it. With `fileBlocks` (GGUF Q8_0/Q4_0 blocks taken
+ * unchanged) the probe's matrices are 32 columns wide or more and reach the
+ * builder through the GGUF block path (`gguf/blocks.ts`), so that path is in
+ * the digest too. It is computed once per process and
  * configuration: 10–80 ms for the tiny test model, 120–170 ms for the 360M
  * shape, measured on 2 shared cores under load (tests/cache_test.ts logs it).
  */
@@ -21,18 +24,26 @@ import type { ModelConfig } from "./config.ts";
 import { buildGraph } from "./graph_build.ts";
 import { createBuildDir } from "./lock.ts";
 import { makeRetainingHeads } from "./make.ts";
+import { probeReadBlocks } from "./gguf/blocks.ts";
 import type { GraphOptions } from "./onnx/decoder.ts";
 import { readHeader, type TensorToWrite, writeSafetensors } from "./safetensors.ts";
 
-/** The configuration the builder is probed with: `c`'s features at toy sizes. */
-export function probeConfig(c: ModelConfig): ModelConfig {
+/**
+ * The configuration the builder is probed with: `c`'s features at toy sizes; with `wholeBlocks`, every
+ * matrix's input width a multiple of 32, so GGUF blocks of 32 (`fileBlocks`) take the probe's matrices.
+ */
+export function probeConfig(c: ModelConfig, wholeBlocks = false): ModelConfig {
   const group = Math.max(1, Math.round(c.heads / c.kvHeads));
   const kvHeads = Math.min(c.kvHeads, 2);
   const heads = kvHeads * group;
-  const headDim = 4;
-  const hidden = c.hidden === c.heads * c.headDim ? heads * headDim : heads * headDim + 4;
-  return { ...c, layers: 2, heads, kvHeads, headDim, hidden, intermediate: 12, vocab: 16 };
+  const headDim = wholeBlocks ? 32 : 4;
+  const hidden = c.hidden === c.heads * c.headDim ? heads * headDim : heads * headDim + headDim;
+  const intermediate = wholeBlocks ? 32 : 12;
+  return { ...c, layers: 2, heads, kvHeads, headDim, hidden, intermediate, vocab: 16 };
 }
+
+/** True when the options take GGUF blocks unchanged: the probe then reads its matrices as GGUF blocks. */
+const takesFileBlocks = (opts: GraphOptions) => !!opts.fileBlocks && (opts.weights === "q8" || opts.weights === "q4");
 
 const memo = new Map<string, Promise<string>>();
 
@@ -42,7 +53,7 @@ const memo = new Map<string, Promise<string>>();
  * builds (in a locked `.building-*` directory, removed afterwards).
  */
 export function builderDigest(ckpt: Checkpoint, opts: GraphOptions, scratch: string): Promise<string> {
-  const config = probeConfig(ckpt.config);
+  const config = probeConfig(ckpt.config, takesFileBlocks(opts));
   const probeOpts = { ...opts, retainingHeads: opts.retainingHeads ? "probe" : undefined };
   const id = JSON.stringify({ config, tied: ckpt.tiedEmbeddings, probeOpts });
   let digest = memo.get(id);
@@ -77,6 +88,7 @@ export async function computeBuilderDigest(
       files: [],
       tiedEmbeddings: tied,
     };
+    if (takesFileBlocks(opts)) probe.readBlocks = probeReadBlocks(probe);
     const probeOpts = { ...opts };
     if (opts.retainingHeads) {
       probeOpts.retainingHeads = join(dir.path, "retaining.safetensors");

@@ -2,7 +2,8 @@
  * A GGUF file (or `ollama:NAME[:TAG]`) opened as a tome Checkpoint: config from
  * the metadata, tensors under their Hugging Face names and shapes, read lazily,
  * dequantized to float32 and, for the `llama` architecture, with q/k rows
- * un-permuted back to the rotate-half layout.
+ * un-permuted back to the rotate-half layout — or, for Q8_0/Q4_0 matrices at
+ * q8/q4, as the file's own blocks (`readBlocks`, `blocks.ts`).
  */
 import { basename } from "node:path";
 import { TomeError } from "../../errors.ts";
@@ -13,7 +14,9 @@ import { configFromGguf } from "./config.ts";
 import { type GgufHeader, meta } from "./format.ts";
 import { hfName, permuteHeads, permuteRows } from "./names.ts";
 import { OLLAMA_PREFIX, resolveOllama } from "./ollama.ts";
-import { readGgufHeader, readTensorF32 } from "./reader.ts";
+import { readGgufHeader, readTensorBytes, readTensorF32 } from "./reader.ts";
+import { fileBlocks } from "./blocks.ts";
+import { takesUnchanged } from "../../../kernels/gguf_blocks.ts";
 
 /** True when a `--model` value names a GGUF file or an Ollama model rather than a checkpoint directory. */
 export function isGgufModel(spec: string): boolean {
@@ -75,6 +78,13 @@ export async function openGgufCheckpoint(spec: string): Promise<Checkpoint> {
     const heads = permuteHeads(arch, name, config.heads, config.kvHeads);
     return heads ? permuteRows(data, heads, t.dims.length > 1 ? t.dims[0] : 1, false) : data;
   };
+  // Q8_0/Q4_0 matrices as the file's own blocks, never widened to float32
+  const readBlocks = async (name: string, bits: 4 | 8) => {
+    const t = ggufOf.get(name);
+    if (!t || t.dims.length !== 2 || !takesUnchanged(t.type, bits)) return null;
+    const [cols, rows] = t.dims;
+    return fileBlocks(arch, config, name, t.type, await readTensorBytes(h, t), rows, cols, bits);
+  };
   return {
     dir: h.path,
     config,
@@ -82,6 +92,8 @@ export async function openGgufCheckpoint(spec: string): Promise<Checkpoint> {
     files: [{ name: basename(h.path), size: h.fileSize, mtime: h.mtime }],
     tiedEmbeddings: tied,
     readTensor,
+    readBlocks,
+    ggmlTypes: new Map([...ggufOf].map(([name, t]) => [name, t.type])),
     identity: JSON.stringify({ gguf: h.path, size: h.fileSize, mtime: h.mtime, config }),
   };
 }

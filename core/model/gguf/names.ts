@@ -71,13 +71,19 @@ export function permuteHeads(ggufArchName: string, hf: string, heads: number, kv
 /**
  * Reorders the rows of a [heads·d, cols] matrix (or a bias, cols = 1) between
  * rotate-half order (row h·d + i·d/2 + j) and interleaved order (row h·d + 2j + i):
- * `toGgml` true permutes as llama.cpp's converter does, false undoes it.
+ * `toGgml` true permutes as llama.cpp's converter does, false undoes it. Rows of
+ * MatMulNBits blocks (bytes, or scales) permute the same way, `cols` being a row's length.
  */
-export function permuteRows(w: Float32Array, heads: number, cols: number, toGgml: boolean): Float32Array {
+export function permuteRows<T extends Float32Array | Uint8Array>(
+  w: T,
+  heads: number,
+  cols: number,
+  toGgml: boolean,
+): T {
   const rows = w.length / cols;
   const d = rows / heads;
   const half = d / 2;
-  const out = new Float32Array(w.length);
+  const out = (w instanceof Float32Array ? new Float32Array(w.length) : new Uint8Array(w.length)) as T;
   for (let h = 0; h < heads; h++) {
     for (let i = 0; i < 2; i++) {
       for (let j = 0; j < half; j++) {

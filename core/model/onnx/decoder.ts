@@ -63,7 +63,7 @@
  */
 import { type StatName, STATS } from "./stats.ts";
 import { f32ToBf16, f32ToF16 } from "../../../kernels/fp16.ts";
-import { quantizeBlocks, zeroPointBytes } from "../../../kernels/quant.ts";
+import { type BlockQuant, quantizeBlocks, zeroPointBytes } from "../../../kernels/quant.ts";
 import type { Checkpoint } from "../checkpoint.ts";
 import { layerTensorNames, loadTensor } from "../checkpoint.ts";
 import type { PositionMode } from "../config.ts";
@@ -110,6 +110,12 @@ export interface GraphOptions {
   weights: WeightType;
   /** For q8/q4 (default {@link DEFAULT_QUANT}). */
   quant?: QuantOptions;
+  /**
+   * For q8/q4 from a GGUF file: matrices whose GGML type fits the weight type unchanged (Q8_0 and Q4_0 at q8,
+   * Q4_0 at q4: `kernels/gguf_blocks.ts`) take the file's own blocks of 32, bit-exact; the others are
+   * re-quantized with `quant`. A graph with and without it never shares a cache entry (the options are in the key).
+   */
+  fileBlocks?: boolean;
   logits: "last" | "all";
   /** Locret retaining heads (a safetensors file): adds the `retain_L` outputs. */
   retainingHeads?: string;
@@ -134,8 +140,39 @@ export const OPSETS = { "": 23, "com.microsoft": 1 };
  */
 export function resolveWeights(ckpt: Checkpoint, choice: WeightChoice = "auto"): WeightType {
   if (choice !== "auto") return choice;
+  if (ckpt.ggmlTypes) return ggufWeights(ckpt);
   const dtype = ckpt.tensors.get("model.embed_tokens.weight")?.dtype ?? "F32";
   return dtype === "F32" ? "f32" : dtype === "F16" ? "f16" : "bf16";
+}
+
+/** The tome weight type holding each GGML type's precision: 5 and 6 bits go to q8, 2 to 4 bits to q4. */
+const GGML_WEIGHTS: Record<string, WeightType> = {
+  F32: "f32",
+  F16: "f16",
+  BF16: "bf16",
+  Q8_0: "q8",
+  Q8_1: "q8",
+  Q6_K: "q8",
+  Q5_0: "q8",
+  Q5_1: "q8",
+  Q5_K: "q8",
+  Q4_0: "q4",
+  Q4_1: "q4",
+  Q4_K: "q4",
+  Q3_K: "q4",
+  Q2_K: "q4",
+};
+
+/** `auto` for a GGUF file: the weight type of the GGML type holding most of its matrices' values. */
+function ggufWeights(ckpt: Checkpoint): WeightType {
+  const count = new Map<WeightType, number>();
+  for (const [name, type] of ckpt.ggmlTypes!) {
+    const shape = ckpt.tensors.get(name)?.shape ?? [];
+    const wt = GGML_WEIGHTS[type];
+    if (shape.length !== 2 || !wt) continue;
+    count.set(wt, (count.get(wt) ?? 0) + shape[0] * shape[1]);
+  }
+  return [...count].sort((a, b) => b[1] - a[1])[0]?.[0] ?? "f32";
 }
 
 export { type StatName, STATS };
@@ -172,9 +209,19 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
     if (wt === "bf16") return g.op("Cast", [g.weight(`${name}.bf16`, "bfloat16", dims, f32ToBf16(data))], { to: 1 });
     return g.weight(name, "float32", dims, data);
   };
-  /** A [rows, cols] matrix as MatMulNBits blocks: data [rows, blocks, blob], scales [rows, blocks], zero points. */
-  const blocks = (name: string, w: Float32Array, rows: number, cols: number) => {
-    const q = quantizeBlocks(w, rows, cols, { bits: bits as 4 | 8, block: quant.block, symmetric: quant.symmetric });
+  /**
+   * A [rows, cols] matrix as MatMulNBits blocks: the GGUF file's own blocks of 32 where they fit (`fileBlocks`),
+   * else quantized from float32 with `quant`.
+   */
+  const quantized = async (name: string, rows: number, cols: number): Promise<BlockQuant> => {
+    const own = opts.fileBlocks && ckpt.readBlocks ? await ckpt.readBlocks(name, bits as 4 | 8) : null;
+    if (own) return own;
+    const w = await loadTensor(ckpt, name);
+    return quantizeBlocks(w, rows, cols, { bits: bits as 4 | 8, block: quant.block, symmetric: quant.symmetric });
+  };
+  /** Block-quantized initializers: data [rows, blocks, blob], scales [rows, blocks], zero points. */
+  const blocks = (name: string, q: BlockQuant) => {
+    const rows = q.rows;
     const nb = q.scales.length / rows;
     return {
       q,
@@ -192,13 +239,13 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       K: b.q.cols,
       N: b.q.rows,
       bits,
-      block_size: quant.block,
+      block_size: b.q.block,
       accuracy_level: quant.accuracyLevel,
     }, { domain: "com.microsoft" });
   /** x times a linear layer's weight [out, in], transposed: MatMul on [in, out], or MatMulNBits. */
   const linear = async (x: string, name: string, out: number, inn: number) => {
+    if (bits) return matMulNBits(x, blocks(name, await quantized(name, out, inn)));
     const w = await loadTensor(ckpt, name);
-    if (bits) return matMulNBits(x, blocks(name, w, out, inn));
     const t = new Float32Array(w.length);
     for (let o = 0; o < out; o++) for (let i = 0; i < inn; i++) t[i * out + o] = w[o * inn + i];
     return g.op("MatMul", [x, matrix(`${name}.T`, [inn, out], t)]);
@@ -269,13 +316,12 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   // embed: a row lookup on the table as stored (16-bit rows cast after the lookup; blocks dequantized by
   // GatherBlockQuantized), so the table is never widened to float32
   const embedName = "model.embed_tokens.weight";
-  const embedW = await loadTensor(ckpt, embedName);
   let x: string;
   let embed: string | Blocks;
   if (bits) {
     // GatherBlockQuantized reads MatMulNBits' data [V, blocks, blob] as [V, blocks, block] quantized along
     // axis 2; it wants its scales (and zero points, one a byte) shaped [V, blocks, 1], a small second copy
-    const b = blocks(embedName, embedW, V, D);
+    const b = blocks(embedName, await quantized(embedName, V, D));
     embed = b;
     const nb = b.q.scales.length / V;
     const zeros = b.q.zeroPoints ? unpackZeros(b.q.zeroPoints, V, nb, bits) : null;
@@ -287,15 +333,17 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
         g.weight(`${embedName}.gather_scales`, "float32", [V, nb, 1], b.q.scales),
         ...(zeros ? [g.weight(`${embedName}.gather_zeros`, "uint8", [V, nb, 1], zeros)] : []),
       ],
-      { gather_axis: 0, quantize_axis: 2, block_size: quant.block, bits },
+      { gather_axis: 0, quantize_axis: 2, block_size: b.q.block, bits },
       { domain: "com.microsoft" },
     ); // [1,S,nb,block]
-    x = g.op("Reshape", [rowsOut, g.ints([1, -1, nb * quant.block])]);
-    if (nb * quant.block !== D) x = g.op("Slice", [x, g.ints([0]), g.ints([D]), g.ints([2])]);
+    x = g.op("Reshape", [rowsOut, g.ints([1, -1, nb * b.q.block])]);
+    if (nb * b.q.block !== D) x = g.op("Slice", [x, g.ints([0]), g.ints([D]), g.ints([2])]);
   } else if (wt === "f32") {
+    const embedW = await loadTensor(ckpt, embedName);
     embed = g.weight(embedName, "float32", [V, D], embedW);
     x = g.op("Gather", [embed, ids], { axis: 0 });
   } else {
+    const embedW = await loadTensor(ckpt, embedName);
     const half = wt === "f16"
       ? g.weight(`${embedName}.f16`, "float16", [V, D], f32ToF16(embedW))
       : g.weight(`${embedName}.bf16`, "bfloat16", [V, D], f32ToBf16(embedW));
@@ -391,7 +439,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
     const tied = embed as Blocks;
     const head = ckpt.tiedEmbeddings
       ? { ...tied, data: g.alias(`${embedName}.head.q${bits}`, tied.data) }
-      : blocks("lm_head.weight", await loadTensor(ckpt, "lm_head.weight"), V, D);
+      : blocks("lm_head.weight", await quantized("lm_head.weight", V, D));
     logits = matMulNBits(rows, head);
   } else {
     const head = ckpt.tiedEmbeddings
