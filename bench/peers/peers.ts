@@ -215,7 +215,21 @@ if (parts.includes("speed")) {
       };
       llama[type] = row;
       rows.push(row);
+      compare();
       await write();
+    };
+    // against llama.cpp at the same weight type (q8 ↔ q8_0, q4 ↔ q4_0), filled in as the peers' rows arrive
+    const tomeRows: [string, Row][] = [];
+    const compare = () => {
+      for (const [w, row] of tomeRows) {
+        const peerType = w === "q8" ? "q8_0" : w === "q4" ? "q4_0" : w;
+        const peer = llama[peerType];
+        if (!peer || peer.error) continue;
+        row.vs = `llama.cpp ${peerType}`;
+        row.prefill_ratio = Number((Number(row.prefill_tok_s) / Number(peer.prefill_tok_s)).toFixed(2));
+        row.decode_ratio = Number((Number(row.decode_tok_s) / Number(peer.decode_tok_s)).toFixed(2));
+        row.rss_ratio = Number((Number(row.peak_rss_mib) / Number(peer.peak_rss_mib)).toFixed(2));
+      }
     };
     await runLlama(types[0]);
     for (const w of weights) {
@@ -246,16 +260,9 @@ if (parts.includes("speed")) {
           peak_rss_mib: mib(Number(r.peak_rss)),
           kv_mib: mib(Number(r.kv_peak_bytes)),
         };
-        // against llama.cpp at the same weight type (q8 ↔ q8_0, q4 ↔ q4_0)
-        const peerType = w === "q8" ? "q8_0" : w === "q4" ? "q4_0" : w;
-        const peer = llama[peerType];
-        if (peer && !peer.error) {
-          row.vs = `llama.cpp ${peerType}`;
-          row.prefill_ratio = Number((Number(row.prefill_tok_s) / Number(peer.prefill_tok_s)).toFixed(2));
-          row.decode_ratio = Number((Number(row.decode_tok_s) / Number(peer.decode_tok_s)).toFixed(2));
-          row.rss_ratio = Number((Number(row.peak_rss_mib) / Number(peer.peak_rss_mib)).toFixed(2));
-        }
+        tomeRows.push([w, row]);
         rows.push(row);
+        compare();
         await write();
       }
     }
