@@ -109,7 +109,9 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
   }
   const merger = makeMerger(o.merge, policy);
   const keyChannels = thinKeys(o.keyChannels, config.headDim, window);
-  if (keyChannels && merger) throw new TomeError("usage", "--key-channels does not combine with merging (--merge, or --policy ems)");
+  if (keyChannels && merger) {
+    throw new TomeError("usage", "--key-channels does not combine with merging (--merge, or --policy ems)");
+  }
   const plan = planBudgets(policy, config, {
     budget,
     decodeBudget,
