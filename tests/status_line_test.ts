@@ -102,6 +102,7 @@ Deno.test("the live display draws its two lines through the status line and clea
     kvBytes: 65536,
     kvPeakBytes: 70000,
     footprint: 0.25,
+    footprintBytes: 0.25,
     peakFraction: 0.03,
     rssBytes: 1 << 20,
     rssPeakBytes: 1 << 21,

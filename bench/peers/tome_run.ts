@@ -1,9 +1,9 @@
 /**
  * tome's side of one speed-and-memory run of bench/peers/peers.ts, in a
  * process of its own so the peak RSS it prints (VmHWM) is this run's alone:
- * chunked prefill of the prompt (chunk 512), then DECODE greedy tokens.
+ * chunked prefill of the prompt (chunk 512 unless CHUNK), then DECODE greedy tokens.
  *
- *   deno run -A --v8-flags=--optimize-for-size bench/peers/tome_run.ts MODEL_DIR IDS.json POLICY BUDGET DECODE THREADS [WEIGHTS]
+ *   deno run -A --v8-flags=--optimize-for-size bench/peers/tome_run.ts MODEL_DIR IDS.json POLICY BUDGET DECODE THREADS [WEIGHTS] [CHUNK]
  *
  * Prints {prefill_s, decode_s, decoded, kv_peak_bytes, peak_rss}. WEIGHTS (f32, q8, …) is passed to
  * loadModel only when this checkout's graph builder knows weight types (`resolveWeights` exported).
@@ -12,7 +12,7 @@ import { generate, loadModel, read } from "../../core/mod.ts";
 import { rss } from "../../core/meter/rss.ts";
 import * as decoder from "../../core/model/onnx/decoder.ts";
 
-const [dir, idsPath, policy, budget, decode, threads, weights] = Deno.args;
+const [dir, idsPath, policy, budget, decode, threads, weights, chunk] = Deno.args;
 const ids: number[] = JSON.parse(await Deno.readTextFile(idsPath));
 // f16 KV: the CLI's default, and llama.cpp's
 const opts: Record<string, unknown> = { threads: Number(threads), kvDtype: "float16" };
@@ -26,7 +26,7 @@ const state = await read({ ids: ids.slice(0, -8) }, {
   model,
   policy,
   budget: Number(budget),
-  chunk: 512,
+  chunk: Number(chunk ?? 512),
   question: suffix,
 });
 let first = 0, n = 0;
