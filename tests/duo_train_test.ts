@@ -10,23 +10,12 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { normals, uniform } from "../kernels/random.ts";
-import { loadCorpus } from "../core/input/corpus.ts";
-import { openCheckpoint } from "../core/model/checkpoint.ts";
 import type { ModelConfig } from "../core/model/config.ts";
-import { makeRandomModel, SIZES } from "../core/model/make.ts";
-import {
-  appendEntries,
-  type LayerWeights,
-  linear,
-  loadWeights,
-  type Past,
-  type Weights,
-} from "../core/model/reference.ts";
+import { appendEntries, type LayerWeights, linear, type Past, type Weights } from "../core/model/reference.ts";
 import { retrievalConfig, retrievalWeights } from "../core/model/retrieval.ts";
 import { layerTensorNames } from "../core/model/checkpoint.ts";
 import { parseConfig } from "../core/model/config.ts";
 import { parseDuoMask } from "../core/policies/duo.ts";
-import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { streamingHead, trainDuo } from "../core/train/duo.ts";
 import {
   accumulate,
@@ -41,23 +30,11 @@ import {
 import { needleSample, type Sample } from "../core/train/samples.ts";
 import { prefill, step } from "../core/train/targets.ts";
 import { tome } from "./helpers.ts";
-import { writeTestTokenizer } from "./model_fixtures.ts";
+import { trainingFixture } from "./model_fixtures.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-duo-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(root, { recursive: true }));
-const tiny = join(root, "tiny");
-await makeRandomModel(tiny, {
-  arch: "llama",
-  shape: SIZES.tiny,
-  seed: 5,
-  dtype: "F32",
-  tokenizer: await writeTestTokenizer(join(root, "tok")),
-});
-const ckpt = await openCheckpoint(tiny);
-const c = ckpt.config;
-const weights = await loadWeights(ckpt);
-const tok = await loadTokenizer(tiny);
-const corpus = (await loadCorpus()).text.slice(0, 200_000);
+const { dir: tiny, c, weights, tok, corpus } = await trainingFixture(root, 5);
 
 /** A prefilled cache of P tokens and the window after it, through the reference forward. */
 function windowOf(cfg: ModelConfig, w: Weights, ids: number[], P: number, chunk: number) {

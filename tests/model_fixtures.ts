@@ -1,6 +1,10 @@
 import { join } from "node:path";
 import type { Arch } from "../core/model/config.ts";
 import { makeRandomModel, SIZES } from "../core/model/make.ts";
+import { openCheckpoint } from "../core/model/checkpoint.ts";
+import { loadWeights } from "../core/model/reference.ts";
+import { loadCorpus } from "../core/input/corpus.ts";
+import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { sentencepieceStyleTokenizer } from "./fixture_text.ts";
 
 /** Writes a small generated tokenizer (vocab ≈ 370) into `dir`. */
@@ -77,4 +81,25 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
   return m;
+}
+
+/** What the training tests share: a tiny random Llama (f32) with its checkpoint, weights, tokenizer and a corpus slice. */
+export async function trainingFixture(root: string, seed: number) {
+  const dir = join(root, "tiny");
+  await makeRandomModel(dir, {
+    arch: "llama",
+    shape: SIZES.tiny,
+    seed,
+    dtype: "F32",
+    tokenizer: await writeTestTokenizer(join(root, "tok")),
+  });
+  const ckpt = await openCheckpoint(dir);
+  return {
+    dir,
+    ckpt,
+    c: ckpt.config,
+    weights: await loadWeights(ckpt),
+    tok: await loadTokenizer(dir),
+    corpus: (await loadCorpus()).text.slice(0, 200_000),
+  };
 }

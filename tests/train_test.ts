@@ -8,35 +8,19 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { adamState, adamwStep, clipGradNorm, type Mlp, mlpBackward, mlpForward, zeroMlp } from "../kernels/mlp.ts";
 import { normals, uniform } from "../kernels/random.ts";
-import { loadCorpus } from "../core/input/corpus.ts";
-import { openCheckpoint } from "../core/model/checkpoint.ts";
-import { makeRandomModel, SIZES } from "../core/model/make.ts";
 import { readRetainingHeads } from "../core/model/onnx/retaining.ts";
-import { forward, loadWeights } from "../core/model/reference.ts";
+import { forward } from "../core/model/reference.ts";
 import { parseDuoMask } from "../core/policies/duo.ts";
-import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { measureDuo, streamingHead } from "../core/train/duo.ts";
 import { buildPools, initHead, LOCRET_DEFAULTS, type LocretTrainOptions, trainHeads } from "../core/train/locret.ts";
 import { locretLoss } from "../core/train/loss.ts";
 import { needleSample } from "../core/train/samples.ts";
 import { featureWidth, prefill, sampleTargets, step } from "../core/train/targets.ts";
 import { tome } from "./helpers.ts";
-import { writeTestTokenizer } from "./model_fixtures.ts";
+import { trainingFixture } from "./model_fixtures.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-train-" });
-const tiny = join(root, "tiny");
-await makeRandomModel(tiny, {
-  arch: "llama",
-  shape: SIZES.tiny,
-  seed: 3,
-  dtype: "F32",
-  tokenizer: await writeTestTokenizer(join(root, "tok")),
-});
-const ckpt = await openCheckpoint(tiny);
-const c = ckpt.config;
-const weights = await loadWeights(ckpt);
-const tok = await loadTokenizer(tiny);
-const corpus = (await loadCorpus()).text.slice(0, 200_000);
+const { dir: tiny, c, weights, tok, corpus } = await trainingFixture(root, 3);
 
 globalThis.addEventListener("unload", () => Deno.removeSync(root, { recursive: true }));
 
