@@ -8,6 +8,10 @@
 import type { ModelConfig } from "../core/model/config.ts";
 import { forward, type Past, type Weights } from "../core/model/reference.ts";
 import { bruteForceStats } from "./model_fixtures.ts";
+import { type KvPrediction, predictKv } from "../core/engine/estimate.ts";
+import { patchTokens } from "../core/engine/resolve.ts";
+import type { LoadedModel, ReadState } from "../core/mod.ts";
+import { KVZIP_PROMPT } from "../core/policies/kvzip.ts";
 
 interface Entry {
   pos: number;
@@ -207,4 +211,19 @@ export function oracleKept(c: ModelConfig, w: Weights, ids: number[], o: OracleO
     }
   }
   return cache.map((layer) => layer.map((h) => h.map((e) => e.pos)));
+}
+
+/** `tome estimate`'s replay (predictKv) of a read of `documentTokens` ids in f32 KV, then a suffix and `maxTokens`. */
+export function predictRead(
+  m: LoadedModel,
+  state: ReadState,
+  o: { prefixTokens: number; documentTokens: number; chunk: number; suffixTokens: number; maxTokens: number },
+): KvPrediction {
+  return predictKv({
+    config: m.config,
+    plan: state.run.plan,
+    bytesPerElement: 4,
+    ...o,
+    patchTokens: patchTokens(state.run, o.suffixTokens, m.tokenizer.encode(KVZIP_PROMPT).length),
+  });
 }

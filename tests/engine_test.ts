@@ -6,14 +6,12 @@ import { kvBytesPerToken } from "../core/model/config.ts";
 import { appendEntries, forward, loadWeights, type Past, type Weights } from "../core/model/reference.ts";
 import { TomeError } from "../core/errors.ts";
 import { parseDuoMask } from "../core/policies/duo.ts";
-import { predictKv } from "../core/engine/estimate.ts";
-import { patchTokens } from "../core/engine/resolve.ts";
 import { KVZIP_PROMPT } from "../core/policies/kvzip.ts";
 import { makeRetainingHeads } from "../core/model/make.ts";
 import { readRetainingHeads } from "../core/model/onnx/retaining.ts";
 import { mixedText } from "./fixture_text.ts";
 import { rng } from "./helpers.ts";
-import { oracleKept } from "./engine_oracle.ts";
+import { oracleKept, predictRead } from "./engine_oracle.ts";
 import { makeTinyModels, maxAbsDiff, TINY_MODELS } from "./model_fixtures.ts";
 import type { PositionMode } from "../core/model/config.ts";
 
@@ -278,14 +276,10 @@ Deno.test("estimate: predicted KV peak, after-read and full-cache bytes equal th
           const afterRead = state.meter.summary().kvBytes;
           for await (const _ of generate(state, { suffix, maxTokens, eos: [] })) { /* drain */ }
           const s = state.meter.summary();
-          const p = predictKv({
-            config: m.config,
-            plan: state.run.plan,
-            bytesPerElement: 4,
+          const p = predictRead(m, state, {
             prefixTokens: prefix.length,
             documentTokens: ids.length,
             chunk,
-            patchTokens: patchTokens(state.run, suffix.length, m.tokenizer.encode(KVZIP_PROMPT).length),
             suffixTokens: suffix.length,
             maxTokens,
           });

@@ -23,11 +23,11 @@ import { kvBytesPerToken, type KvDtype } from "../core/model/config.ts";
 import { forward, loadWeights, type Past } from "../core/model/reference.ts";
 import type { KvArray } from "../core/model/session.ts";
 import { makePolicy } from "../core/policies/mod.ts";
-import { KVZIP_PROMPT } from "../core/policies/kvzip.ts";
 import { keyChannelsFlag } from "../cli/options.ts";
 import { fromF16Bits } from "../kernels/fp16.ts";
 import { rng, tome } from "./helpers.ts";
 import { makeTinyModels, maxAbsDiff } from "./model_fixtures.ts";
+import { predictRead } from "./engine_oracle.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-think-test-" });
 Deno.env.set("TOME_CACHE", join(root, "cache"));
@@ -273,14 +273,10 @@ Deno.test("thin keys: tome estimate's replay equals the meter", async (t) => {
         const afterRead = state.meter.summary().kvBytes;
         for await (const _ of generate(state, { suffix, maxTokens, eos: [] })) { /* drain */ }
         const s = state.meter.summary();
-        const p = predictKv({
-          config: m.config,
-          plan: state.run.plan,
-          bytesPerElement: 4,
+        const p = predictRead(m, state, {
           prefixTokens: prefix.length,
           documentTokens: ids.length,
           chunk,
-          patchTokens: patchTokens(state.run, suffix.length, m.tokenizer.encode(KVZIP_PROMPT).length),
           suffixTokens: suffix.length,
           maxTokens,
         });
