@@ -6,7 +6,7 @@ import { openCheckpoint } from "../../core/model/checkpoint.ts";
 import { loadWeights } from "../../core/model/reference.ts";
 import { loadTokenizer } from "../../core/tokens/tokenizer.ts";
 import { DUO_DEFAULTS, duoTsv, measureDuo, trainDuo } from "../../core/train/duo.ts";
-import { samples } from "../../core/train/samples.ts";
+import { runSamples } from "../../core/train/samples.ts";
 import {
   buildPools,
   LOCRET_DEFAULTS,
@@ -212,7 +212,7 @@ export function trainCommand(program: Command): void {
           `KL per head: ${rows(r.deviation)}`,
         ]);
       } else {
-        const data = samples({ ...o, tok, bos: p.ckpt.config.bosTokenId, count: o.samples });
+        const data = runSamples(p.ckpt.config, tok, o);
         const r = trainDuo(p.ckpt.config, weights, data, o, (done) => show(done, o.samples));
         text = duoTsv(r.alpha, [
           `tome train duo: DuoAttention gates (arXiv 2410.10819), α·full + (1−α)·streaming (${o.sinks} sinks + ${o.recent} recent), trained layer by layer: ‖o_proj(mix) − o_proj(full)‖² / ‖o_proj(full)‖² over the answer window + λ·Σα, λ = ${o.lambda}`,

@@ -14,7 +14,7 @@
 import type { ModelConfig } from "../model/config.ts";
 import { appendEntries, type Past, type Weights } from "../model/reference.ts";
 import type { Tokenizer } from "../tokens/tokenizer.ts";
-import { type Sample, samples } from "./samples.ts";
+import { runSamples, type Sample } from "./samples.ts";
 import { accumulate, emptyStats, gateDirections, type GateStats, headOutputs, trainGates } from "./duo_gates.ts";
 import { prefill, step } from "./targets.ts";
 
@@ -91,15 +91,7 @@ export function measureDuo(
 ): { deviation: number[][]; alpha: number[][] } {
   const dev = Array.from({ length: c.layers }, () => new Array(c.kvHeads).fill(0));
   let done = 0;
-  const gen = samples({
-    corpus: o.corpus,
-    data: o.data,
-    tok,
-    bos: c.bosTokenId,
-    length: o.length,
-    count: o.samples,
-    seed: o.seed,
-  });
+  const gen = runSamples(c, tok, o);
   for (const s of gen) {
     const qStart = s.answerStart - 1;
     const past = prefill(c, w, s.ids, qStart, o.chunk);

@@ -16,7 +16,7 @@ import { type TensorToWrite, writeSafetensors } from "../model/safetensors.ts";
 import type { Tokenizer } from "../tokens/tokenizer.ts";
 import { locretLoss } from "./loss.ts";
 import { addSegments, featureStats, type LayerPool, segmentStarts } from "./pool.ts";
-import { samples } from "./samples.ts";
+import { runSamples } from "./samples.ts";
 import { featureWidth, sampleTargets } from "./targets.ts";
 
 export interface LocretTrainOptions {
@@ -110,15 +110,7 @@ export function buildPools(
   const pools: LayerPool[] = Array.from({ length: c.layers }, () => ({ x: [], y: [] }));
   const rnd = uniform(seedFor(o.seed, "segments"));
   let done = 0;
-  const gen = samples({
-    corpus: o.corpus,
-    data: o.data,
-    tok,
-    bos: c.bosTokenId,
-    length: o.length,
-    count: o.samples,
-    seed: o.seed,
-  });
+  const gen = runSamples(c, tok, o);
   for (const s of gen) {
     const t = sampleTargets(c, w, s, o.chunk);
     addSegments(pools, t, segmentStarts(t, c.kvHeads, o.segment, 2, 4, rnd), o.segment, F, c.kvHeads);

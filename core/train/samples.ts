@@ -66,3 +66,20 @@ export function* samples(
     } else yield needleSample(o.corpus, o.tok, o.bos, o.length, seed);
   }
 }
+
+/** A training run's samples for a model: its options' corpus, data, length, count (`samples`) and seed, with the model's bos. */
+export function runSamples(
+  c: { bosTokenId: number | null },
+  tok: Tokenizer,
+  o: { corpus: string; data: string[]; length: number; samples: number; seed: number },
+): Generator<Sample> {
+  return samples({
+    corpus: o.corpus,
+    data: o.data,
+    tok,
+    bos: c.bosTokenId,
+    length: o.length,
+    count: o.samples,
+    seed: o.seed,
+  });
+}
