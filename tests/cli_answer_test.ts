@@ -7,20 +7,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { haystack, needle, scoreAnswer } from "../core/eval/haystack.ts";
-import { projectText } from "../core/input/corpus.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
-import { CORPUS, hasShared, SMOLLM2_TOKENIZER, tempDir, tome } from "./helpers.ts";
+import { makeRetrievalCli, tempDir, tome } from "./helpers.ts";
 
 Deno.test("tome ask on the retrieval model returns the planted code", async (t) => {
   await using d = await tempDir();
   const env = { TOME_CACHE: join(d.path, "cache") };
-  const model = join(d.path, "retrieval");
-  const made = await tome(
-    ["make-model", "retrieval", "--out", model, ...(hasShared ? ["--tokenizer", SMOLLM2_TOKENIZER] : [])],
-    { env },
-  );
-  assert.equal(made.code, 0, made.stderr);
-  const corpus = hasShared ? await Deno.readTextFile(join(CORPUS, "war_and_peace.txt")) : await projectText(400_000, 2);
+  const { model, corpus } = await makeRetrievalCli(d.path, env);
   const tok = await loadTokenizer(model);
   const h = haystack(corpus, tok, 3000, 0.3, 77);
   const file = join(d.path, "haystack.txt");

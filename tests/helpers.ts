@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { projectText } from "../core/input/corpus.ts";
 
 /** The project root. */
 export const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -97,4 +98,22 @@ export function firstDifference(a: ArrayLike<number>, b: ArrayLike<number>): num
   const n = Math.max(a.length, b.length);
   for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
   return -1;
+}
+
+/**
+ * `tome make-model retrieval` into `dir/retrieval` (with the SmolLM2 tokenizer when `../shared` has it), as a user
+ * would; returns the model's path and the text its haystacks come from.
+ */
+export async function makeRetrievalCli(
+  dir: string,
+  env: Record<string, string>,
+): Promise<{ model: string; corpus: string }> {
+  const model = join(dir, "retrieval");
+  const made = await tome(
+    ["make-model", "retrieval", "--out", model, ...(hasShared ? ["--tokenizer", SMOLLM2_TOKENIZER] : [])],
+    { env },
+  );
+  if (made.code !== 0) throw new Error(`make-model retrieval failed: ${made.stderr}`);
+  const corpus = hasShared ? await Deno.readTextFile(join(CORPUS, "war_and_peace.txt")) : await projectText(400_000, 2);
+  return { model, corpus };
 }

@@ -22,11 +22,10 @@ import { emptyPast, ModelSession } from "../core/model/session.ts";
 import { makeRetainingHeads } from "../core/model/make.ts";
 import { generate, loadModel, read } from "../core/mod.ts";
 import { haystack, scoreAnswer } from "../core/eval/haystack.ts";
-import { projectText } from "../core/input/corpus.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { TomeError } from "../core/errors.ts";
 import { mixedText } from "./fixture_text.ts";
-import { CORPUS, hasShared, rng, ROOT, SMOLLM2_TOKENIZER, tempDir, tome } from "./helpers.ts";
+import { makeRetrievalCli, rng, ROOT, tempDir, tome } from "./helpers.ts";
 import { bruteForceStats, makeTinyModels, maxAbsDiff, writeTestTokenizer } from "./model_fixtures.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-webgpu-test-" });
@@ -330,15 +329,7 @@ Deno.test({
   fn: async () => {
     await using d = await tempDir();
     const env = { TOME_CACHE: join(d.path, "cache") };
-    const model = join(d.path, "retrieval");
-    const made = await tome(
-      ["make-model", "retrieval", "--out", model, ...(hasShared ? ["--tokenizer", SMOLLM2_TOKENIZER] : [])],
-      { env },
-    );
-    assert.equal(made.code, 0, made.stderr);
-    const corpus = hasShared
-      ? await Deno.readTextFile(join(CORPUS, "war_and_peace.txt"))
-      : await projectText(400_000, 2);
+    const { model, corpus } = await makeRetrievalCli(d.path, env);
     const h = haystack(corpus, await loadTokenizer(model), 1000, 0.3, 77);
     const file = join(d.path, "haystack.txt");
     await Deno.writeTextFile(file, h.text);
