@@ -11,10 +11,12 @@ import { Graph } from "../core/model/onnx/graph.ts";
 import { ort } from "../core/model/ort.ts";
 import { generate, type LoadedModel, loadModel, read } from "../core/mod.ts";
 import { makeRetainingHeads } from "../core/model/make.ts";
-import { io, OPSETS } from "../core/model/onnx/decoder.ts";
+import { graphOptionsFor, io, OPSETS } from "../core/model/onnx/decoder.ts";
+import onnxProto from "onnx-proto";
 import { STATS } from "../core/model/onnx/stats.ts";
 import { emptyPast } from "../core/model/session.ts";
 import { graphFor } from "../core/model/cache.ts";
+import { openCheckpoint } from "../core/model/checkpoint.ts";
 import { inverseFrequencies, ropeTables } from "../core/model/rope.ts";
 import { makeTinyModels } from "./model_fixtures.ts";
 import { rng } from "./helpers.ts";
@@ -53,6 +55,54 @@ Deno.test("graph builder: an If node runs only the taken branch, which reads out
   assert.deepEqual(await run(true), [[3, -3, 2], [3, -3, 2], [2, -4, 1]]);
   assert.deepEqual(await run(false), [[], [1, -2, 0.5], [-1, 2, -0.5]]);
   await s.release();
+});
+
+Deno.test("decoder graph without switches (WebGPU's): no If, no flags, every output that of the flags on", async () => {
+  const dir = models.get("qwen3")!;
+  const heads = join(root, "switchless-heads.safetensors");
+  await makeRetainingHeads(heads, (await openCheckpoint(dir)).config, { hidden: 8, seed: 5 });
+  const m = await loadModel(dir, { retainingHeads: heads });
+  const c = m.config;
+  const switched = await o.InferenceSession.create((await graphFor(m.checkpoint, m.graph)).path);
+  const always = graphOptionsFor(m.graph, ["webgpu", "cpu"]);
+  assert.equal(always.alwaysStats, true);
+  assert.deepEqual(graphOptionsFor(m.graph, ["cpu"]), m.graph, "CPU graphs keep their options (and cache keys)");
+  const path = (await graphFor(m.checkpoint, always)).path;
+  const model = onnxProto.onnx.ModelProto.decode(await Deno.readFile(path));
+  assert.ok(!model.graph!.node!.some((n) => n.opType === "If"), "an If node");
+  const inputs = model.graph!.input!.map((i) => i.name);
+  assert.ok(!inputs.includes(io.wantStats) && !inputs.includes(io.wantRetain), inputs.join(","));
+  const plain = await o.InferenceSession.create(path);
+  const r = rng(8);
+  const P = 6, S = 5;
+  const rope = ropeTables(Array.from({ length: S }, (_, i) => P + i), inverseFrequencies(c));
+  const feeds: Record<string, InstanceType<typeof o.Tensor>> = {
+    input_ids: new o.Tensor("int64", BigInt64Array.from({ length: S }, () => BigInt(Math.floor(r() * c.vocab))), [
+      1,
+      S,
+    ]),
+    rope_cos: new o.Tensor("float32", rope.cos, [1, 1, S, c.headDim]),
+    rope_sin: new o.Tensor("float32", rope.sin, [1, 1, S, c.headDim]),
+    window_start: new o.Tensor("int64", BigInt64Array.of(2n), [1]),
+    past_lengths: new o.Tensor("float32", new Float32Array(c.layers * c.kvHeads).fill(P - 2), [c.layers, c.kvHeads]),
+  };
+  for (let l = 0; l < c.layers; l++) {
+    const kv = () => Float32Array.from({ length: c.kvHeads * P * c.headDim }, () => r() - 0.5);
+    feeds[io.pastKey(l)] = new o.Tensor("float32", kv(), [1, c.kvHeads, P, c.headDim]);
+    feeds[io.pastValue(l)] = new o.Tensor("float32", kv(), [1, c.kvHeads, P, c.headDim]);
+  }
+  const on = new o.Tensor("bool", Uint8Array.of(1), []);
+  const want = await switched.run({ ...feeds, [io.wantStats]: on, [io.wantRetain]: on });
+  const got = await plain.run(feeds);
+  assert.deepEqual(Object.keys(got).sort(), Object.keys(want).sort());
+  for (const name of Object.keys(want)) {
+    assert.deepEqual(got[name].dims, want[name].dims, name);
+    assert.deepEqual(got[name].data, want[name].data, name);
+  }
+  assert.ok(
+    Object.keys(want).some((n) => n.startsWith("retain_")) && Object.keys(want).some((n) => n.startsWith("attn_")),
+  );
+  await Promise.all([switched.release(), plain.release(), m.session.close()]);
 });
 
 /**

@@ -8,7 +8,7 @@ import { buildGraph } from "../../core/model/graph_build.ts";
 import { type Checkpoint, openCheckpoint } from "../../core/model/checkpoint.ts";
 import { cudaInstalled, webgpuAdapter } from "../../core/model/device.ts";
 import { makeRandomModel, SIZES } from "../../core/model/make.ts";
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from "../../core/model/onnx/decoder.ts";
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions, graphOptionsFor } from "../../core/model/onnx/decoder.ts";
 import { appendEntries, forward, loadWeights, type Weights } from "../../core/model/reference.ts";
 import { emptyPast, ModelSession } from "../../core/model/session.ts";
 import { trainBpe } from "../../core/tokens/train.ts";
@@ -128,13 +128,18 @@ async function devices(): Promise<{ device: SelftestRow["device"]; adapter: stri
 export async function selftest(ckpt: Checkpoint, dir: string): Promise<SelftestRow[]> {
   const weights = await loadWeights(ckpt);
   const graphs = new Map<string, string>();
-  for (const logits of ["all", "last"] as const) {
-    const opts: GraphOptions = { ...DEFAULT_GRAPH_OPTIONS, logits };
-    const path = join(dir, `graph-${logits}`);
-    await Deno.mkdir(path);
-    await buildGraph(ckpt, opts, path);
-    graphs.set(logits, join(path, "model.onnx"));
-  }
+  /** The graph for `providers` (WebGPU's has no If switches), built once. */
+  const graph = async (logits: "all" | "last", providers: string[]) => {
+    const opts: GraphOptions = graphOptionsFor({ ...DEFAULT_GRAPH_OPTIONS, logits }, providers);
+    const name = `graph-${logits}${opts.alwaysStats ? "-always" : ""}`;
+    if (!graphs.has(name)) {
+      const path = join(dir, name);
+      await Deno.mkdir(path);
+      await buildGraph(ckpt, opts, path);
+      graphs.set(name, join(path, "model.onnx"));
+    }
+    return graphs.get(name)!;
+  };
   const rows: SelftestRow[] = [];
   for (const d of await devices()) {
     const row: SelftestRow = {
@@ -147,9 +152,9 @@ export async function selftest(ckpt: Checkpoint, dir: string): Promise<SelftestR
     };
     const providers = d.device === "cpu" ? ["cpu"] : [d.device, "cpu"];
     try {
-      row.maxDeltaLogit = await maxLogitDelta(ckpt, weights, graphs.get("all")!, providers);
+      row.maxDeltaLogit = await maxLogitDelta(ckpt, weights, await graph("all", providers), providers);
       row.pass = row.maxDeltaLogit < row.tolerance;
-      row.prefillTokensPerSecond = await prefillSpeed(ckpt, graphs.get("last")!, providers);
+      row.prefillTokensPerSecond = await prefillSpeed(ckpt, await graph("last", providers), providers);
     } catch (err) {
       row.pass = false;
       row.error = shortError(err);
@@ -177,9 +182,14 @@ function randomIds(n: number, vocab: number, seed: number): number[] {
  */
 export async function maxLogitDelta(ckpt: Checkpoint, w: Weights, path: string, providers: string[]): Promise<number> {
   const c = ckpt.config;
-  const session = await ModelSession.open(c, { ...DEFAULT_GRAPH_OPTIONS, logits: "all" }, path, {
-    executionProviders: providers,
-  });
+  const session = await ModelSession.open(
+    c,
+    graphOptionsFor({ ...DEFAULT_GRAPH_OPTIONS, logits: "all" }, providers),
+    path,
+    {
+      executionProviders: providers,
+    },
+  );
   try {
     const ids = randomIds(ORACLE_TOKENS, c.vocab, 11);
     const positions = ids.map((_, i) => i);
@@ -223,7 +233,9 @@ async function prefill(session: ModelSession, ids: number[], chunk: number): Pro
 /** Prefill tokens per second (after one warm-up chunk), last-position logits. */
 async function prefillSpeed(ckpt: Checkpoint, path: string, providers: string[]): Promise<number> {
   const c = ckpt.config;
-  const session = await ModelSession.open(c, DEFAULT_GRAPH_OPTIONS, path, { executionProviders: providers });
+  const session = await ModelSession.open(c, graphOptionsFor(DEFAULT_GRAPH_OPTIONS, providers), path, {
+    executionProviders: providers,
+  });
   try {
     const ids = randomIds(SPEED_TOKENS, c.vocab, 5);
     await prefill(session, ids.slice(0, SPEED_CHUNK), SPEED_CHUNK);

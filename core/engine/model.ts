@@ -8,6 +8,7 @@ import {
   DEFAULT_GRAPH_OPTIONS,
   DEFAULT_QUANT,
   type GraphOptions,
+  graphOptionsFor,
   type QuantOptions,
   resolveWeights,
   type WeightChoice,
@@ -68,7 +69,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   const tokenizer = await loadTokenizer(dir);
   checkTokenizerFits(checkpoint, tokenizer.vocabSize);
   const weights = resolveWeights(checkpoint, opts.weights ?? "f32");
-  const graph: GraphOptions = {
+  const graph: GraphOptions = graphOptionsFor({
     ...DEFAULT_GRAPH_OPTIONS,
     positions: opts.positions ?? "original",
     kvDtype: opts.kvDtype ?? "float32",
@@ -79,7 +80,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
       ? { fileBlocks: true }
       : {}),
     ...(opts.retainingHeads ? { retainingHeads: opts.retainingHeads } : {}),
-  };
+  }, opts.executionProviders);
   // the generation config is checked before the (possibly long) graph build
   const generation = await generationDefaults(dir, checkpoint.config, tokenizer);
   opts.onStage?.("checkpoint");

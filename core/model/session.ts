@@ -230,9 +230,12 @@ export class ModelSession {
     if (req.past.lengths.length !== layers * K) throw new Error(`past lengths: expected ${layers * K} values`);
     feeds.past_lengths = new T("float32", Float32Array.from(req.past.lengths), [layers, K]);
     const want = req.fetch ?? {};
-    // the statistics and retaining heads are computed only when fetched (an If node per layer in the graph)
-    feeds[io.wantStats] = this.#flag((want.stats?.length ?? 0) > 0);
-    if (this.graph.retainingHeads) feeds[io.wantRetain] = this.#flag(want.retain ?? false);
+    // the statistics and retaining heads are computed only when fetched (an If node per layer in the graph),
+    // or always in graphs without switches (`alwaysStats`: WebGPU)
+    if (!this.graph.alwaysStats) {
+      feeds[io.wantStats] = this.#flag((want.stats?.length ?? 0) > 0);
+      if (this.graph.retainingHeads) feeds[io.wantRetain] = this.#flag(want.retain ?? false);
+    }
     const fetches: string[] = [];
     if (want.logits ?? true) fetches.push("logits");
     if (want.kv ?? true) { for (let l = 0; l < layers; l++) fetches.push(io.newKey(l), io.newValue(l)); }

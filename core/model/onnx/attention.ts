@@ -84,7 +84,7 @@ export function attend(
   pastV: string,
   pastMask: string,
   names: StatNames,
-  wantStats: string,
+  wantStats: string | null,
 ): { out: string; stats: string[] } {
   const { grouped, groupedScores, five, causal, headDim: d, S, windowStart } = sh;
   // scaled dot-product attention over [past ; new], causal over new; query head h reads KV head ⌊h / g⌋.
@@ -115,7 +115,8 @@ export function attend(
   const attn = g.op("Mul", [g.op("Add", [g.op("MatMul", [expPast, pastV]), g.op("MatMul", [expNew, v])]), invZ]);
   const out = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [attn, sh.back])], { perm: [0, 2, 1, 3] }), sh.flat]);
   // attention statistics, summed over each KV head's query group; probabilities are e / z. Computed only when
-  // `wantStats` is true: otherwise each is an empty [1, K, 0] (decode without a scoring policy skips their cost)
+  // `wantStats` is true: otherwise each is an empty [1, K, 0] (decode without a scoring policy skips their cost);
+  // with `wantStats` null (graphs for WebGPU, which has no If kernel) they are always computed
   const stats = g.within("stats", () =>
     g.branch(
       wantStats,

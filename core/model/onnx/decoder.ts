@@ -14,6 +14,7 @@
  *                                            past the length are masked out (any finite content)
  *   want_stats             bool []           compute the attention statistics (else each is [1, Hkv, 0])
  *   want_retain            bool []           with `retainingHeads`: compute retain_L (else [1, Hkv, 0])
+ *                                            (neither with `alwaysStats`: graphs for WebGPU, no If kernel)
  * The RoPE tables are inputs, computed in JavaScript, because onnxruntime
  * 1.30's WebGPU provider has no opset-22+ Cos/Sin kernel: in the graph they
  * would run on the CPU, a device→host→device round trip per run. Full-width
@@ -119,6 +120,20 @@ export interface GraphOptions {
   logits: "last" | "all";
   /** Locret retaining heads (a safetensors file): adds the `retain_L` outputs. */
   retainingHeads?: string;
+  /**
+   * No `If` switches: the statistics (and retaining heads) are computed on every run, and the graph has no
+   * `want_stats`/`want_retain` inputs. For onnxruntime 1.30's WebGPU provider, which has no `If` kernel (the node
+   * would run on the CPU): {@link graphOptionsFor} sets it from the execution providers.
+   */
+  alwaysStats?: boolean;
+}
+
+/**
+ * The graph options for a session on `providers`: on WebGPU without `If` switches ({@link GraphOptions.alwaysStats});
+ * elsewhere unchanged (so CPU graphs keep their cache keys).
+ */
+export function graphOptionsFor(opts: GraphOptions, providers: readonly string[] = ["cpu"]): GraphOptions {
+  return providers.includes("webgpu") ? { ...opts, alwaysStats: true } : opts;
 }
 
 export const DEFAULT_GRAPH_OPTIONS: GraphOptions = {
@@ -273,7 +288,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
     g.input(io.pastValue(l), kvType, [1, K, `P${l}`, d]);
   }
   const pastLengths = g.input("past_lengths", "float32", [c.layers, K]);
-  const wantStats = g.input(io.wantStats, "bool", []);
+  const wantStats = opts.alwaysStats ? null : g.input(io.wantStats, "bool", []);
 
   // sizes and shared tables
   const [S, SminusOne] = g.within("sizes", () => {
@@ -311,7 +326,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   const lastStart = g.op("Unsqueeze", [SminusOne, g.ints([0])]);
 
   const retaining = opts.retainingHeads ? await readRetainingHeads(opts.retainingHeads, c) : null;
-  const wantRetain = retaining ? g.input(io.wantRetain, "bool", []) : "";
+  const wantRetain = retaining && !opts.alwaysStats ? g.input(io.wantRetain, "bool", []) : null;
 
   // embed: a row lookup on the table as stored (16-bit rows cast after the lookup; blocks dequantized by
   // GatherBlockQuantized), so the table is never widened to float32

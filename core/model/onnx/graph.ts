@@ -203,13 +203,21 @@ export class Graph {
    * outer-scope values) and return its values, one for each of `outs`, which
    * name the node's outputs. Only the taken branch runs. The branches' values
    * must agree in element type (`outs[i].type`); their shapes may differ.
+   * With `cond` null there is no switch: `then`'s values are built into this
+   * graph and named `outs` (for providers without an `If` kernel, such as
+   * onnxruntime 1.30's WebGPU, where the node would run on the CPU).
    */
   branch(
-    cond: string,
+    cond: string | null,
     outs: { name: string; type: ElemType }[],
     then: () => string[],
     otherwise: () => string[],
   ): string[] {
+    if (cond === null) {
+      const values = then();
+      if (values.length !== outs.length) throw new Error(`${values.length} values for ${outs.length} outputs`);
+      return values.map((v, i) => this.op("Identity", [v], {}, { out: outs[i].name }));
+    }
     const name = this.#name("If");
     const local = name.slice(name.lastIndexOf("/") + 1);
     const thenBranch = this.#subgraph(`${local}.then`, outs, then);
