@@ -90,12 +90,26 @@ export function haystack(
   // chars per token varies along a corpus: refine the slice's length on the slice itself
   const sample = corpus.slice(0, Math.min(corpus.length, 20000));
   let chars = Math.ceil(want * sample.length / Math.max(1, tok.encode(sample).length));
+  const close = (got: number) => Math.abs(got - want) <= Math.max(2, 0.002 * want);
   let text = cut(chars);
-  for (let i = 0; i < 6; i++) {
-    const got = tok.encode(text).length;
-    if (Math.abs(got - want) <= Math.max(2, 0.002 * want)) break;
+  let got = tok.encode(text).length;
+  for (let i = 0; i < 6 && !close(got); i++) {
     chars = Math.max(1, Math.round(chars * want / Math.max(1, got)));
     text = cut(chars);
+    got = tok.encode(text).length;
+  }
+  if (!close(got) && chars < corpus.length) {
+    // the slice moves with its length, so the ratio can oscillate: hold its start and bisect its length (a longer
+    // prefix never has fewer tokens)
+    const start = Math.min(Math.floor(offset * (corpus.length - chars)), Math.max(0, corpus.length - 2 * chars));
+    const from = corpus.slice(start);
+    let lo = 1, hi = Math.min(from.length, 2 * chars);
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (tok.encode(from.slice(0, mid)).length < want) lo = mid + 1;
+      else hi = mid;
+    }
+    text = from.slice(0, lo);
   }
   const target = Math.floor(text.length * depth);
   let at = target;
