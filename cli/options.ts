@@ -3,7 +3,7 @@
  * shares are defined once here (defaults from core), each command adds its own.
  */
 import { type Command, Option } from "commander";
-import { DEFAULT_BUDGET, DEFAULT_CHUNK } from "../core/mod.ts";
+import { DEFAULT_BUDGET, DEFAULT_CHUNK, QUANTIZED_CHUNK } from "../core/mod.ts";
 import { type DeviceRequest, DEVICES } from "../core/model/device.ts";
 import { WEIGHT_CHOICES, type WeightChoice } from "../core/model/onnx/decoder.ts";
 import { DEFAULT_POLICY, FILE_POLICIES, POLICIES, PYRAMID_PREFIX } from "../core/policies/mod.ts";
@@ -14,7 +14,7 @@ import { usage } from "./output.ts";
 /** Flags every command that runs a model shares (commander's camelCase names). */
 export interface ModelFlags {
   model?: string;
-  chunk: string;
+  chunk?: string;
   policy: string;
   positions: "original" | "compact" | "auto";
   device: DeviceRequest;
@@ -51,7 +51,11 @@ export interface RunFlags extends ModelFlags {
 const SHARED = {
   model: () =>
     new Option("-m, --model <model>", "checkpoint directory, FILE.gguf or ollama:NAME[:TAG] (default: $TOME_MODEL)"),
-  chunk: () => new Option("--chunk <n>", "tokens per prefill step").default(String(DEFAULT_CHUNK)),
+  chunk: () =>
+    new Option(
+      "--chunk <n>",
+      `tokens per prefill step (default: ${DEFAULT_CHUNK}, ${QUANTIZED_CHUNK} with q8/q4 weights)`,
+    ),
   positions: () =>
     new Option("--positions <mode>", "original positions (input must fit the context), compact, or auto")
       .choices(["original", "compact", "auto"]).default("auto"),

@@ -26,7 +26,8 @@ import { modelDigest, tokenizerDigest } from "../core/state/digest.ts";
 import { removePartialBuilds } from "../core/model/lock.ts";
 import { TempFile } from "../core/temp_file.ts";
 import { type ModelConfig, readConfig } from "../core/model/config.ts";
-import type { WeightChoice } from "../core/model/onnx/decoder.ts";
+import { resolveWeights, type WeightChoice, type WeightType } from "../core/model/onnx/decoder.ts";
+import { openCheckpoint } from "../core/model/checkpoint.ts";
 import { type AdapterInfo, chooseDevice, type DeviceChoice } from "../core/model/device.ts";
 import { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
@@ -63,6 +64,8 @@ export interface Prepared {
   /** The saved state's header (`--state`). */
   state: StateHeader | null;
   config: ModelConfig;
+  /** The weight type the graph stores (the flag, `auto` resolved from the checkpoint, or the saved state's). */
+  weights: WeightType;
   device: DeviceChoice;
   run: ResolvedRun;
   /** The most tokens any answer may take, and `--max-tokens` when given (else each recipe's own). */
@@ -73,6 +76,11 @@ export interface Prepared {
   threads?: number;
   mode: DisplayMode;
   say: (msg: string) => void;
+}
+
+/** The weight type a run loads: the choice, or for `auto` the checkpoint's own (read from its headers). */
+export async function chosenWeights(dir: string, choice: WeightChoice): Promise<WeightType> {
+  return choice === "auto" ? resolveWeights(await openCheckpoint(dir), "auto") : choice;
 }
 
 /**
@@ -108,6 +116,8 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
   const state = flags.state ? await readStateHeader(flags.state) : null;
   const source = input === null ? null : await openSource(input);
   const config = await readConfig(dir);
+  // a saved state was computed with its weights; the flag decides otherwise
+  const weights = await chosenWeights(dir, (state?.run.weights as WeightChoice | undefined) ?? flags.weights);
   const device = await chooseDevice(flags.device);
   // a saved state fixes how it was read; the rest comes from the flags
   const run = await resolveRun(config, {
@@ -115,6 +125,7 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
     policyOptions: { mask: flags.duoMask, sparsity },
     budget: state?.run.budget ?? flags.budget,
     chunk: state?.run.chunk ?? chunk,
+    weights,
     positions: state?.run.positions ?? flags.positions,
     kvDtype: state?.run.kvDtype ?? kvDtypeFlag(flags.kvDtype),
     decodeBudget,
@@ -134,7 +145,22 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
   const say = (msg: string) => {
     if (mode !== "quiet") note(msg);
   };
-  return { dir, source, state, config, device, run, maxTokens, maxTokensFlag, sampling, seed, threads, mode, say };
+  return {
+    dir,
+    source,
+    state,
+    config,
+    weights,
+    device,
+    run,
+    maxTokens,
+    maxTokensFlag,
+    sampling,
+    seed,
+    threads,
+    mode,
+    say,
+  };
 }
 
 /** Loads the model as prepared, and says what runs where. */
@@ -146,8 +172,7 @@ export async function loadPrepared(p: Prepared, flags: RunFlags): Promise<Loaded
     threads: p.threads,
     executionProviders: p.device.providers,
     retainingHeads: flags.retainingHeads,
-    // a saved state was computed with its weights; the flag decides otherwise
-    weights: (p.state?.run.weights as WeightChoice | undefined) ?? flags.weights,
+    weights: p.weights,
   });
   p.say(
     `${model.config.arch} ${model.config.layers} layers, ${model.graph.weights} weights, on ${p.device.device} (${p.device.reason}); ${

@@ -24,12 +24,12 @@ import type { SamplingOptions } from "../kernels/sample.ts";
 export { loadModel, resolveRun, Sequence };
 export { loadState, readStateHeader, saveState } from "./state/file.ts";
 export type { LoadedState, StateHeader, StateInfo } from "./state/file.ts";
-export { DEFAULT_BUDGET, DEFAULT_CHUNK } from "./engine/resolve.ts";
+export { DEFAULT_BUDGET, DEFAULT_CHUNK, defaultChunk, QUANTIZED_CHUNK } from "./engine/resolve.ts";
 export type { FinishReason, LoadedModel, MeterEvent, ResolvedRun, RunOptions };
 export { Meter } from "./meter/meter.ts";
 export type { MeterSummary } from "./meter/meter.ts";
 
-export interface ReadOptions extends Omit<RunOptions, "positions" | "kvDtype" | "retainingHeads"> {
+export interface ReadOptions extends Omit<RunOptions, "positions" | "kvDtype" | "retainingHeads" | "weights"> {
   model: LoadedModel;
   /** A run already resolved for this model (its options above are then ignored). */
   run?: ResolvedRun;
@@ -67,6 +67,7 @@ export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadSta
     ...opts,
     positions: model.graph.positions,
     kvDtype: model.graph.kvDtype,
+    weights: model.graph.weights,
     retainingHeads: model.graph.retainingHeads,
   });
   if (run.positions !== model.graph.positions || run.kvDtype !== model.graph.kvDtype) {

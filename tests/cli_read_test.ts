@@ -130,6 +130,13 @@ Deno.test("tome estimate: exact token count and peak KV of the real run, without
   assert.equal(piped.predicted.kv_peak_bytes, est.predicted.kv_peak_bytes);
   const plain = await tome(["estimate", doc, ...args], { env });
   assert.match(plain.stdout, /^KV peak\s+[\d.]+ \w+ \(\d+ bytes; reading/m);
+  // with q8 weights and no --chunk, the run reads in chunks of 256 (512 with f32)
+  const quick = ["-m", model, "--max-tokens", "2", "--budget", "200", "--json"];
+  for (const [weights, chunk] of [["q8", 256], ["f32", 512]] as const) {
+    const r = await tome(["estimate", doc, ...quick, "--weights", weights], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).chunk, chunk, weights);
+  }
 });
 
 Deno.test("tome ask under a real terminal: two redrawn lines, cleared before the answer", async () => {

@@ -3,7 +3,7 @@
  * the swept lists), and the settings they resolve to before any model work.
  */
 import type { Command } from "commander";
-import { resolveRun } from "../../../core/mod.ts";
+import { defaultChunk, resolveRun } from "../../../core/mod.ts";
 import { readConfig } from "../../../core/model/config.ts";
 import { chooseDevice } from "../../../core/model/device.ts";
 import { needlePrompt } from "../../../recipes/needle.ts";
@@ -18,7 +18,7 @@ import {
   sharedOption,
 } from "../../options.ts";
 import { usage } from "../../output.ts";
-import { modelDir } from "../../run.ts";
+import { chosenWeights, modelDir } from "../../run.ts";
 
 /** Parsed `tome eval` flags (commander's camelCase names). */
 export interface EvalFlags extends ModelFlags {
@@ -100,7 +100,7 @@ export async function evalSettings(flags: EvalFlags) {
     depths: list(flags.depths, "--depths", (x) => numberFlag(x, "--depths", 0, 100)! / 100),
     needles: intFlag(flags.needles, "--needles")!,
     seed: intFlag(flags.seed, "--seed", 0)!,
-    chunk: intFlag(flags.chunk, "--chunk")!,
+    chunk: intFlag(flags.chunk, "--chunk") ?? defaultChunk(await chosenWeights(model, flags.weights)),
     kvDtype: kvDtypeFlag(flags.kvDtype),
     weights: flags.weights,
     positions: flags.positions,
