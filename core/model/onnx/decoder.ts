@@ -419,7 +419,10 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       }
 
       const statNames = Object.fromEntries(STATS.map((s) => [s, io.stat(s, l)])) as Record<StatName, string>;
-      const { out, stats } = attend(g, shapes, q, k, v, pastK, pastV, past.mask, statNames, wantStats);
+      const { out, stats } = g.within(
+        "attn",
+        () => attend(g, shapes, q, k, v, pastK, pastV, past.mask, statNames, wantStats),
+      );
       let o = await linear(out, n.wo, D, H * d);
       if (c.oBias) o = g.op("Add", [o, await vector(n.bo)]);
       let h = g.op("Add", [x, o]);
