@@ -6,7 +6,7 @@
  *   agreement  teacher-forced top-1 and max |Δlogit| over 200 corpus tokens (bench/peers/agreement.ts) for tiny
  *              llama/mistral/qwen2/qwen3, the 360M shape and the retrieval model, f32 weights and KV
  *              (pass: 100% top-1 and max |Δlogit| ≤ 1e-3)
- *   speed      prefill of one prompt (batch / chunk 512) and decode of 64 tokens, peak RSS (VmHWM of a process
+ *   speed      prefill of one prompt (batch 512; tome's default chunk) and decode of 64 tokens, peak RSS (VmHWM of a process
  *              per run), 360M-shaped random Llama: llama.cpp f32/f16/q8_0 with n_ctx = the input, tome full and
  *              snapkv 1024; ratios tome / llama.cpp at the same weight type
  *   recall     "what users get today": the retrieval model at 32K tokens, a needle at 11 depths; llama.cpp with
@@ -187,7 +187,8 @@ if (parts.includes("speed")) {
   // written after each run, so a run cut short still leaves its table
   const write = () =>
     table("speed", `Speed and memory, ${size}-shaped random Llama (f32 checkpoint), ${threads} threads`, rows, [
-      `prefill: one prompt, batch (llama.cpp) / chunk (tome) 512; decode: ${decode} greedy tokens after it; ` +
+      `prefill: one prompt, batch 512 (llama.cpp) / tome's default chunk (512 at f32, 256 at q8/q4); ` +
+      `decode: ${decode} greedy tokens after it; ` +
       "peak RSS: VmHWM of a process per run (llama.cpp in Node, tome in Deno; weights mmapped by llama.cpp count when touched).",
       `llama.cpp: n_ctx = the input + ${decode} + 16, f16 KV (its default), flash attention off; ` +
       "tome: f16 KV (the CLI's default), snapkv with the question patch of the last 8 prompt tokens.",

@@ -1,7 +1,8 @@
 /**
  * tome's side of one speed-and-memory run of bench/peers/peers.ts, in a
  * process of its own so the peak RSS it prints (VmHWM) is this run's alone:
- * chunked prefill of the prompt (chunk 512 unless CHUNK), then DECODE greedy tokens.
+ * chunked prefill of the prompt (tome's default chunk for the weights unless CHUNK: 512, or 256 at q8/q4), then
+ * DECODE greedy tokens.
  *
  *   deno run -A --v8-flags=--optimize-for-size bench/peers/tome_run.ts MODEL_DIR IDS.json POLICY BUDGET DECODE THREADS [WEIGHTS] [CHUNK]
  *
@@ -26,7 +27,7 @@ const state = await read({ ids: ids.slice(0, -8) }, {
   model,
   policy,
   budget: Number(budget),
-  chunk: Number(chunk ?? 512),
+  chunk: chunk ? Number(chunk) : undefined,
   question: suffix,
 });
 let first = 0, n = 0;
@@ -38,6 +39,7 @@ for await (
 const end = performance.now();
 const s = state.meter.summary();
 console.log(JSON.stringify({
+  chunk: state.chunk,
   prefill_s: (first - t0) / 1000,
   decode_s: (end - first) / 1000,
   decoded: s.generatedTokens - 1,
