@@ -17,6 +17,7 @@ import { STATS } from "../core/model/onnx/stats.ts";
 import { emptyPast } from "../core/model/session.ts";
 import { graphFor } from "../core/model/cache.ts";
 import { openCheckpoint } from "../core/model/checkpoint.ts";
+import type { ModelConfig } from "../core/model/config.ts";
 import { inverseFrequencies, ropeTables } from "../core/model/rope.ts";
 import { makeTinyModels } from "./model_fixtures.ts";
 import { rng } from "./helpers.ts";
@@ -57,6 +58,26 @@ Deno.test("graph builder: an If node runs only the taken branch, which reads out
   await s.release();
 });
 
+/** Random feeds for the decoder graph: S new tokens after a carried cache of P slots, `valid` of them per head. */
+function randomFeeds(c: ModelConfig, seed: number, P: number, S: number, valid: number, windowStart: number) {
+  const r = rng(seed);
+  const rope = ropeTables(Array.from({ length: S }, (_, i) => P + i), inverseFrequencies(c));
+  const ids = BigInt64Array.from({ length: S }, () => BigInt(Math.floor(r() * c.vocab)));
+  const f: Record<string, InstanceType<typeof o.Tensor>> = {
+    input_ids: new o.Tensor("int64", ids, [1, S]),
+    rope_cos: new o.Tensor("float32", rope.cos, [1, 1, S, c.headDim]),
+    rope_sin: new o.Tensor("float32", rope.sin, [1, 1, S, c.headDim]),
+    window_start: new o.Tensor("int64", BigInt64Array.of(BigInt(windowStart)), [1]),
+    past_lengths: new o.Tensor("float32", new Float32Array(c.layers * c.kvHeads).fill(valid), [c.layers, c.kvHeads]),
+  };
+  for (let l = 0; l < c.layers; l++) {
+    const kv = () => Float32Array.from({ length: c.kvHeads * P * c.headDim }, () => r() - 0.5);
+    f[io.pastKey(l)] = new o.Tensor("float32", kv(), [1, c.kvHeads, P, c.headDim]);
+    f[io.pastValue(l)] = new o.Tensor("float32", kv(), [1, c.kvHeads, P, c.headDim]);
+  }
+  return f;
+}
+
 Deno.test("decoder graph without switches (WebGPU's): no If, no flags, every output that of the flags on", async () => {
   const dir = models.get("qwen3")!;
   const heads = join(root, "switchless-heads.safetensors");
@@ -73,24 +94,7 @@ Deno.test("decoder graph without switches (WebGPU's): no If, no flags, every out
   const inputs = model.graph!.input!.map((i) => i.name);
   assert.ok(!inputs.includes(io.wantStats) && !inputs.includes(io.wantRetain), inputs.join(","));
   const plain = await o.InferenceSession.create(path);
-  const r = rng(8);
-  const P = 6, S = 5;
-  const rope = ropeTables(Array.from({ length: S }, (_, i) => P + i), inverseFrequencies(c));
-  const feeds: Record<string, InstanceType<typeof o.Tensor>> = {
-    input_ids: new o.Tensor("int64", BigInt64Array.from({ length: S }, () => BigInt(Math.floor(r() * c.vocab))), [
-      1,
-      S,
-    ]),
-    rope_cos: new o.Tensor("float32", rope.cos, [1, 1, S, c.headDim]),
-    rope_sin: new o.Tensor("float32", rope.sin, [1, 1, S, c.headDim]),
-    window_start: new o.Tensor("int64", BigInt64Array.of(2n), [1]),
-    past_lengths: new o.Tensor("float32", new Float32Array(c.layers * c.kvHeads).fill(P - 2), [c.layers, c.kvHeads]),
-  };
-  for (let l = 0; l < c.layers; l++) {
-    const kv = () => Float32Array.from({ length: c.kvHeads * P * c.headDim }, () => r() - 0.5);
-    feeds[io.pastKey(l)] = new o.Tensor("float32", kv(), [1, c.kvHeads, P, c.headDim]);
-    feeds[io.pastValue(l)] = new o.Tensor("float32", kv(), [1, c.kvHeads, P, c.headDim]);
-  }
+  const feeds = randomFeeds(c, 8, 6, 5, 4, 2);
   const on = new o.Tensor("bool", Uint8Array.of(1), []);
   const want = await switched.run({ ...feeds, [io.wantStats]: on, [io.wantRetain]: on });
   const got = await plain.run(feeds);
@@ -126,28 +130,11 @@ Deno.test("decoder graph: with want_stats off the statistics are empty and logit
   const c = m.config;
   // the session's graph, opened directly so the flag and the fetches are chosen here
   const s = await o.InferenceSession.create((await graphFor(m.checkpoint, m.graph)).path);
-  const r = rng(3);
   const P = 5, S = 4;
-  const rope = ropeTables(Array.from({ length: S }, (_, i) => P + i), inverseFrequencies(c));
-  const feeds = (on: boolean) => {
-    const f: Record<string, InstanceType<typeof o.Tensor>> = {
-      input_ids: new o.Tensor("int64", BigInt64Array.from({ length: S }, () => BigInt(Math.floor(r() * c.vocab))), [
-        1,
-        S,
-      ]),
-      rope_cos: new o.Tensor("float32", rope.cos, [1, 1, S, c.headDim]),
-      rope_sin: new o.Tensor("float32", rope.sin, [1, 1, S, c.headDim]),
-      window_start: new o.Tensor("int64", BigInt64Array.of(1n), [1]),
-      past_lengths: new o.Tensor("float32", new Float32Array(c.layers * c.kvHeads).fill(P - 1), [c.layers, c.kvHeads]),
-      [io.wantStats]: new o.Tensor("bool", Uint8Array.of(+on), []),
-    };
-    for (let l = 0; l < c.layers; l++) {
-      const kv = () => Float32Array.from({ length: c.kvHeads * P * c.headDim }, () => r() - 0.5);
-      f[io.pastKey(l)] = new o.Tensor("float32", kv(), [1, c.kvHeads, P, c.headDim]);
-      f[io.pastValue(l)] = new o.Tensor("float32", kv(), [1, c.kvHeads, P, c.headDim]);
-    }
-    return f;
-  };
+  const feeds = (on: boolean) => ({
+    ...randomFeeds(c, 3, P, S, P - 1, 1),
+    [io.wantStats]: new o.Tensor("bool", Uint8Array.of(+on), []),
+  });
   const fed = feeds(true);
   const on = await s.run(fed);
   const off = await s.run({ ...fed, [io.wantStats]: new o.Tensor("bool", Uint8Array.of(0), []) });
