@@ -9,6 +9,7 @@
  * the engine's cache must hold exactly that after every chunk. Then the pool,
  * the CLI end to end, and `tome estimate` equal to the measured run.
  */
+import { walkMerges } from "./merge_oracle.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { KvStore } from "../core/engine/kv_store.ts";
@@ -18,13 +19,11 @@ import { Sequence } from "../core/engine/sequence.ts";
 import { EXIT, TomeError } from "../core/errors.ts";
 import { Meter } from "../core/meter/meter.ts";
 import { type LoadedModel, loadModel, read } from "../core/mod.ts";
-import { kvBytesPerToken, type KvDtype } from "../core/model/config.ts";
+import type { KvDtype } from "../core/model/config.ts";
 import { loadWeights } from "../core/model/reference.ts";
-import type { KvArray } from "../core/model/session.ts";
 import { emsMerge } from "../core/policies/merge/ems.ts";
 import { mergeClass, nearestCentre } from "../kernels/class_merge.ts";
 import { makePolicy } from "../core/policies/mod.ts";
-import { fromF16Bits } from "../kernels/fp16.ts";
 import { oracleKept } from "./engine_oracle.ts";
 import { mixedText } from "./fixture_text.ts";
 import { hasShared, rng, SMOLLM2_TOKENIZER, tome } from "./helpers.ts";
@@ -44,7 +43,6 @@ type Vec = number[];
 const dot = (a: Vec, b: Vec) => a.reduce((s, x, i) => s + x * b[i], 0);
 const len = (a: Vec) => Math.sqrt(dot(a, a));
 const cos = (a: Vec, b: Vec) => (len(a) * len(b) === 0 ? 0 : dot(a, b) / (len(a) * len(b)));
-const value = (a: KvArray, i: number) => (a instanceof Float32Array ? a[i] : fromF16Bits(a[i]));
 
 for (const name of ["llama", "qwen3"]) {
   Deno.test(`ems score (${name}): the selection equals brute force over the reference's attention`, async (t) => {
@@ -66,18 +64,6 @@ for (const name of ["llama", "qwen3"]) {
       });
     }
   });
-}
-
-/** One head's retained entries as numbers. */
-function headEntries(store: KvStore, l: number, h: number) {
-  const c = store.layers[l], d = store.config.headDim, base = h * c.capacity;
-  const pos: number[] = [], k: Vec[] = [], v: Vec[] = [];
-  for (let i = 0; i < c.lengths[h]; i++) {
-    pos.push(c.positions[base + i]);
-    k.push(Array.from({ length: d }, (_, t) => value(c.keys, (base + i) * d + t)));
-    v.push(Array.from({ length: d }, (_, t) => value(c.values, (base + i) * d + t)));
-  }
-  return { pos, k, v };
 }
 
 /**
@@ -131,50 +117,18 @@ function emsOracle(
 async function checkMerge(kvDtype: KvDtype, threshold: number) {
   const model = await tiny("llama", kvDtype);
   const { config } = model;
-  const o = { budget: 12, chunk: 8, chunks: 14, window: 4 };
+  const o = { budget: 12, chunk: 8, chunks: 14, window: 4, seed: 29 };
   const plan = planBudgets(await makePolicy("ems", config), config, {
     budget: o.budget,
     merge: emsMerge(threshold, 100),
   });
-  const seq = new Sequence(model.session, new KvStore(config, kvDtype), new Meter(kvBytesPerToken(config, 4)));
-  const r = rng(29);
   const counts = new Map<string, Map<number, number>>();
   const tally = { merged: 0, zero: 0, twice: 0 };
-  const tol = kvDtype === "float32" ? 1e-5 : 4e-3;
-  const d = config.headDim;
-  for (let step = 0; step < o.chunks; step++) {
-    const ids = Array.from({ length: o.chunk }, () => 4 + Math.floor(r() * 300));
-    const before = seq.store.clone();
-    const start = seq.position;
-    const result = await seq.step(ids, plan.prefill, { window: o.window });
-    for (let l = 0; l < config.layers; l++) {
-      for (let h = 0; h < config.kvHeads; h++) {
-        const past = headEntries(before, l, h);
-        const fresh = (a: KvArray) =>
-          Array.from(
-            { length: o.chunk },
-            (_, j) => Array.from({ length: d }, (_, t) => value(a, (h * o.chunk + j) * d + t)),
-          );
-        const all = {
-          pos: [...past.pos, ...ids.map((_, j) => start + j)],
-          k: [...past.k, ...fresh(result.newKeys[l])],
-          v: [...past.v, ...fresh(result.newValues[l])],
-        };
-        const after = headEntries(seq.store, l, h);
-        const key = `${l}/${h}`;
-        if (!counts.has(key)) counts.set(key, new Map());
-        const want = emsOracle(all, new Set(after.pos), threshold, counts.get(key)!, tally);
-        after.pos.forEach((pos, i) => {
-          const w = want.get(pos)!;
-          for (let t = 0; t < d; t++) {
-            const at = `step ${step} layer ${l} head ${h} position ${pos} [${t}]`;
-            assert.ok(Math.abs(after.k[i][t] - w.k[t]) <= tol * (1 + Math.abs(w.k[t])), `key ${at}`);
-            assert.ok(Math.abs(after.v[i][t] - w.v[t]) <= tol * (1 + Math.abs(w.v[t])), `value ${at}`);
-          }
-        });
-      }
-    }
-  }
+  await walkMerges(model, kvDtype, plan.prefill, o, ({ l, h, all, after }) => {
+    const key = `${l}/${h}`;
+    if (!counts.has(key)) counts.set(key, new Map());
+    return emsOracle(all, new Set(after.pos), threshold, counts.get(key)!, tally);
+  });
   return tally;
 }
 

@@ -15,15 +15,14 @@ import { Sequence } from "../core/engine/sequence.ts";
 import { TomeError } from "../core/errors.ts";
 import { Meter } from "../core/meter/meter.ts";
 import { type LoadedModel, loadModel } from "../core/mod.ts";
-import { kvBytesPerToken, type KvDtype } from "../core/model/config.ts";
-import type { KvArray } from "../core/model/session.ts";
+import type { KvDtype } from "../core/model/config.ts";
 import { anchors } from "../core/policies/merge/anchors.ts";
 import { d2o, D2O_BETA } from "../core/policies/merge/d2o.ts";
 import { kvmerger } from "../core/policies/merge/kvmerger.ts";
 import type { Merger } from "../core/policies/merge/mod.ts";
 import { makePolicy } from "../core/policies/mod.ts";
-import { fromF16Bits } from "../kernels/fp16.ts";
 import { foldRow, gatherRows, nearestByCosine, rowNorms, scatterRow } from "../kernels/merge.ts";
+import { walkMerges } from "./merge_oracle.ts";
 import { rng } from "./helpers.ts";
 import { makeTinyModels } from "./model_fixtures.ts";
 
@@ -43,7 +42,6 @@ const average = (xs: Vec[], ws: number[]) => {
   const W = ws.reduce((a, b) => a + b, 0);
   return xs[0].map((_, k) => xs.reduce((s, x, i) => s + ws[i] * x[k], 0) / W);
 };
-const value = (a: KvArray, i: number) => (a instanceof Float32Array ? a[i] : fromF16Bits(a[i]));
 
 Deno.test("kernels: nearest by cosine, running weighted fold and f16 gather/scatter equal plain loops", () => {
   const r = rng(3);
@@ -70,28 +68,6 @@ Deno.test("kernels: nearest by cosine, running weighted fold and f16 gather/scat
   gatherRows(h, 1, 1, d, back, 2);
   for (let k = 0; k < d; k++) assert.ok(Math.abs(back[2 * d + k] - x[k]) <= Math.abs(x[k]) * 1e-3 + 1e-4);
 });
-
-/** One head's entries: original positions, keys and values as numbers. */
-interface Entries {
-  pos: number[];
-  k: Vec[];
-  v: Vec[];
-  acc: number[];
-  seen: number[];
-}
-
-function headEntries(store: KvStore, l: number, h: number): Entries {
-  const c = store.layers[l], d = store.config.headDim, base = h * c.capacity;
-  const e: Entries = { pos: [], k: [], v: [], acc: [], seen: [] };
-  for (let i = 0; i < c.lengths[h]; i++) {
-    e.pos.push(c.positions[base + i]);
-    e.acc.push(c.accumulated[base + i]);
-    e.seen.push(c.seen[base + i]);
-    e.k.push(Array.from({ length: d }, (_, t) => value(c.keys, (base + i) * d + t)));
-    e.v.push(Array.from({ length: d }, (_, t) => value(c.values, (base + i) * d + t)));
-  }
-  return e;
-}
 
 /**
  * The paper's merge restated: given one head's n considered entries (all),
@@ -218,55 +194,19 @@ async function check(
   const { config } = model;
   const policy = await makePolicy(policyName, config);
   const plan = planBudgets(policy, config, { budget: o.budget, merge: merger });
-  const seq = new Sequence(model.session, new KvStore(config, kvDtype), new Meter(kvBytesPerToken(config, 4)));
-  const r = rng(11);
   const states = new Map<string, { weight: Map<number, number>; tau?: number }>();
-  const tol = kvDtype === "float32" ? 1e-5 : 4e-3;
-  let merged = 0;
-  for (let step = 0; step < o.chunks; step++) {
-    const ids = Array.from({ length: o.chunk }, () => 4 + Math.floor(r() * 300));
-    const before = seq.store.clone();
-    const start = seq.position;
-    const result = await seq.step(ids, plan.prefill, { window: o.window });
-    for (let l = 0; l < config.layers; l++) {
-      for (let h = 0; h < config.kvHeads; h++) {
-        const past = headEntries(before, l, h);
-        const d = config.headDim;
-        const fresh = (a: KvArray) =>
-          Array.from(
-            { length: o.chunk },
-            (_, j) => Array.from({ length: d }, (_, t) => value(a, (h * o.chunk + j) * d + t)),
-          );
-        const all = {
-          pos: [...past.pos, ...ids.map((_, j) => start + j)],
-          k: [...past.k, ...fresh(result.newKeys[l])],
-          v: [...past.v, ...fresh(result.newValues[l])],
-        };
-        const after = headEntries(seq.store, l, h);
-        const kept = new Set(after.pos);
-        // H2O's score of each kept entry
-        const acc = new Map(after.pos.map((p, i) => [p, after.seen[i] > 0 ? after.acc[i] / after.seen[i] : 0]));
-        const n = all.pos.length, budget = after.pos.length;
-        const p = plan.prefill.protect(l, Math.min(o.chunk, o.window), false);
-        const sinks = Math.min(p.sinks, budget, n);
-        const protect = { sinks, recent: Math.min(p.recent, budget - sinks, n - sinks) };
-        const key = `${l}/${h}`;
-        if (!states.has(key)) states.set(key, { weight: new Map() });
-        const want = oracle(all, kept, acc, protect, states.get(key)!);
-        after.pos.forEach((pos, i) => {
-          const w = want.get(pos)!;
-          const orig = all.pos.indexOf(pos);
-          if (w.k.some((x, t) => x !== all.k[orig][t])) merged++;
-          for (let t = 0; t < d; t++) {
-            const at = `step ${step} layer ${l} head ${h} position ${pos} [${t}]`;
-            assert.ok(Math.abs(after.k[i][t] - w.k[t]) <= tol * (1 + Math.abs(w.k[t])), `key ${at}`);
-            assert.ok(Math.abs(after.v[i][t] - w.v[t]) <= tol * (1 + Math.abs(w.v[t])), `value ${at}`);
-          }
-        });
-      }
-    }
-  }
-  return merged;
+  return await walkMerges(model, kvDtype, plan.prefill, { ...o, seed: 11 }, ({ l, h, all, after }) => {
+    const kept = new Set(after.pos);
+    // H2O's score of each kept entry
+    const acc = new Map(after.pos.map((p, i) => [p, after.seen[i] > 0 ? after.acc[i] / after.seen[i] : 0]));
+    const n = all.pos.length, budget = after.pos.length;
+    const p = plan.prefill.protect(l, Math.min(o.chunk, o.window), false);
+    const sinks = Math.min(p.sinks, budget, n);
+    const protect = { sinks, recent: Math.min(p.recent, budget - sinks, n - sinks) };
+    const key = `${l}/${h}`;
+    if (!states.has(key)) states.set(key, { weight: new Map() });
+    return oracle(all, kept, acc, protect, states.get(key)!);
+  });
 }
 
 for (const kvDtype of ["float32", "float16"] as const) {
