@@ -8,7 +8,7 @@
  *   checkpoint   the checkpoint opened, tokenizer loaded (what loadModel reads into JavaScript)
  *   graph        the cached graph found (cache key, builder probe)
  *   session      onnxruntime's session created on it
- *   prefill      4K tokens (`--tokens`) read with snapkv at budget 1024, chunks of 512 (`--chunk`)
+ *   prefill      4K tokens (`--tokens`) read with snapkv at budget 1024, tome's default chunk (`--chunk`)
  *   decode       32 tokens generated
  *
  * `--until session` stops after the session; `--smaps` prints the largest resident
@@ -17,9 +17,9 @@
  * child that built the graph. `--fresh` has the reading child build it itself,
  * in an empty cache, as a first run does (the "graph" stage then holds the build).
  *
- * KV is float16 and chunks 512 by default, as the CLI reads.
+ * KV is float16 and the chunk tome's default for the weights (512, or 256 at q8/q4), as the CLI reads.
  *
- *   deno run -A bench/mem_stages.ts [--weights q8,q4,q8:32,…] [--size 360m] [--tokens 4096] [--chunk 512]
+ *   deno run -A bench/mem_stages.ts [--weights q8,q4,q8:32,…] [--size 360m] [--tokens 4096] [--chunk auto|N]
  *     [--kv float16|float32] [--session default|no-arena|no-mem-pattern|device-alloc-init|no-prepack]
  *     [--until session] [--smaps] [--fresh]
  */
@@ -38,7 +38,7 @@ const { values: args } = parseArgs({
     weights: { type: "string", default: "q8,q4" },
     tokens: { type: "string", default: "4096" },
     threads: { type: "string" },
-    chunk: { type: "string", default: "512" },
+    chunk: { type: "string", default: "auto" },
     kv: { type: "string", default: "float16" },
     session: { type: "string", default: "default" },
     until: { type: "string", default: "decode" },
@@ -143,7 +143,8 @@ if (args.child) {
   const cpu = () => (process.cpuUsage().user + process.cpuUsage().system) / 1e6;
   const c0 = cpu();
   const t0 = performance.now();
-  const state = await read({ ids }, { model, policy: "snapkv", budget: 1024, chunk: Number(args.chunk), question });
+  const chunk = args.chunk === "auto" ? undefined : Number(args.chunk);
+  const state = await read({ ids }, { model, policy: "snapkv", budget: 1024, chunk, question });
   const prefill = (performance.now() - t0) / 1000;
   const prefillCpu = cpu() - c0;
   mark("prefill");
