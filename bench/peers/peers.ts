@@ -14,7 +14,8 @@
  *              keeps it (bench/peers/truncate.ts), tome snapkv 1024 (and the full cache for reference)
  *
  *   deno task peers [--quick] [--parts agreement,speed,recall] [--lengths 4096,8192,16384,65536]
- *     [--llama-types f32,f16,q8_0] [--tome-weights f32,q8] [--recall-length 32768] [--depths 0,10,…,100]
+ *     [--llama-types f32,f16,q8_0|none] [--tome-weights f32,q8] [--tome-policies full,snapkv]
+ *     [--recall-length 32768] [--depths 0,10,…,100]
  *     [--n-ctx 4096] [--budget 1024] [--threads N]
  *
  * --quick: tiny shapes, short inputs and three depths (the smoke test's setting). Needs `node` (20+);
@@ -42,6 +43,7 @@ const { values: args } = parseArgs({
     lengths: { type: "string" },
     "llama-types": { type: "string", default: "f32,f16,q8_0" },
     "tome-weights": { type: "string" },
+    "tome-policies": { type: "string", default: "full,snapkv" },
     "recall-length": { type: "string" },
     depths: { type: "string" },
     "n-ctx": { type: "string" },
@@ -200,7 +202,8 @@ if (parts.includes("speed")) {
     await Deno.writeTextFile(idsFile, JSON.stringify(bookIds.slice(0, length)));
     const llama: Record<string, Row> = {};
     // llama.cpp's first type (f32, the peer of tome's f32 weights) runs before tome, the others after it
-    const types = args["llama-types"]!.split(",") as WriteType[];
+    // `--llama-types none`: tome's rows alone (e.g. 64K, where llama.cpp's prefill takes hours on 2 cores)
+    const types = (args["llama-types"] === "none" ? [] : args["llama-types"]!.split(",")) as WriteType[];
     const runLlama = async (type: WriteType) => {
       const gguf = join(work, `speed-${size}-${type}.gguf`);
       if (!(await exists(gguf))) await convertToGguf(dir, gguf, type);
@@ -232,9 +235,9 @@ if (parts.includes("speed")) {
         row.rss_ratio = Number((Number(row.peak_rss_mib) / Number(peer.peak_rss_mib)).toFixed(2));
       }
     };
-    await runLlama(types[0]);
+    if (types.length) await runLlama(types[0]);
     for (const w of weights) {
-      for (const policy of ["full", "snapkv"]) {
+      for (const policy of args["tome-policies"]!.split(",")) {
         console.error(`speed: tome ${policy} ${w} at ${length} …`);
         const r = await child(Deno.execPath(), [
           ...DENO_RUN,
