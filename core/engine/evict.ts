@@ -11,6 +11,8 @@ import type { HeadUpdate, KvStore } from "./kv_store.ts";
 import { mergeLayer, writeMerged } from "./merge_step.ts";
 import { headKeys } from "./thin_keys.ts";
 import type { EvictionRule } from "./plan.ts";
+import { demoteLayer } from "./demote.ts";
+import type { LowStore } from "./low_store.ts";
 
 export interface EvictStep {
   /** The run's result (new K/V, the statistics the policy needs, retaining-head scores). */
@@ -24,6 +26,8 @@ export interface EvictStep {
   windowQueries: number;
   patch: boolean;
   rule: EvictionRule;
+  /** MiKV's low tier: what the selection does not keep moves there instead of being dropped. */
+  low?: LowStore;
 }
 
 /** Scores and selects layer `l`'s entries (retained ++ the step's fresh ones) down to the rule's counts. */
@@ -110,6 +114,8 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
   }
   const fresh = { keys: newKeys, values: result.newValues[l], stride: S };
   const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
+  if (step.low && rule.merge) throw new Error("a low tier and a merger both claim the evicted entries");
+  if (step.low) demoteLayer(store, step.low, l, updates, { ...fresh, count: c });
   // thin keys: the observation window stays whole, unless it is the patch (not kept)
   store.commit(l, updates, fresh, step.patch ? 0 : rule.keyChannels?.window);
   if (merged) writeMerged(store, l, merged);

@@ -183,6 +183,33 @@ export class LowStore {
     layer.capacity = cap;
   }
 
+  /** An independent copy (a forked sequence's low tier). */
+  clone(): LowStore {
+    const copy = new LowStore(this.config, this.spec, this.budget);
+    const rows = (q: QuantizedRows): QuantizedRows => ({
+      ...q,
+      data: q.data.slice(),
+      scales: q.scales.slice(),
+      mins: q.mins.slice(),
+    });
+    this.layers.forEach((x, l) => {
+      copy.layers[l] = {
+        capacity: x.capacity,
+        lengths: x.lengths.slice(),
+        keys: rows(x.keys),
+        values: rows(x.values),
+        positions: x.positions.slice(),
+        accumulated: x.accumulated.slice(),
+        balance: x.balance.slice(),
+      };
+    });
+    copy.balanced = this.balanced;
+    return copy;
+  }
+
+  /** Whether the balancer has been set (from the first chunk). */
+  balanced = false;
+
   /** Entries held, all layers and heads. */
   entries(): number {
     let n = 0;
