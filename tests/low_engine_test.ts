@@ -22,6 +22,9 @@ import { Meter } from "../core/meter/meter.ts";
 import { h2o } from "../core/policies/h2o.ts";
 import { balanceFactors, balanceKeys, dequantizeRows, type KvQuantSpec, quantizeRows } from "../kernels/kv_quant.ts";
 import { makeTinyModels } from "./model_fixtures.ts";
+import { generate, loadModel, read } from "../core/mod.ts";
+import { predictKv } from "../core/engine/estimate.ts";
+import { patchTokens } from "../core/engine/resolve.ts";
 import { rng } from "./helpers.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-low-engine-test-" });
@@ -150,5 +153,60 @@ Deno.test("low tier engine: evicted entries move to the low tier, which keeps th
     assert.ok(low.layers[0].lengths[0] > 0);
   } finally {
     await session.close();
+  }
+});
+
+Deno.test("low tier estimate: predicted KV peak, after-read and end bytes equal the meter's, with and without a decode budget", async (t) => {
+  const m = await loadModel(models.get("llama")!, { positions: "original", lowTier: "int2" });
+  try {
+    const ids = Array.from({ length: 333 }, (_, i) => (i * 11) % m.config.vocab);
+    const prefix = [1, 2, 3], suffix = [4, 5, 6, 7, 8];
+    for (const decodeBudget of [undefined, 75]) {
+      for (const lowBudget of [undefined, 20]) {
+        await t.step(`decode budget ${decodeBudget ?? "none"}, low budget ${lowBudget ?? "same bytes"}`, async () => {
+          const chunk = 40, maxTokens = 40;
+          const state = await read({ ids }, {
+            model: m,
+            policy: "h2o",
+            budget: 70,
+            chunk,
+            prefix,
+            question: suffix,
+            decodeBudget,
+            keepEvicted: "int2",
+            lowBudget,
+          });
+          const low = state.run.lowTier!;
+          assert.ok(state.sequence.low!.entries() > 0);
+          const afterRead = state.meter.summary().kvBytes;
+          for await (const _ of generate(state, { suffix, maxTokens, eos: [] })) { /* drain */ }
+          const s = state.meter.summary();
+          const p = predictKv({
+            config: m.config,
+            plan: state.run.plan,
+            bytesPerElement: 4,
+            prefixTokens: prefix.length,
+            documentTokens: ids.length,
+            chunk,
+            suffixTokens: suffix.length,
+            maxTokens,
+            patchTokens: patchTokens(state.run, suffix.length, 0),
+            low: { budget: low.budget, entryBytes: low.entryBytes },
+          });
+          assert.deepEqual(
+            [p.peakBytes, p.afterReadBytes, p.endBytes],
+            [s.kvPeakBytes, afterRead, s.kvBytes],
+            "predicted vs measured (peak, after read, end)",
+          );
+          // a budget in bytes: as many low entries as fit
+          if (lowBudget === undefined) {
+            const d = m.config.headDim;
+            assert.equal(low.budget, Math.floor((70 * 2 * d * 4) / low.entryBytes));
+          }
+        });
+      }
+    }
+  } finally {
+    await m.session.close();
   }
 });

@@ -20,6 +20,8 @@ export interface KvRun {
   /** Tokens prefilled after the document, and the most tokens generated. */
   suffixTokens: number;
   maxTokens: number;
+  /** MiKV's low tier: entries per layer and KV head, and bytes an entry. */
+  low?: { budget: number; entryBytes: number };
 }
 
 export interface KvPrediction {
@@ -40,6 +42,8 @@ export interface KvPrediction {
  * `window` entries whole (none when a patch rides along) and the rest at k
  * channels; the plan protects that window, so which entries stay whole
  * follows from counts, whatever is scored. Appended entries stay whole.
+ * With a low tier (MiKV) every entry a step evicts moves there, up to its
+ * budget, so its count per head follows from counts too.
  */
 export function predictKv(p: KvRun): KvPrediction {
   const { layers: L, kvHeads: K, headDim: d } = p.config;
@@ -48,9 +52,13 @@ export function predictKv(p: KvRun): KvPrediction {
   const len = Array.from({ length: L }, () => new Array<number>(K).fill(0));
   /** Thin entries per layer and head. */
   const thin = Array.from({ length: L }, () => new Array<number>(K).fill(0));
+  /** Low-tier entries per layer and head. */
+  const low = Array.from({ length: L }, () => new Array<number>(K).fill(0));
   const sum = (a: number[][]) => a.reduce((x, row) => x + row.reduce((y, z) => y + z, 0), 0);
-  /** Bytes held: thin entries' keys are `d − k` elements short. */
-  const held = () => (sum(len) * 2 * d - (kc ? sum(thin) * (d - kc.channels) : 0)) * p.bytesPerElement;
+  /** Bytes held: thin entries' keys are `d − k` elements short; low entries at their own size. */
+  const held = () =>
+    (sum(len) * 2 * d - (kc ? sum(thin) * (d - kc.channels) : 0)) * p.bytesPerElement +
+    (p.low ? sum(low) * p.low.entryBytes : 0);
   /**
    * One step for every head: `f` gives its new count. A step that evicts (`whole` defined) leaves whole the
    * newest `whole` kept entries that were whole (of the old ones and the `fresh`), the rest thin.
@@ -59,7 +67,9 @@ export function predictKv(p: KvRun): KvPrediction {
     for (let l = 0; l < L; l++) {
       for (let h = 0; h < K; h++) {
         const wholeBefore = len[l][h] - thin[l][h] + fresh;
+        const considered = len[l][h] + fresh;
         len[l][h] = f(len[l][h], l, h);
+        if (p.low) low[l][h] = Math.min(p.low.budget, low[l][h] + Math.max(0, considered - len[l][h]));
         if (kc && whole !== undefined) thin[l][h] = len[l][h] - Math.min(len[l][h], whole, wholeBefore);
       }
     }
