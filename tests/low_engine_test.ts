@@ -55,6 +55,7 @@ Deno.test("low tier engine: evicted entries move to the low tier, which keeps th
     const expectRows = new Map<string, { key: Float32Array; value: Float32Array }>();
     const chunk = 6;
     let demoted = 0;
+    let promoted = 0;
     for (let step = 0; step < 6; step++) {
       const ids = Array.from({ length: chunk }, () => Math.floor(r() * c.vocab));
       // the state before the step
@@ -71,6 +72,7 @@ Deno.test("low tier engine: evicted entries move to the low tier, which keeps th
         lengths: x.lengths.slice(),
         positions: x.positions.slice(),
         accumulated: x.accumulated.slice(),
+        seen: x.seen.slice(),
       }));
       const start = seq.position;
       const result = await seq.step(ids, plan.prefill, { window: 2 });
@@ -101,6 +103,20 @@ Deno.test("low tier engine: evicted entries move to the low tier, which keeps th
           const lb = lowBefore[l];
           for (let i = 0; i < lb.lengths[h]; i++) {
             const pos = lb.positions[h * lb.cap + i];
+            if (high.has(pos)) {
+              // promoted: the high tier holds what the graph attended to, the dequantized key times b
+              const rows = expectRows.get(`${l}/${h}/${pos}`)!;
+              const x = seq.store.layers[l];
+              const slot = h * x.capacity + Array.from(seq.retained(l, h)).indexOf(pos);
+              const key = (x.keys as Float32Array).subarray(slot * d, (slot + 1) * d);
+              assert.deepEqual(key, rows.key.map((v, i) => Math.fround(v * bh[i])));
+              assert.deepEqual((x.values as Float32Array).subarray(slot * d, (slot + 1) * d), rows.value);
+              // its mass and queries seen come along, this run's counted
+              assert.equal(x.seen[slot], lb.seen[h * lb.cap + i] + chunk);
+              assert.equal(x.accumulated[slot], Math.fround(lb.accumulated[h * lb.cap + i] + lowAll[h * lb.cap + i]));
+              promoted++;
+              continue;
+            }
             cands.push({
               pos,
               mass: Math.fround(lb.accumulated[h * lb.cap + i] + lowAll[h * lb.cap + i]),
@@ -128,6 +144,22 @@ Deno.test("low tier engine: evicted entries move to the low tier, which keeps th
             });
             demoted++;
           }
+          // the one selection saw the low entries too: H2O's score (mass / queries seen) of every kept entry it
+          // did not protect (the head's first slot, the chunk's last 2) is at least that of every entry left out
+          const hx = seq.store.layers[l];
+          const lx = low.layers[l];
+          const score = (acc: number, seen: number) => (seen > 0 ? acc / seen : 0);
+          const sink = b.lengths[h] > 0 ? b.positions[h * b.cap] : start;
+          let minKept = Infinity;
+          for (let j = 0; j < hx.lengths[h]; j++) {
+            const at = h * hx.capacity + j;
+            if (hx.positions[at] === sink || hx.positions[at] >= start + chunk - 2) continue;
+            minKept = Math.min(minKept, score(hx.accumulated[at], hx.seen[at]));
+          }
+          for (let j = 0; j < lx.lengths[h]; j++) {
+            const at = h * lx.capacity + j;
+            assert.ok(score(lx.accumulated[at], lx.seen[at]) <= minKept * (1 + 1e-6), `low entry outscores a kept one`);
+          }
           const want = cands.sort((x, y) => y.mass - x.mass || y.pos - x.pos).slice(0, lowBudget)
             .sort((x, y) => x.pos - y.pos);
           const got = low.layers[l];
@@ -147,6 +179,8 @@ Deno.test("low tier engine: evicted entries move to the low tier, which keeps th
       }
     }
     assert.ok(demoted > L * K * lowBudget, `only ${demoted} demotions: the low budget was never full`);
+    assert.ok(promoted > 0, "no entry was promoted back");
+    console.log(`${demoted} demotions, ${promoted} promotions`);
     // the forked sequence's low tier is its own
     const fork = seq.fork();
     fork.low!.layers[0].lengths[0] = 0;
@@ -191,7 +225,7 @@ Deno.test("low tier estimate: predicted KV peak, after-read and end bytes equal 
             suffixTokens: suffix.length,
             maxTokens,
             patchTokens: patchTokens(state.run, suffix.length, 0),
-            low: { budget: low.budget, entryBytes: low.entryBytes },
+            low: { budget: low.budget, entryBytes: low.entryBytes, promote: true },
           });
           assert.deepEqual(
             [p.peakBytes, p.afterReadBytes, p.endBytes],

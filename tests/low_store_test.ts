@@ -15,6 +15,7 @@ import { rng } from "./helpers.ts";
 interface Entry {
   pos: number;
   mass: number;
+  seen: number;
   key: Float32Array;
   value: Float32Array;
 }
@@ -40,9 +41,12 @@ for (
         // the low tier's own attention since the last admission
         const layer = store.layers[l];
         const all = new Float32Array(K * layer.capacity).map(() => r());
-        store.accumulate(l, all);
+        store.accumulate(l, all, 3);
         for (let h = 0; h < K; h++) {
-          oracle[l][h].forEach((e, i) => e.mass = Math.fround(e.mass + all[h * layer.capacity + i]));
+          oracle[l][h].forEach((e, i) => {
+            e.mass = Math.fround(e.mass + all[h * layer.capacity + i]);
+            e.seen += 3;
+          });
         }
         for (let h = 0; h < K; h++) {
           const n = 1 + Math.floor(r() * 4);
@@ -60,11 +64,17 @@ for (
             { length: n },
             (_, i) => i === 0 && oracle[l][h].length ? oracle[l][h][0].mass : Math.fround(r() * 3),
           );
-          store.admit(l, h, { keys, values, positions, accumulated });
+          const seen = positions.map((p) => p % 7);
+          // promotion: some held entries leave (to the high tier) as others arrive
+          const held = oracle[l][h].length;
+          const leaving = new Uint8Array(held).map(() => (r() < 0.2 ? 1 : 0));
+          store.admit(l, h, { keys, values, positions, accumulated, seen }, leaving);
+          oracle[l][h] = oracle[l][h].filter((_, i) => !leaving[i]);
           for (let i = 0; i < n; i++) {
             oracle[l][h].push({
               pos: positions[i],
               mass: accumulated[i],
+              seen: seen[i],
               key: keys.slice(i * d, (i + 1) * d),
               value: values.slice(i * d, (i + 1) * d),
             });
@@ -88,6 +98,7 @@ for (
             const slot = h * cap + j;
             assert.equal(layer.positions[slot], e.pos, `round ${round} layer ${l} head ${h} slot ${j}`);
             assert.ok(Math.abs(layer.accumulated[slot] - e.mass) < 1e-5);
+            assert.equal(layer.seen[slot], e.seen);
             const k1 = dequantizeRows(quantizeRows(balanceKeys(e.key, 1, bh), 1, d, spec));
             const v1 = dequantizeRows(quantizeRows(e.value, 1, d, spec));
             assert.deepEqual(keys.subarray(slot * d, (slot + 1) * d), k1);
@@ -108,6 +119,12 @@ Deno.test("low store: the default budget fits the high tier's bytes; a balancer 
   assert.equal(lowEntryBytes(64, spec), 80);
   assert.equal(sameBytesBudget(100, 64, 2, spec), Math.floor(25600 / 80));
   const store = new LowStore(config, { bits: 2, group: 8, params: "float32" }, () => 3);
-  store.admit(0, 1, { keys: new Float32Array(d), values: new Float32Array(d), positions: [4], accumulated: [1] });
+  store.admit(0, 1, {
+    keys: new Float32Array(d),
+    values: new Float32Array(d),
+    positions: [4],
+    accumulated: [1],
+    seen: [1],
+  });
   assert.throws(() => store.setBalance(0, new Float32Array(K * d).fill(2)), /balancer/);
 });

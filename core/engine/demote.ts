@@ -7,20 +7,25 @@
  * head, b_i = sqrt(max|k_i| / max|q_i|) over the chunk's new keys and the
  * queries of the head's group (the graph's `low_query_absmax` output).
  */
-import { balanceFactors } from "../../kernels/kv_quant.ts";
+import { balanceFactors, dequantizeRows } from "../../kernels/kv_quant.ts";
 import { gatherRows } from "../../kernels/merge.ts";
-import { fromF16Bits } from "../../kernels/fp16.ts";
-import type { KvArray } from "../model/session.ts";
+import { fromF16Bits, toF16Bits } from "../../kernels/fp16.ts";
+import type { KvArray, RunResult, StatName } from "../model/session.ts";
 import type { FreshEntries, HeadUpdate, KvStore } from "./kv_store.ts";
 import type { LowStore } from "./low_store.ts";
 
-/** Moves what layer `l`'s heads do not keep (before `store.commit`) into the low tier. */
+/**
+ * Moves what layer `l`'s heads do not keep (before `store.commit`) into the low tier. With promotion the
+ * considered entries are [retained P ; low Q_h ; new], `fresh` holding the low rows then the new ones: kept low
+ * entries leave the low tier (promoted), low entries not kept stay there as they are.
+ */
 export function demoteLayer(
   store: KvStore,
   low: LowStore,
   l: number,
   updates: HeadUpdate[],
   fresh: FreshEntries & { count: number },
+  lowCount?: Int32Array,
 ): void {
   const { kvHeads: K, headDim: d } = store.config;
   const layer = store.layers[l];
@@ -28,18 +33,24 @@ export function demoteLayer(
   for (let h = 0; h < K; h++) {
     const u = updates[h];
     const P = layer.lengths[h];
-    const n = P + fresh.count;
-    if (u.keep.length === n) continue;
+    const Q = lowCount?.[h] ?? 0;
+    const n = P + Q + fresh.count;
+    if (u.keep.length === n) {
+      if (Q > 0) low.admit(l, h, NONE, new Uint8Array(Q).fill(1));
+      continue;
+    }
     const kept = new Uint8Array(n);
     for (const i of u.keep) kept[i] = 1;
-    const lost = n - u.keep.length;
+    let lost = 0;
+    for (let i = 0; i < n; i++) if (!kept[i] && (i < P || i >= P + Q)) lost++;
     const keys = new Float32Array(lost * d);
     const values = new Float32Array(lost * d);
     const positions = new Int32Array(lost);
     const accumulated = new Float32Array(lost);
+    const seen = new Float32Array(lost);
     let j = 0;
     for (let i = 0; i < n; i++) {
-      if (kept[i]) continue;
+      if (kept[i] || (i >= P && i < P + Q)) continue;
       const [srcK, srcV, row] = i < P
         ? [layer.keys, layer.values, h * layer.capacity + i]
         : [fresh.keys, fresh.values, h * fresh.stride + i - P];
@@ -47,11 +58,14 @@ export function demoteLayer(
       gatherRows(srcV, row, 1, d, values, j);
       positions[j] = u.positions[i];
       accumulated[j] = u.accumulated[i];
+      seen[j] = u.seen[i];
       j++;
     }
-    low.admit(l, h, { keys, values, positions, accumulated });
+    low.admit(l, h, { keys, values, positions, accumulated, seen }, kept.subarray(P, P + Q));
   }
 }
+
+const NONE = { keys: new Float32Array(0), values: new Float32Array(0), positions: [], accumulated: [], seen: [] };
 
 /** Per layer, the balancer from a chunk's query maxima [Hkv·d] and its `count` new keys [Hkv, stride, d]. */
 export function chunkBalance(queryAbsMax: Float32Array, newKeys: KvArray, stride: number, count: number, d: number) {
@@ -67,4 +81,68 @@ export function chunkBalance(queryAbsMax: Float32Array, newKeys: KvArray, stride
     }
   }
   return balanceFactors(queryAbsMax, kmax);
+}
+
+/**
+ * Layer `l`'s low entries as candidates of a step (promotion: the selection
+ * sees them beside the retained and new ones): per head its count, positions,
+ * accumulated mass and statistics, and a buffer in the cache's dtype holding,
+ * per head, the low entries dequantized (keys times the balancer) followed by
+ * the run's first `c` new entries — the `fresh` rows `store.commit` copies
+ * kept entries from.
+ */
+export interface LowCandidates {
+  count: Int32Array;
+  positions: (h: number) => Int32Array;
+  accumulated: (h: number) => Float32Array;
+  seen: (h: number) => Float32Array;
+  stat: (name: StatName, h: number) => Float32Array;
+  fresh: FreshEntries;
+}
+
+/** Builds {@link LowCandidates} for layer `l` after `result` (its `c` candidate new entries of `S` run tokens). */
+export function lowCandidates(
+  store: KvStore,
+  low: LowStore,
+  l: number,
+  result: RunResult,
+  c: number,
+  S: number,
+): LowCandidates {
+  const { kvHeads: K, headDim: d } = store.config;
+  const x = low.layers[l];
+  const cap = x.capacity;
+  const count = x.lengths.slice();
+  const stride = Math.max(0, ...count) + c;
+  const half = store.dtype === "float16";
+  const keys: KvArray = half ? new Uint16Array(K * stride * d) : new Float32Array(K * stride * d);
+  const values: KvArray = half ? new Uint16Array(K * stride * d) : new Float32Array(K * stride * d);
+  const dk = dequantizeRows(x.keys);
+  const dv = dequantizeRows(x.values);
+  const put = (dst: KvArray, at: number, v: number) => dst[at] = half ? toF16Bits(v) : v;
+  const newKeys = result.newKeys[l], newValues = result.newValues[l];
+  for (let h = 0; h < K; h++) {
+    const Q = count[h];
+    for (let j = 0; j < Q; j++) {
+      for (let i = 0; i < d; i++) {
+        const src = (h * cap + j) * d + i, dst = (h * stride + j) * d + i;
+        put(keys, dst, Math.fround(dk[src] * x.balance[h * d + i]));
+        put(values, dst, dv[src]);
+      }
+    }
+    keys.set(newKeys.subarray(h * S * d, (h * S + c) * d), (h * stride + Q) * d);
+    values.set(newValues.subarray(h * S * d, (h * S + c) * d), (h * stride + Q) * d);
+  }
+  return {
+    count,
+    positions: (h) => x.positions.slice(h * cap, h * cap + count[h]),
+    accumulated: (h) => x.accumulated.slice(h * cap, h * cap + count[h]),
+    seen: (h) => x.seen.slice(h * cap, h * cap + count[h]),
+    stat: (name, h) => {
+      const s = result.lowStats?.[name]?.[l];
+      if (!s) throw new Error(`low-tier statistic "${name}" was not fetched`);
+      return s.subarray(h * cap, h * cap + count[h]);
+    },
+    fresh: { keys, values, stride },
+  };
 }

@@ -35,6 +35,8 @@ export interface LowLayer {
   positions: Int32Array;
   /** [Hkv, capacity] */
   accumulated: Float32Array;
+  /** [Hkv, capacity]: queries that could see the entry (H2O divides its mass by them). */
+  seen: Float32Array;
   /** [Hkv·d]: the balancer's factors (ones until set). */
   balance: Float32Array;
 }
@@ -45,6 +47,7 @@ export interface LowArrivals {
   values: Float32Array;
   positions: ArrayLike<number>;
   accumulated: ArrayLike<number>;
+  seen: ArrayLike<number>;
 }
 
 /** The low tier of every layer, with its per-head budgets. */
@@ -64,6 +67,7 @@ export class LowStore {
       values: allocRows(0, d, spec),
       positions: new Int32Array(0),
       accumulated: new Float32Array(0),
+      seen: new Float32Array(0),
       balance: new Float32Array(K * d).fill(1),
     }));
   }
@@ -88,34 +92,44 @@ export class LowStore {
     };
   }
 
-  /** Adds layer `l`'s low-tier `all` mass of the last run ([Hkv, capacity]) to each entry's accumulated mass. */
-  accumulate(l: number, all: Float32Array): void {
+  /**
+   * Adds layer `l`'s low-tier `all` mass of the last run ([Hkv, capacity]) to each entry's accumulated mass, and
+   * the run's `queries` to the queries each has seen.
+   */
+  accumulate(l: number, all: Float32Array, queries: number): void {
     const layer = this.layers[l];
     const cap = layer.capacity;
     for (let h = 0; h < layer.lengths.length; h++) {
-      for (let i = 0; i < layer.lengths[h]; i++) layer.accumulated[h * cap + i] += all[h * cap + i];
+      for (let i = 0; i < layer.lengths[h]; i++) {
+        layer.accumulated[h * cap + i] += all[h * cap + i];
+        layer.seen[h * cap + i] += queries;
+      }
     }
   }
 
   /**
    * Admits `a` into layer `l`, head `h`: quantizes the arrivals, and when the
    * head would hold more than its budget keeps the entries with the most
-   * accumulated mass (old and new alike), in position order.
+   * accumulated mass (old and new alike), in position order. `leaving` marks
+   * held entries (by slot) that leave first: promoted to the high tier.
    */
-  admit(l: number, h: number, a: LowArrivals): void {
+  admit(l: number, h: number, a: LowArrivals, leaving?: Uint8Array): void {
     const { headDim: d } = this.config;
     const layer = this.layers[l];
     const n = a.positions.length;
-    if (n === 0) return;
     const P = layer.lengths[h];
-    const budget = Math.max(0, Math.min(this.budget(l, h), P + n));
+    if (n === 0 && !leaving?.some((x) => x)) return;
+    let budget = Math.max(0, Math.min(this.budget(l, h), P + n));
     // candidates: the head's entries (0..P−1), then the arrivals (P..P+n−1); keep the top `budget` by mass
     const mass = (i: number) => (i < P ? layer.accumulated[h * layer.capacity + i] : a.accumulated[i - P]);
     const pos = (i: number) => (i < P ? layer.positions[h * layer.capacity + i] : a.positions[i - P]);
+    const seenOf = (i: number) => (i < P ? layer.seen[h * layer.capacity + i] : a.seen[i - P]);
     const order = Array.from({ length: P + n }, (_, i) => i)
+      .filter((i) => i >= P || !leaving?.[i])
       .sort((x, y) => mass(y) - mass(x) || pos(y) - pos(x))
       .slice(0, budget)
       .sort((x, y) => pos(x) - pos(y));
+    budget = order.length;
     this.#reserve(l, budget);
     const cap = layer.capacity;
     const bytes = rowBytes(d, this.spec.bits);
@@ -130,9 +144,11 @@ export class LowStore {
     }));
     const positions = new Int32Array(budget);
     const accumulated = new Float32Array(budget);
+    const seen = new Float32Array(budget);
     order.forEach((i, j) => {
       positions[j] = pos(i);
       accumulated[j] = mass(i);
+      seen[j] = seenOf(i);
       const slot = h * cap + j;
       if (i < P) {
         [layer.keys, layer.values].forEach((t, k) => {
@@ -147,6 +163,7 @@ export class LowStore {
     });
     layer.positions.set(positions, h * cap);
     layer.accumulated.set(accumulated, h * cap);
+    layer.seen.set(seen, h * cap);
     layer.lengths[h] = budget;
   }
 
@@ -180,6 +197,7 @@ export class LowStore {
     layer.values = grow(layer.values);
     layer.positions = growFlat(layer.positions, (m) => new Int32Array(m));
     layer.accumulated = growFlat(layer.accumulated, (m) => new Float32Array(m));
+    layer.seen = growFlat(layer.seen, (m) => new Float32Array(m));
     layer.capacity = cap;
   }
 
@@ -200,6 +218,7 @@ export class LowStore {
         values: rows(x.values),
         positions: x.positions.slice(),
         accumulated: x.accumulated.slice(),
+        seen: x.seen.slice(),
         balance: x.balance.slice(),
       };
     });

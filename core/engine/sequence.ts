@@ -138,7 +138,7 @@ export class Sequence {
         for (let l = 0; l < L; l++) low.setBalance(l, chunkBalance(result.queryAbsMax![l], result.newKeys[l], S, c, d));
         low.balanced = true;
       }
-      for (let l = 0; l < L; l++) low.accumulate(l, result.lowStats!.all![l]);
+      for (let l = 0; l < L; l++) low.accumulate(l, result.lowStats!.all![l], S);
     }
     for (let l = 0; l < L; l++) {
       evictLayer(this.store, l, {
