@@ -5,7 +5,8 @@
  * int4 or int2 low tier filling the other half of the bytes (the default low
  * budget). Prints one row per (policy, method): exact recall and KV peak bytes.
  *
- *   deno run -A bench/mikv.ts MODEL CORPUS [--length 4000] [--budget 128] [--needles 6]
+ *   deno run -A bench/mikv.ts MODEL CORPUS [--length 4000] [--budget 128] [--needles 6] [--policies snapkv,h2o]
+ *     [--on-top]   also the low tier on top of the whole high budget (more bytes)
  */
 import { parseArgs } from "node:util";
 import { generate, loadModel, read } from "../core/mod.ts";
@@ -20,6 +21,8 @@ const { positionals, values } = parseArgs({
     budget: { type: "string", default: "128" },
     needles: { type: "string", default: "6" },
     policies: { type: "string", default: "snapkv,h2o,tova" },
+    /** Also the low tier on top of the full high budget (more bytes: what the low tier adds by itself). */
+    "on-top": { type: "boolean", default: false },
   },
 });
 const [modelDir, corpusPath] = positionals;
@@ -28,9 +31,10 @@ const length = Number(values.length), B = Number(values.budget), needles = Numbe
 const depths = [0.1, 0.5, 0.9];
 for (const tier of ["int4", "int2"] as const) {
   const model = await loadModel(modelDir, { positions: "original", kvDtype: "float16", lowTier: tier });
-  const methods = tier === "int4"
+  const methods: { name: string; budget: number; keepEvicted?: "int4" | "int2" }[] = tier === "int4"
     ? [{ name: "drop", budget: B }, { name: tier, budget: B / 2, keepEvicted: tier }]
     : [{ name: tier, budget: B / 2, keepEvicted: tier }];
+  if (values["on-top"]) methods.push({ name: `${tier} on top`, budget: B, keepEvicted: tier });
   for (const policy of values.policies.split(",")) {
     for (const m of methods) {
       let exact = 0, trials = 0, peak = 0, footprint = 0;
@@ -48,7 +52,9 @@ for (const tier of ["int4", "int2"] as const) {
             ...(m.keepEvicted ? { keepEvicted: m.keepEvicted } : {}),
           });
           let answer = "";
-          for await (const p of generate(state, { suffix: prompt.suffix, maxTokens: 8, sampling: { temperature: 0 } })) {
+          for await (
+            const p of generate(state, { suffix: prompt.suffix, maxTokens: 8, sampling: { temperature: 0 } })
+          ) {
             answer += p;
           }
           const s = state.meter.summary();
