@@ -24,7 +24,8 @@ import { balanceFactors, balanceKeys, dequantizeRows, type KvQuantSpec, quantize
 import { makeTinyModels } from "./model_fixtures.ts";
 import { generate, loadModel, read } from "../core/mod.ts";
 import { predictKv } from "../core/engine/estimate.ts";
-import { patchTokens } from "../core/engine/resolve.ts";
+import { patchTokens, resolveRun } from "../core/engine/resolve.ts";
+import { TomeError } from "../core/errors.ts";
 import { rng } from "./helpers.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-low-engine-test-" });
@@ -243,4 +244,25 @@ Deno.test("low tier estimate: predicted KV peak, after-read and end bytes equal 
   } finally {
     await m.session.close();
   }
+});
+
+Deno.test("low tier options: bad combinations are usage errors before any model work; sizes become entries", async () => {
+  const c = (await openCheckpoint(models.get("llama")!)).config;
+  const base = { policy: "snapkv", budget: 64, positions: "original" as const, kvDtype: "float16" as const };
+  const usage = async (o: Record<string, unknown>, re: RegExp) => {
+    const err = await resolveRun(c, { ...base, ...o }).catch((e) => e);
+    assert.ok(err instanceof TomeError && err.kind === "usage" && re.test(err.message), String(err));
+  };
+  await usage({ keepEvicted: "int3" }, /int4 or int2/);
+  await usage({ lowBudget: 10 }, /needs --keep-evicted/);
+  await usage({ keepEvicted: "int4", merge: "d2o" }, /does not combine/);
+  await usage({ keepEvicted: "int4", keyChannels: 0.5 }, /does not combine/);
+  await usage({ keepEvicted: "int2", positions: "compact" }, /original positions/);
+  const run = await resolveRun(c, { ...base, keepEvicted: "int4", lowBudget: "1MiB" });
+  const d = c.headDim;
+  // d = 16 (one group of 16 at float16): 2·(8 + 2·2) = 24 bytes an entry
+  assert.equal(run.lowTier!.entryBytes, 2 * (d / 2 + 2 * (d / run.lowTier!.spec.group) * 2));
+  assert.equal(run.lowTier!.budget, Math.floor(2 ** 20 / (c.layers * c.kvHeads * run.lowTier!.entryBytes)));
+  assert.equal((await resolveRun(c, { ...base, keepEvicted: "int2", lowBudget: "12" })).lowTier!.budget, 12);
+  assert.equal((await resolveRun(c, { ...base, policy: "full", keepEvicted: "int2" })).lowTier, null);
 });
