@@ -149,24 +149,28 @@ export function quantizeRows(src: Float32Array, rows: number, d: number, spec: K
 
 /** Reads quantized rows back as float32, q·s + m rounded as the graph rounds it (the product, then the sum). */
 export function dequantizeRows(q: QuantizedRows, out = new Float32Array(q.rows * q.d)): Float32Array {
+  for (let r = 0; r < q.rows; r++) dequantizeRow(q, r, out, r);
+  return out;
+}
+
+/** Reads row `row` of `q` back into row `at` of `out` (as {@link dequantizeRows}). */
+export function dequantizeRow(q: QuantizedRows, row: number, out: Float32Array, at: number): void {
   const { d, spec } = q;
   const { bits, group } = spec;
   const mask = (1 << bits) - 1;
   const perByte = 8 / bits;
   const groups = d / group;
   const bytes = rowBytes(d, bits);
-  const param = spec.params === "float16" ? (a: Float32Array | Uint16Array, i: number) => fromF16Bits(a[i]) : (
-    a: Float32Array | Uint16Array,
-    i: number,
-  ) => a[i];
-  for (let r = 0; r < q.rows; r++) {
-    for (let i = 0; i < d; i++) {
-      const p = r * groups + Math.floor(i / group);
-      const v = (q.data[r * bytes + Math.floor(i / perByte)] >> ((i % perByte) * bits)) & mask;
-      out[r * d + i] = Math.fround(Math.fround(v * param(q.scales, p)) + param(q.mins, p));
+  const half = spec.params === "float16";
+  for (let gi = 0; gi < groups; gi++) {
+    const p = row * groups + gi;
+    const s = half ? fromF16Bits(q.scales[p]) : q.scales[p];
+    const m = half ? fromF16Bits(q.mins[p]) : q.mins[p];
+    for (let i = gi * group; i < (gi + 1) * group; i++) {
+      const v = (q.data[row * bytes + Math.floor(i / perByte)] >> ((i % perByte) * bits)) & mask;
+      out[at * d + i] = Math.fround(Math.fround(v * s) + m);
     }
   }
-  return out;
 }
 
 /** Per channel, the largest |x| over `rows` rows of `d` channels. */

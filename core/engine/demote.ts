@@ -7,7 +7,7 @@
  * head, b_i = sqrt(max|k_i| / max|q_i|) over the chunk's new keys and the
  * queries of the head's group (the graph's `low_query_absmax` output).
  */
-import { balanceFactors, dequantizeRows } from "../../kernels/kv_quant.ts";
+import { balanceFactors, dequantizeRow } from "../../kernels/kv_quant.ts";
 import { gatherRows } from "../../kernels/merge.ts";
 import { fromF16Bits, toF16Bits } from "../../kernels/fp16.ts";
 import type { KvArray, RunResult, StatName } from "../model/session.ts";
@@ -97,7 +97,13 @@ export interface LowCandidates {
   accumulated: (h: number) => Float32Array;
   seen: (h: number) => Float32Array;
   stat: (name: StatName, h: number) => Float32Array;
-  fresh: FreshEntries;
+  /** Head h's low keys as the graph read them (dequantized, times b), f32 [Q_h, d]. */
+  keys: (h: number) => Float32Array;
+  /**
+   * The rows `store.commit` copies from: per head its low entries then the new ones, stride `Q_max + c`; only the
+   * low rows `keep` (indices into [retained ; low ; new] with `past` retained entries per head) are filled.
+   */
+  fresh: (updates: HeadUpdate[], past: Int32Array) => FreshEntries;
 }
 
 /** Builds {@link LowCandidates} for layer `l` after `result` (its `c` candidate new entries of `S` run tokens). */
@@ -113,26 +119,18 @@ export function lowCandidates(
   const x = low.layers[l];
   const cap = x.capacity;
   const count = x.lengths.slice();
-  const stride = Math.max(0, ...count) + c;
   const half = store.dtype === "float16";
-  const keys: KvArray = half ? new Uint16Array(K * stride * d) : new Float32Array(K * stride * d);
-  const values: KvArray = half ? new Uint16Array(K * stride * d) : new Float32Array(K * stride * d);
-  const dk = dequantizeRows(x.keys);
-  const dv = dequantizeRows(x.values);
-  const put = (dst: KvArray, at: number, v: number) => dst[at] = half ? toF16Bits(v) : v;
-  const newKeys = result.newKeys[l], newValues = result.newValues[l];
-  for (let h = 0; h < K; h++) {
-    const Q = count[h];
-    for (let j = 0; j < Q; j++) {
+  const row = new Float32Array(d);
+  /** Low entry j of head h, dequantized (keys times b), into row `at` of `keys`/`values` in the cache dtype. */
+  const write = (h: number, j: number, keys: KvArray, values: KvArray, at: number) => {
+    for (const [q, dst, balanced] of [[x.keys, keys, true], [x.values, values, false]] as const) {
+      dequantizeRow(q, h * cap + j, row, 0);
       for (let i = 0; i < d; i++) {
-        const src = (h * cap + j) * d + i, dst = (h * stride + j) * d + i;
-        put(keys, dst, Math.fround(dk[src] * x.balance[h * d + i]));
-        put(values, dst, dv[src]);
+        const v = balanced ? Math.fround(row[i] * x.balance[h * d + i]) : row[i];
+        dst[at * d + i] = half ? toF16Bits(v) : v;
       }
     }
-    keys.set(newKeys.subarray(h * S * d, (h * S + c) * d), (h * stride + Q) * d);
-    values.set(newValues.subarray(h * S * d, (h * S + c) * d), (h * stride + Q) * d);
-  }
+  };
   return {
     count,
     positions: (h) => x.positions.slice(h * cap, h * cap + count[h]),
@@ -143,6 +141,24 @@ export function lowCandidates(
       if (!s) throw new Error(`low-tier statistic "${name}" was not fetched`);
       return s.subarray(h * cap, h * cap + count[h]);
     },
-    fresh: { keys, values, stride },
+    keys: (h) => {
+      const keys = new Float32Array(count[h] * d);
+      const values = new Float32Array(count[h] * d);
+      for (let j = 0; j < count[h]; j++) write(h, j, keys, values, j);
+      return keys;
+    },
+    fresh: (updates, past) => {
+      const stride = Math.max(0, ...count) + c;
+      const keys: KvArray = half ? new Uint16Array(K * stride * d) : new Float32Array(K * stride * d);
+      const values: KvArray = half ? new Uint16Array(K * stride * d) : new Float32Array(K * stride * d);
+      const newKeys = result.newKeys[l], newValues = result.newValues[l];
+      for (let h = 0; h < K; h++) {
+        const P = past[h], Q = count[h];
+        for (const i of updates[h].keep) if (i >= P && i < P + Q) write(h, i - P, keys, values, h * stride + i - P);
+        keys.set(newKeys.subarray(h * S * d, (h * S + c) * d), (h * stride + Q) * d);
+        values.set(newValues.subarray(h * S * d, (h * S + c) * d), (h * stride + Q) * d);
+      }
+      return { keys, values, stride };
+    },
   };
 }

@@ -109,7 +109,7 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
         layer.thinKeys
           ? keyNorms(headKeys(layer.thinKeys, h, P, d), 0, P, newKeys, h * S, c, d)
           : lowC
-          ? keyNorms(layer.keys, h * cap, P, lowC.fresh.keys, h * lowC.fresh.stride, Q + c, d)
+          ? lowKeyNorms(keyNorms(layer.keys, h * cap, P, newKeys, h * S, c, d), P, lowC.keys(h), d)
           : keyNorms(layer.keys, h * cap, P, newKeys, h * S, c, d),
       windowQueries: step.windowQueries,
     });
@@ -124,13 +124,27 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
     else if (policy.sharedAcrossHeads && h > 0) updates[h].keep = updates[0].keep, scores[h] = scores[0];
     else updates[h].keep = select(scores[h] = policy.score(v), v.n, keep, protect);
   }
-  const fresh = lowC ? lowC.fresh : { keys: newKeys, values: result.newValues[l], stride: S };
+  const fresh = lowC ? lowC.fresh(updates, layer.lengths) : { keys: newKeys, values: result.newValues[l], stride: S };
   const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
   if (step.low && rule.merge) throw new Error("a low tier and a merger both claim the evicted entries");
   if (step.low) demoteLayer(store, step.low, l, updates, { ...fresh, count: c }, lowC?.count);
   // thin keys: the observation window stays whole, unless it is the patch (not kept)
   store.commit(l, updates, fresh, step.patch ? 0 : rule.keyChannels?.window);
   if (merged) writeMerged(store, l, merged);
+}
+
+/** Norms of [retained P ; new] with the norms of a head's low keys (f32 [Q, d]) inserted after the P retained. */
+function lowKeyNorms(norms: Float32Array, P: number, low: Float32Array, d: number): Float32Array {
+  const Q = low.length / d;
+  const out = new Float32Array(norms.length + Q);
+  out.set(norms.subarray(0, P));
+  for (let j = 0; j < Q; j++) {
+    let s = 0;
+    for (let i = 0; i < d; i++) s += low[j * d + i] ** 2;
+    out[P + j] = Math.sqrt(s);
+  }
+  out.set(norms.subarray(P), P + Q);
+  return out;
 }
 
 /** ‖k‖₂ of P retained keys followed by c new ones (f32 values or f16 bit patterns). */
