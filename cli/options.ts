@@ -42,6 +42,8 @@ export interface RunFlags extends ModelFlags {
   decodeBudget?: string;
   merge?: string;
   keyChannels?: string;
+  keepEvicted?: string;
+  lowBudget?: string;
   state?: string;
   save?: string;
   cache?: boolean;
@@ -115,6 +117,14 @@ export function addRunOptions(cmd: Command): Command {
     .option(
       "--key-channels <fraction>",
       "ThinK: keep this fraction of key channels (by key magnitude) for all but the newest 32 entries (the observation window; 1: off)",
+    )
+    .option(
+      "--keep-evicted <bits>",
+      "MiKV: keep evicted entries in a low tier at int4 or int2 instead of dropping them (original positions only)",
+    )
+    .option(
+      "--low-budget <n|size>",
+      "low-tier entries per layer and head, or a size such as 64MiB (default: what fits in the high tier's bytes)",
     )
     .addOption(sharedOption("duoMask"))
     .addOption(sharedOption("duoSparsity"))

@@ -104,6 +104,9 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
   if (keyChannels !== undefined && keyChannels < 1 && (flags.state || flags.save || flags.cache)) {
     throw usage("--key-channels does not combine with --state, --save or --cache (a state file holds whole keys)");
   }
+  if (flags.keepEvicted !== undefined && (flags.state || flags.save || flags.cache)) {
+    throw usage("--keep-evicted does not combine with --state, --save or --cache (a state file holds no low tier)");
+  }
   if (flags.metrics) await checkWritable(flags.metrics, "--metrics");
   const mode: DisplayMode = flags.quiet
     ? "quiet"
@@ -133,6 +136,8 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
     questionPatch: state?.run.questionPatch ?? flags.questionPatch,
     merge: state ? state.run.merge ?? undefined : flags.merge,
     keyChannels,
+    keepEvicted: flags.keepEvicted as "int4" | "int2" | undefined, // checked by resolveRun
+    lowBudget: flags.lowBudget,
     retainingHeads: flags.retainingHeads,
   }, { bytes: state ? null : source?.totalBytes, extraTokens: POSITION_MARGIN + maxTokens });
   if (state && state.model.layers !== config.layers) {
@@ -172,6 +177,7 @@ export async function loadPrepared(p: Prepared, flags: RunFlags): Promise<Loaded
     threads: p.threads,
     executionProviders: p.device.providers,
     retainingHeads: flags.retainingHeads,
+    ...(run.lowTier ? { lowTier: run.lowTier.tier } : {}),
     weights: p.weights,
   });
   p.say(

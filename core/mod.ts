@@ -9,6 +9,7 @@
  */
 import { decode, type FinishReason } from "./engine/decode.ts";
 import { KvStore } from "./engine/kv_store.ts";
+import { LowStore } from "./engine/low_store.ts";
 import { type LoadedModel, loadModel } from "./engine/model.ts";
 import { Prefill } from "./engine/prefill.ts";
 import { checkPlan } from "./engine/plan.ts";
@@ -70,6 +71,11 @@ export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadSta
     weights: model.graph.weights,
     retainingHeads: model.graph.retainingHeads,
   });
+  if (run.lowTier && run.lowTier.tier !== model.graph.lowTier) {
+    throw new Error(
+      `the run keeps evicted entries at ${run.lowTier.tier}, the model's graph does not (loadModel lowTier)`,
+    );
+  }
   if (run.positions !== model.graph.positions || run.kvDtype !== model.graph.kvDtype) {
     throw new Error(`the run was resolved for ${run.positions}/${run.kvDtype}, the model's graph is not`);
   }
@@ -82,6 +88,7 @@ export async function read(input: ReadInput, opts: ReadOptions): Promise<ReadSta
       model.session,
       new KvStore(model.config, run.kvDtype, run.keyChannels ?? undefined),
       opts.meter ?? new Meter(run.tokenBytes, opts.onEvent),
+      run.lowTier ? new LowStore(model.config, run.lowTier.spec, () => run.lowTier!.budget) : undefined,
     );
   const meter = sequence.meter;
   const prefill = new Prefill(sequence, { plan: run.plan, chunk: run.chunk, patch, window: run.window });

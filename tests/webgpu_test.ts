@@ -125,6 +125,7 @@ Deno.test({
       ["original", { positions: "original" }],
       ["compact", { positions: "compact" }],
       ["compact, retaining heads", { positions: "compact", retainingHeads: heads }],
+      ["original, low tier", { positions: "original", lowTier: "int2" }],
     ];
     for (const [label, variant] of variants) {
       await t.step(label, async () => {

@@ -54,6 +54,15 @@ Examples:
         patchTokens: patchTokens(run, prompt.suffix.length, tokenizer.encode(KVZIP_PROMPT).length),
         suffixTokens: prompt.suffix.length,
         maxTokens: p.maxTokens,
+        ...(run.lowTier
+          ? {
+            low: {
+              budget: run.lowTier.budget,
+              entryBytes: run.lowTier.entryBytes,
+              promote: !run.policy.sharedAcrossHeads,
+            },
+          }
+          : {}),
       });
       const tLoad = performance.now();
       const model = await loadPrepared(p, flags);

@@ -57,13 +57,18 @@ export async function* decode(
    */
   const feed = async (ids: number[], generated: boolean) => {
     const before = seq.meanEntries();
-    const bytesBefore = seq.store.bytes();
+    const bytesBefore = seq.store.bytes() + (seq.low?.bytes() ?? 0);
     const r = rule && generated
       ? await seq.step(ids, rule, { window: 1, logits: true })
       : await seq.append(ids, { logits: true });
     // token i attends to what was held before and the i + 1 new entries (whole)
     for (let i = 0; i < ids.length; i++) {
-      seq.meter.token(before + i + 1, seq.store.bytes(), generated, bytesBefore + (i + 1) * seq.meter.tokenBytes);
+      seq.meter.token(
+        before + i + 1,
+        seq.store.bytes() + (seq.low?.bytes() ?? 0),
+        generated,
+        bytesBefore + (i + 1) * seq.meter.tokenBytes,
+      );
     }
     return r.logits!;
   };

@@ -20,6 +20,8 @@ export interface KvRun {
   /** Tokens prefilled after the document, and the most tokens generated. */
   suffixTokens: number;
   maxTokens: number;
+  /** MiKV's low tier: entries per layer and KV head, and bytes an entry. */
+  low?: { budget: number; entryBytes: number; promote: boolean };
 }
 
 export interface KvPrediction {
@@ -40,6 +42,9 @@ export interface KvPrediction {
  * `window` entries whole (none when a patch rides along) and the rest at k
  * channels; the plan protects that window, so which entries stay whole
  * follows from counts, whatever is scored. Appended entries stay whole.
+ * With a low tier (MiKV) a step selects among retained, low and new entries
+ * and what it does not keep stays in or moves to the low tier, up to its
+ * budget, so both counts per head follow from counts too.
  */
 export function predictKv(p: KvRun): KvPrediction {
   const { layers: L, kvHeads: K, headDim: d } = p.config;
@@ -48,18 +53,29 @@ export function predictKv(p: KvRun): KvPrediction {
   const len = Array.from({ length: L }, () => new Array<number>(K).fill(0));
   /** Thin entries per layer and head. */
   const thin = Array.from({ length: L }, () => new Array<number>(K).fill(0));
+  /** Low-tier entries per layer and head. */
+  const low = Array.from({ length: L }, () => new Array<number>(K).fill(0));
   const sum = (a: number[][]) => a.reduce((x, row) => x + row.reduce((y, z) => y + z, 0), 0);
-  /** Bytes held: thin entries' keys are `d − k` elements short. */
-  const held = () => (sum(len) * 2 * d - (kc ? sum(thin) * (d - kc.channels) : 0)) * p.bytesPerElement;
+  /** Bytes held: thin entries' keys are `d − k` elements short; low entries at their own size. */
+  const held = () =>
+    (sum(len) * 2 * d - (kc ? sum(thin) * (d - kc.channels) : 0)) * p.bytesPerElement +
+    (p.low ? sum(low) * p.low.entryBytes : 0);
   /**
    * One step for every head: `f` gives its new count. A step that evicts (`whole` defined) leaves whole the
    * newest `whole` kept entries that were whole (of the old ones and the `fresh`), the rest thin.
    */
-  const each = (f: (n: number, l: number, h: number) => number, whole?: number, fresh = 0) => {
+  const each = (f: (n: number, l: number, h: number) => number, whole?: number, fresh = 0, evicts = false) => {
     for (let l = 0; l < L; l++) {
       for (let h = 0; h < K; h++) {
         const wholeBefore = len[l][h] - thin[l][h] + fresh;
-        len[l][h] = f(len[l][h], l, h);
+        if (p.low && evicts) {
+          // the step selects among retained, low and new entries (promotion, unless the policy shares one
+          // selection across heads); what it does not keep goes to the low tier, up to its budget
+          const Q = p.low.promote ? low[l][h] : 0;
+          const considered = len[l][h] + Q + fresh;
+          len[l][h] = f(len[l][h] + Q, l, h);
+          low[l][h] = Math.min(p.low.budget, low[l][h] - Q + considered - len[l][h]);
+        } else len[l][h] = f(len[l][h], l, h);
         if (kc && whole !== undefined) thin[l][h] = len[l][h] - Math.min(len[l][h], whole, wholeBefore);
       }
     }
@@ -71,7 +87,7 @@ export function predictKv(p: KvRun): KvPrediction {
     const c = Math.min(p.chunk, sequence - at);
     const patch = typeof p.patchTokens === "function" ? p.patchTokens(c) : p.patchTokens;
     peak = Math.max(peak, held() + (c + patch) * L * K * entryBytes);
-    each((n, l, h) => Math.min(p.plan.prefill.keep(l, h), n + c), patch > 0 ? 0 : kc?.window, c);
+    each((n, l, h) => Math.min(p.plan.prefill.keep(l, h), n + c), patch > 0 ? 0 : kc?.window, c, true);
     chunks++;
   }
   const prefillPeak = peak;
@@ -83,7 +99,12 @@ export function predictKv(p: KvRun): KvPrediction {
   }
   const decode = p.plan.decode;
   for (let i = 0; i + 1 < p.maxTokens; i++) {
-    each((n, l, h) => (decode ? Math.min(decode.keep(l, h), n + 1) : n + 1), decode ? kc?.window : undefined, 1);
+    each(
+      (n, l, h) => (decode ? Math.min(decode.keep(l, h), n + 1) : n + 1),
+      decode ? kc?.window : undefined,
+      1,
+      !!decode,
+    );
     peak = Math.max(peak, held());
   }
   const total = sequence + p.suffixTokens + Math.max(0, p.maxTokens - 1);

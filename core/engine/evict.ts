@@ -11,6 +11,8 @@ import type { HeadUpdate, KvStore } from "./kv_store.ts";
 import { mergeLayer, writeMerged } from "./merge_step.ts";
 import { headKeys } from "./thin_keys.ts";
 import type { EvictionRule } from "./plan.ts";
+import { demoteLayer, lowCandidates } from "./demote.ts";
+import type { LowStore } from "./low_store.ts";
 
 export interface EvictStep {
   /** The run's result (new K/V, the statistics the policy needs, retaining-head scores). */
@@ -24,6 +26,8 @@ export interface EvictStep {
   windowQueries: number;
   patch: boolean;
   rule: EvictionRule;
+  /** MiKV's low tier: what the selection does not keep moves there instead of being dropped. */
+  low?: LowStore;
 }
 
 /** Scores and selects layer `l`'s entries (retained ++ the step's fresh ones) down to the rule's counts. */
@@ -38,43 +42,53 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
   const all = result.stats.all?.[l];
   const retain = result.retain?.[l];
   if (policy.retain && !retain) throw new Error(`policy ${policy.name} needs a graph with retaining heads`);
+  // MiKV: the low tier's entries are candidates too (promotion), unless the policy keeps one selection for all
+  // heads (their low tiers differ in length)
+  const lowC = step.low && !policy.sharedAcrossHeads ? lowCandidates(store, step.low, l, result, c, S) : null;
 
   const views: ScoreView[] = [];
   const updates: HeadUpdate[] = [];
   for (let h = 0; h < K; h++) {
     const P = layer.lengths[h];
-    const n = P + c;
+    // with promotion, the head's low entries sit between its retained and new ones: [P ; Q ; c]
+    const Q = lowC?.count[h] ?? 0;
+    const n = P + Q + c;
     const row = h * (cap + S);
-    /** The head's n values of a statistic: retained slots, then the run's candidate entries. */
-    const gather = (stat: Float32Array) => {
+    /** The head's n values of a statistic: retained slots, (low entries,) then the run's candidate entries. */
+    const gather = (stat: Float32Array, name?: StatName) => {
       const out = new Float32Array(n);
       out.set(stat.subarray(row, row + P));
-      out.set(stat.subarray(row + cap, row + cap + c), P);
+      if (Q > 0 && name) out.set(lowC!.stat(name, h), P);
+      out.set(stat.subarray(row + cap, row + cap + c), P + Q);
       return out;
     };
     const positions = new Int32Array(n);
     positions.set(layer.positions.subarray(h * cap, h * cap + P));
-    positions.set(step.positions, P);
+    if (Q > 0) positions.set(lowC!.positions(h), P);
+    positions.set(step.positions, P + Q);
     const accumulated = new Float32Array(n);
     const seen = new Float32Array(n);
     const importance = new Float32Array(n);
     importance.set(layer.importance.subarray(h * cap, h * cap + P));
-    if (retain) importance.set(retain.subarray(h * S, h * S + c), P);
+    if (retain) importance.set(retain.subarray(h * S, h * S + c), P + Q);
     accumulated.set(layer.accumulated.subarray(h * cap, h * cap + P));
     seen.set(layer.seen.subarray(h * cap, h * cap + P));
     for (let i = 0; i < P; i++) seen[i] += S;
-    for (let j = 0; j < c; j++) seen[P + j] = S - j;
+    // a low entry's mass and queries seen already count this run (`LowStore.accumulate`)
+    if (Q > 0) seen.set(lowC!.seen(h), P);
+    for (let j = 0; j < c; j++) seen[P + Q + j] = S - j;
     if (all) {
       const mass = gather(all);
       for (let i = 0; i < n; i++) accumulated[i] += mass[i];
     }
+    if (Q > 0) accumulated.set(lowC!.accumulated(h), P);
     const cache = new Map<StatName, Float32Array>();
     const stat = (name: StatName) => {
       let v = cache.get(name);
       if (!v) {
         const s = result.stats[name]?.[l];
         if (!s) throw new Error(`policy ${policy.name} read statistic "${name}" it did not declare`);
-        cache.set(name, v = gather(s));
+        cache.set(name, v = gather(s, name));
       }
       return v;
     };
@@ -94,6 +108,8 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
       keyNorms: () =>
         layer.thinKeys
           ? keyNorms(headKeys(layer.thinKeys, h, P, d), 0, P, newKeys, h * S, c, d)
+          : lowC
+          ? lowKeyNorms(keyNorms(layer.keys, h * cap, P, newKeys, h * S, c, d), P, lowC.keys(h), d)
           : keyNorms(layer.keys, h * cap, P, newKeys, h * S, c, d),
       windowQueries: step.windowQueries,
     });
@@ -108,11 +124,27 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
     else if (policy.sharedAcrossHeads && h > 0) updates[h].keep = updates[0].keep, scores[h] = scores[0];
     else updates[h].keep = select(scores[h] = policy.score(v), v.n, keep, protect);
   }
-  const fresh = { keys: newKeys, values: result.newValues[l], stride: S };
+  const fresh = lowC ? lowC.fresh(updates, layer.lengths) : { keys: newKeys, values: result.newValues[l], stride: S };
   const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
+  if (step.low && rule.merge) throw new Error("a low tier and a merger both claim the evicted entries");
+  if (step.low) demoteLayer(store, step.low, l, updates, { ...fresh, count: c }, lowC?.count);
   // thin keys: the observation window stays whole, unless it is the patch (not kept)
   store.commit(l, updates, fresh, step.patch ? 0 : rule.keyChannels?.window);
   if (merged) writeMerged(store, l, merged);
+}
+
+/** Norms of [retained P ; new] with the norms of a head's low keys (f32 [Q, d]) inserted after the P retained. */
+function lowKeyNorms(norms: Float32Array, P: number, low: Float32Array, d: number): Float32Array {
+  const Q = low.length / d;
+  const out = new Float32Array(norms.length + Q);
+  out.set(norms.subarray(0, P));
+  for (let j = 0; j < Q; j++) {
+    let s = 0;
+    for (let i = 0; i < d; i++) s += low[j * d + i] ** 2;
+    out[P + j] = Math.sqrt(s);
+  }
+  out.set(norms.subarray(P), P + Q);
+  return out;
 }
 
 /** ‖k‖₂ of P retained keys followed by c new ones (f32 values or f16 bit patterns). */

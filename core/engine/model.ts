@@ -1,4 +1,5 @@
 /** A model ready to read with: checkpoint, tokenizer, generation defaults and a session on its graph. */
+import type { LowTier } from "../model/onnx/low_tier.ts";
 import { join } from "node:path";
 import { fsError, TomeError } from "../errors.ts";
 import { graphFor } from "../model/cache.ts";
@@ -49,6 +50,8 @@ export interface LoadOptions {
   allLogits?: boolean;
   /** Locret retaining heads (safetensors) to build into the graph, for the locret policy. */
   retainingHeads?: string;
+  /** MiKV's low tier (`--keep-evicted`): a graph that takes it (`GraphOptions.lowTier`). */
+  lowTier?: LowTier;
   /** onnxruntime execution providers (default: cpu). */
   executionProviders?: string[];
   /** How the graph stores weights (default f32; `auto` is the checkpoint's own precision). */
@@ -80,6 +83,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
       ? { fileBlocks: true }
       : {}),
     ...(opts.retainingHeads ? { retainingHeads: opts.retainingHeads } : {}),
+    ...(opts.lowTier ? { lowTier: opts.lowTier } : {}),
   }, opts.executionProviders);
   // the generation config is checked before the (possibly long) graph build
   const generation = await generationDefaults(dir, checkpoint.config, tokenizer);

@@ -8,10 +8,13 @@ import { TomeError } from "../errors.ts";
 import { kvBytesPerToken, type KvDtype, kvElementBytes, type ModelConfig, type PositionMode } from "../model/config.ts";
 import { DEFAULT_POLICY, makePolicy, type Policy, type PolicyOptions } from "../policies/mod.ts";
 import { DROP, makeMerger } from "../policies/merge/mod.ts";
-import { parseBudget } from "./budget.ts";
+import { parseBudget, parseSize } from "./budget.ts";
 import { type BudgetPlan, checkPlan, planBudgets } from "./plan.ts";
 import type { KeyChannels } from "./thin_keys.ts";
 import { DEFAULT_WINDOW } from "./prefill.ts";
+import type { KvQuantSpec } from "../../kernels/kv_quant.ts";
+import type { LowTier } from "../model/onnx/low_tier.ts";
+import { lowEntryBytes, sameBytesBudget } from "./low_store.ts";
 
 /**
  * Document tokens per prefill run unless told otherwise. Chosen by measurement
@@ -68,7 +71,30 @@ export interface RunOptions {
    * for all but its newest `window` entries, ⌈fraction·d⌉ channels (default 1: off).
    */
   keyChannels?: number;
+  /**
+   * MiKV (arXiv 2402.18096): keep evicted entries in a low tier at `int4` or `int2` instead of dropping them
+   * (original positions only; not with merging or thin keys).
+   */
+  keepEvicted?: LowTier;
+  /**
+   * The low tier's entries per layer and KV head, or a size such as "64MiB" (all layers); default: as many as fit
+   * in the high tier's bytes.
+   */
+  lowBudget?: number | string;
 }
+
+/** MiKV's low tier of a run: how entries are stored and how many each layer and KV head keeps. */
+export interface LowTierRun {
+  tier: LowTier;
+  spec: KvQuantSpec;
+  /** Entries per layer and KV head. */
+  budget: number;
+  /** Bytes of one low entry (a key and a value of one head). */
+  entryBytes: number;
+}
+
+/** Channels per quantization group of the low tier: 32, or the whole head when 32 does not divide it. */
+export const LOW_GROUP = 32;
 
 /** What is known of the input before reading it, for `positions: auto`. */
 export interface InputSize {
@@ -101,6 +127,8 @@ export interface ResolvedRun {
   merge: string | null;
   /** Thin keys: channels kept and the whole window, null when every key keeps all channels. */
   keyChannels: KeyChannels | null;
+  /** MiKV's low tier, null when evicted entries are dropped (or merged). */
+  lowTier: LowTierRun | null;
 }
 
 /** Resolves user options for a model; every bad option is a usage error here, before any model work. */
@@ -127,6 +155,10 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
   if (keyChannels && merger) {
     throw new TomeError("usage", "--key-channels does not combine with merging (--merge, or --policy ems)");
   }
+  const lowTier = lowTierRun(o, config, budget, bytesPerElement, kvDtype, policy);
+  if (lowTier && (merger || keyChannels)) {
+    throw new TomeError("usage", "--keep-evicted does not combine with merging or --key-channels");
+  }
   const plan = planBudgets(policy, config, {
     budget,
     decodeBudget,
@@ -137,12 +169,19 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
   });
   const questionPatch = (o.questionPatch ?? true) && policy.attention;
   checkPlan(plan, window, questionPatch);
+  const positions = choosePositions(o.positions ?? "auto", input, config.maxPositions);
+  if (lowTier && positions === "compact") {
+    throw new TomeError(
+      "usage",
+      "--keep-evicted needs original positions (--positions original, and an input within the model's context)",
+    );
+  }
   return {
     policy,
     budget,
     plan,
     chunk,
-    positions: choosePositions(o.positions ?? "auto", input, config.maxPositions),
+    positions,
     kvDtype,
     bytesPerElement,
     tokenBytes: kvBytesPerToken(config, bytesPerElement),
@@ -150,7 +189,42 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
     questionPatch,
     merge: policy.keepsAll ? null : merger ? merger.name : policy.merger ? DROP : null,
     keyChannels,
+    lowTier,
   };
+}
+
+/** `--keep-evicted` and `--low-budget` → the low tier, or null (none asked for, or a policy that evicts nothing). */
+function lowTierRun(
+  o: RunOptions,
+  config: ModelConfig,
+  budget: number,
+  bytesPerElement: number,
+  kvDtype: KvDtype,
+  policy: Policy,
+): LowTierRun | null {
+  if (o.keepEvicted === undefined) {
+    if (o.lowBudget !== undefined) throw new TomeError("usage", "--low-budget needs --keep-evicted int4|int2");
+    return null;
+  }
+  if (o.keepEvicted !== "int4" && o.keepEvicted !== "int2") {
+    throw new TomeError("usage", `--keep-evicted takes int4 or int2, got ${o.keepEvicted}`);
+  }
+  if (policy.keepsAll) return null;
+  const d = config.headDim;
+  const spec: KvQuantSpec = {
+    bits: o.keepEvicted === "int4" ? 4 : 2,
+    group: d % LOW_GROUP === 0 ? LOW_GROUP : d,
+    params: kvDtype,
+  };
+  const entryBytes = lowEntryBytes(d, spec);
+  let low: number;
+  if (o.lowBudget === undefined) low = sameBytesBudget(budget, d, bytesPerElement, spec);
+  else if (typeof o.lowBudget === "number" || /^\s*\d+\s*$/.test(o.lowBudget)) low = Number(o.lowBudget);
+  else low = Math.floor(parseSize(o.lowBudget, "--low-budget") / (config.layers * config.kvHeads * entryBytes));
+  if (!Number.isInteger(low) || low < 0) {
+    throw new TomeError("usage", `--low-budget ${o.lowBudget} gives ${low} entries per layer and KV head`);
+  }
+  return { tier: o.keepEvicted, spec, budget: low, entryBytes };
 }
 
 /** `--key-channels`: a fraction in (0, 1] → ⌈fraction·d⌉ channels with the window whole; null when that is all d. */

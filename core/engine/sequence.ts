@@ -9,6 +9,8 @@ import type { ModelSession, RunResult, StatName } from "../model/session.ts";
 import { evictLayer } from "./evict.ts";
 import type { KvStore } from "./kv_store.ts";
 import type { EvictionRule } from "./plan.ts";
+import type { LowStore } from "./low_store.ts";
+import { chunkBalance } from "./demote.ts";
 
 /** How a {@link Sequence.step} evicts. */
 export interface StepOptions {
@@ -36,7 +38,18 @@ export class Sequence {
   /** Seconds spent in model runs, and in scoring, selecting and compacting. */
   readonly timings = { run: 0, evict: 0 };
 
-  constructor(readonly session: ModelSession, readonly store: KvStore, readonly meter: Meter) {}
+  /**
+   * @param low MiKV's low tier (a session built with `lowTier`): evicted entries move there at 4 or 2 bits, and
+   * every run attends to them.
+   */
+  constructor(
+    readonly session: ModelSession,
+    readonly store: KvStore,
+    readonly meter: Meter,
+    readonly low?: LowStore,
+  ) {
+    if (low && !session.graph.lowTier) throw new Error("a low tier needs a session built with lowTier");
+  }
 
   /** Positions the graph gets for `n` new tokens: original positions, or (compact) from the filled slots on. */
   nextPositions(n: number): Int32Array {
@@ -62,10 +75,15 @@ export class Sequence {
     const { layers: L } = this.session.config;
     this.store.reserve(n);
     const t = performance.now();
-    const r = await (opts.session ?? this.session).run({
+    const session = opts.session ?? this.session;
+    if (this.low && this.low.entries() > 0 && !session.graph.lowTier) {
+      throw new Error("this run's session has no low tier, and the sequence holds low-tier entries");
+    }
+    const r = await session.run({
       ids,
       positions: this.nextPositions(n),
       past: this.store.past(),
+      low: session.graph.lowTier ? this.low?.past() : undefined,
       fetch: { logits: opts.logits ?? false, kv: true },
     });
     this.timings.run += (performance.now() - t) / 1000;
@@ -92,18 +110,36 @@ export class Sequence {
     run.set(patch, c);
     const windowQueries = patch.length > 0 ? patch.length : Math.min(c, opts.window);
     const { policy } = rule;
-    const needs: StatName[] = [...new Set(policy.needs)];
+    const low = this.low;
+    // the low tier keeps its entries by the attention they accumulate: the `all` statistic, over both tiers
+    const needs: StatName[] = [...new Set([...policy.needs, ...(low ? ["all" as const] : [])])];
     let t = performance.now();
     const result = await this.session.run({
       ids: run,
       positions: this.nextPositions(S),
       past: this.store.past(),
       windowStart: S - windowQueries,
-      fetch: { logits: opts.logits ?? false, kv: true, stats: needs, retain: policy.retain },
+      low: low?.past(),
+      fetch: {
+        logits: opts.logits ?? false,
+        kv: true,
+        stats: needs,
+        retain: policy.retain,
+        queryAbsMax: low && !low.balanced,
+      },
     });
     this.timings.run += (performance.now() - t) / 1000;
     t = performance.now();
     const positions = this.#originalPositions(c);
+    if (low) {
+      if (!low.balanced) {
+        // the balancer, from the first chunk's queries and keys
+        const d = this.session.config.headDim;
+        for (let l = 0; l < L; l++) low.setBalance(l, chunkBalance(result.queryAbsMax![l], result.newKeys[l], S, c, d));
+        low.balanced = true;
+      }
+      for (let l = 0; l < L; l++) low.accumulate(l, result.lowStats!.all![l], S);
+    }
     for (let l = 0; l < L; l++) {
       evictLayer(this.store, l, {
         result,
@@ -113,6 +149,7 @@ export class Sequence {
         windowQueries,
         patch: patch.length > 0,
         rule,
+        low,
       });
     }
     this.timings.evict += (performance.now() - t) / 1000;
@@ -122,7 +159,7 @@ export class Sequence {
 
   /** An independent copy of the retained state (cache, cursor, meter) on the same session. */
   fork(meter: Meter = this.meter.fork()): Sequence {
-    const s = new Sequence(this.session, this.store.clone(), meter);
+    const s = new Sequence(this.session, this.store.clone(), meter, this.low?.clone());
     s.position = this.position;
     return s;
   }

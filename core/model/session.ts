@@ -10,6 +10,7 @@ import { TomeError } from "../errors.ts";
 import { quietStderr } from "./quiet.ts";
 import { WEBGPU_HINT } from "./device.ts";
 import { inverseFrequencies, type RopeTables, ropeTables } from "./rope.ts";
+import { lowBits, lowIo } from "./onnx/low_tier.ts";
 
 /** KV data as the graph takes it: float32, or float16 bit patterns. */
 export type KvArray = Float32Array | Uint16Array;
@@ -38,15 +39,39 @@ export function emptyPast(config: ModelConfig, kvDtype: "float32" | "float16"): 
 
 export type { StatName };
 
+/** One layer's low-tier keys or values as `kernels/kv_quant.ts` stores them, [Hkv, capacity, ·] each. */
+export interface LowRows {
+  /** [Hkv, capacity, d·bits/8] packed values. */
+  data: Uint8Array;
+  /** [Hkv, capacity, d/group] steps and mins: float32, or float16 bit patterns with a float16 cache. */
+  scales: KvArray;
+  mins: KvArray;
+}
+
+/**
+ * MiKV's low tier handed to one run (graphs built with `lowTier` only): per layer the quantized keys
+ * (balanced: stored as k / b) and values, the balancer b [Hkv·d], and the valid entries of each head.
+ */
+export interface LowPast {
+  keys: LowRows[];
+  values: LowRows[];
+  /** Per layer [Hkv, d]: the balancer's factors (ones for none). */
+  balance: Float32Array[];
+  /** [layers · Hkv], row-major. */
+  lengths: ArrayLike<number>;
+}
+
 export interface RunRequest {
   ids: ArrayLike<number>;
   /** Each token's RoPE position: `run` feeds the graph their cos/sin tables (`ropeTables`). */
   positions: ArrayLike<number>;
   past: PastKv;
+  /** The low tier (graphs built with `lowTier`; default: empty). */
+  low?: LowPast;
   /** First query of the observation window (default: the last query). */
   windowStart?: number;
   /** What to fetch: logits (default true), new K/V (default true), which statistics (default none), retaining-head scores. */
-  fetch?: { logits?: boolean; kv?: boolean; stats?: StatName[]; retain?: boolean };
+  fetch?: { logits?: boolean; kv?: boolean; stats?: StatName[]; retain?: boolean; queryAbsMax?: boolean };
 }
 
 export interface RunResult {
@@ -59,6 +84,10 @@ export interface RunResult {
   stats: Partial<Record<StatName, Float32Array[]>>;
   /** Locret graphs: per layer the retaining heads' score of each new token, [Hkv, S]. */
   retain?: Float32Array[];
+  /** Low-tier graphs: per statistic asked for, per layer [Hkv, Q] over the low entries. */
+  lowStats?: Partial<Record<StatName, Float32Array[]>>;
+  /** Low-tier graphs, with `fetch.queryAbsMax`: per layer max |q_i| over the chunk of each KV head's group, [Hkv, d]. */
+  queryAbsMax?: Float32Array[];
 }
 
 export interface SessionOptions {
@@ -229,6 +258,7 @@ export class ModelSession {
     }
     if (req.past.lengths.length !== layers * K) throw new Error(`past lengths: expected ${layers * K} values`);
     feeds.past_lengths = new T("float32", Float32Array.from(req.past.lengths), [layers, K]);
+    const lowCaps = this.graph.lowTier ? this.#lowFeeds(feeds, req.low) : [];
     const want = req.fetch ?? {};
     // the statistics and retaining heads are computed only when fetched (an If node per layer in the graph),
     // or always in graphs without switches (`alwaysStats`: WebGPU)
@@ -241,6 +271,10 @@ export class ModelSession {
     if (want.kv ?? true) { for (let l = 0; l < layers; l++) fetches.push(io.newKey(l), io.newValue(l)); }
     for (const s of want.stats ?? []) for (let l = 0; l < layers; l++) fetches.push(io.stat(s, l));
     if (want.retain) { for (let l = 0; l < layers; l++) fetches.push(io.retain(l)); }
+    if (this.graph.lowTier) {
+      for (const s of want.stats ?? []) for (let l = 0; l < layers; l++) fetches.push(lowIo.stat(s, l));
+      if (want.queryAbsMax) { for (let l = 0; l < layers; l++) fetches.push(lowIo.queryAbsMax(l)); }
+    }
     const out = await this.session.run(feeds, fetches);
     const result: RunResult = { newKeys: [], newValues: [], stats: {} };
     if (out.logits) result.logits = out.logits.data as Float32Array;
@@ -261,7 +295,73 @@ export class ModelSession {
       });
     }
     if (want.retain) result.retain = Array.from({ length: layers }, (_, l) => out[io.retain(l)].data as Float32Array);
+    if (this.graph.lowTier) {
+      result.lowStats = {};
+      for (const s of want.stats ?? []) {
+        result.lowStats[s] = Array.from({ length: layers }, (_, l) => {
+          const a = out[lowIo.stat(s, l)].data as Float32Array;
+          if (lowCaps[l] < 0) return new Float32Array(0); // a padded empty tier: its one masked slot
+          if (a.length !== K * lowCaps[l]) {
+            throw new Error(`${lowIo.stat(s, l)}: ${a.length} values, not ${K}×${lowCaps[l]}`);
+          }
+          return a;
+        });
+      }
+      if (want.queryAbsMax) {
+        result.queryAbsMax = Array.from({ length: layers }, (_, l) => out[lowIo.queryAbsMax(l)].data as Float32Array);
+      }
+    }
     return result;
+  }
+
+  /**
+   * Adds the low tier's feeds (an empty tier when `low` is absent); returns each layer's capacity, −1 for an empty
+   * one fed as one masked slot (`padEmpty`: the WebGPU provider rejects reductions over empty tensors).
+   */
+  #lowFeeds(feeds: Record<string, Ort.Tensor>, low: LowPast | undefined): number[] {
+    const { layers, kvHeads: K, headDim: d } = this.config;
+    const T = this.ort.Tensor;
+    const kvType = this.graph.kvDtype;
+    const bytes = (d * lowBits(this.graph.lowTier!)) / 8;
+    const caps: number[] = [];
+    const ones = new Float32Array(K * d).fill(1);
+    for (let l = 0; l < layers; l++) {
+      const empty = {
+        data: new Uint8Array(0),
+        scales: kvType === "float32" ? new Float32Array(0) : new Uint16Array(0),
+      };
+      let keys = low?.keys[l] ?? { ...empty, mins: empty.scales };
+      let values = low?.values[l] ?? { ...empty, mins: empty.scales };
+      let cap = keys.data.length / (K * bytes);
+      const padded = this.padEmpty && cap === 0;
+      if (padded) {
+        const params = kvType === "float32" ? new Float32Array(K) : new Uint16Array(K);
+        keys = values = { data: new Uint8Array(K * bytes), scales: params, mins: params };
+        cap = 1;
+      }
+      if (!Number.isInteger(cap) || values.data.length !== keys.data.length) {
+        throw new Error(
+          `layer ${l}: low-tier buffers of ${keys.data.length}/${values.data.length} bytes are not [${K}, Q, ${bytes}]`,
+        );
+      }
+      const G = cap === 0 ? 1 : keys.scales.length / (K * cap);
+      if (!Number.isInteger(G) || d % G !== 0 || keys.mins.length !== keys.scales.length) {
+        throw new Error(`layer ${l}: low-tier steps of ${keys.scales.length} values are not [${K}, ${cap}, G]`);
+      }
+      caps.push(padded ? -1 : cap);
+      const put = (rows: LowRows, data: string, scale: string, min: string) => {
+        feeds[data] = new T("uint8", rows.data, [1, K, cap, bytes]);
+        feeds[scale] = new T(kvType, rows.scales, [1, K, cap, G]);
+        feeds[min] = new T(kvType, rows.mins, [1, K, cap, G]);
+      };
+      put(keys, lowIo.key(l), lowIo.keyScale(l), lowIo.keyMin(l));
+      put(values, lowIo.value(l), lowIo.valueScale(l), lowIo.valueMin(l));
+      feeds[lowIo.balance(l)] = new T("float32", low?.balance[l] ?? ones, [1, K, 1, d]);
+    }
+    const lengths = low?.lengths ?? new Array(layers * K).fill(0); // a padded slot sits at length 0: masked
+    if (lengths.length !== layers * K) throw new Error(`low lengths: expected ${layers * K} values`);
+    feeds[lowIo.lengths] = new T("float32", Float32Array.from(lengths), [layers, K]);
+    return caps;
   }
 
   async close(): Promise<void> {

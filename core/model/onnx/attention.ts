@@ -69,10 +69,23 @@ export function attentionShapes(
 export type { StatNames };
 
 /**
+ * A third score block in front of the past: MiKV's low tier (`low_tier.ts`), dequantized keys (rotated, times the
+ * balancer) and values [1,K,Q,d], its additive mask [1,K,1,Q], and where its statistics go.
+ */
+export interface LowBlock {
+  k: string;
+  v: string;
+  mask: string;
+  names: StatNames;
+}
+
+/**
  * q [1,H,S,d] and k [1,K,S,d] rotated, v [1,K,S,d]; pastK (rotated) and pastV
  * [1,K,P,d], float32; pastMask [1,K,1,P] additive (0 for valid slots, −∞ for
  * empty ones), or "" when every slot is valid. Returns the attention output
- * [1,S,H·d] and the four statistics [1,K,P+S], written to `names`.
+ * [1,S,H·d] and the four statistics [1,K,P+S], written to `names`. With `low`,
+ * a third block (the low tier) shares the softmax, and its four statistics
+ * [1,K,Q] come back as `lowStats`.
  */
 export function attend(
   g: Graph,
@@ -85,7 +98,8 @@ export function attend(
   pastMask: string,
   names: StatNames,
   wantStats: string | null,
-): { out: string; stats: string[] } {
+  low?: LowBlock,
+): { out: string; stats: string[]; lowStats: string[] } {
   const { grouped, groupedScores, five, causal, headDim: d, S, windowStart } = sh;
   // scaled dot-product attention over [past ; new], causal over new; query head h reads KV head ⌊h / g⌋.
   // One softmax over both score blocks, never concatenating K, V or the scores: a shared max m,
@@ -100,27 +114,45 @@ export function attend(
     ]),
     groupedScores,
   ]); // [1,K,g·S,S]
-  // reductions over both blocks go through a 2-wide Concat: a reduction over an empty past (P = 0) is empty
-  const bothBlocks = (op: string, a: string, b: string) =>
+  // the low tier's scores [1,K,g·S,Q], masked
+  const scoreLow = low
+    ? g.op("Add", [g.op("MatMul", [qg, g.op("Transpose", [low.k], { perm: [0, 1, 3, 2] })]), low.mask])
+    : "";
+  // reductions over all blocks go through a 2- or 3-wide Concat: a reduction over an empty past (P = 0) is empty
+  const bothBlocks = (op: string, a: string, b: string, c = "") =>
     g.op(op, [
-      g.op("Concat", [g.op(op, [a, g.ints([-1])], { keepdims: 1 }), g.op(op, [b, g.ints([-1])], { keepdims: 1 })], {
-        axis: -1,
-      }),
+      g.op(
+        "Concat",
+        [
+          g.op(op, [a, g.ints([-1])], { keepdims: 1 }),
+          g.op(op, [b, g.ints([-1])], { keepdims: 1 }),
+          ...(c ? [g.op(op, [c, g.ints([-1])], { keepdims: 1 })] : []),
+        ],
+        {
+          axis: -1,
+        },
+      ),
       g.ints([-1]),
     ], { keepdims: 1 });
-  const m = bothBlocks("ReduceMax", scorePast, scoreNew); // [1,K,g·S,1]
+  const m = bothBlocks("ReduceMax", scorePast, scoreNew, scoreLow); // [1,K,g·S,1]
   const expPast = g.op("Exp", [g.op("Sub", [scorePast, m])]);
   const expNew = g.op("Exp", [g.op("Sub", [scoreNew, m])]);
-  const invZ = g.op("Reciprocal", [bothBlocks("ReduceSum", expPast, expNew)]); // [1,K,g·S,1]
-  const attn = g.op("Mul", [g.op("Add", [g.op("MatMul", [expPast, pastV]), g.op("MatMul", [expNew, v])]), invZ]);
+  const expLow = low ? g.op("Exp", [g.op("Sub", [scoreLow, m])]) : "";
+  const invZ = g.op("Reciprocal", [bothBlocks("ReduceSum", expPast, expNew, expLow)]); // [1,K,g·S,1]
+  let weighted = g.op("Add", [g.op("MatMul", [expPast, pastV]), g.op("MatMul", [expNew, v])]);
+  if (low) weighted = g.op("Add", [weighted, g.op("MatMul", [expLow, low.v])]);
+  const attn = g.op("Mul", [weighted, invZ]);
   const out = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [attn, sh.back])], { perm: [0, 2, 1, 3] }), sh.flat]);
   // attention statistics, summed over each KV head's query group; probabilities are e / z. Computed only when
   // `wantStats` is true: otherwise each is an empty [1, K, 0] (decode without a scoring policy skips their cost);
   // with `wantStats` null (graphs for WebGPU, which has no If kernel) they are always computed
-  const stats = g.within("stats", () =>
+  const outs = [names, ...(low ? [low.names] : [])].flatMap((n) =>
+    STATS.map((s) => ({ name: n[s], type: "float32" as const }))
+  );
+  const all = g.within("stats", () =>
     g.branch(
       wantStats,
-      STATS.map((s) => ({ name: names[s], type: "float32" as const })),
+      outs,
       () => {
         const invZ5 = g.op("Reshape", [invZ, five]); // [1,K,g,S,1]
         const invZRow = g.op("Transpose", [invZ5], { perm: [0, 1, 2, 4, 3] }); // [1,K,g,1,S]
@@ -148,9 +180,12 @@ export function attend(
         };
         const past = perBlock(expPast);
         const fresh = perBlock(expNew);
-        return STATS.map((s) => g.op("Concat", [past[s], fresh[s]], { axis: -1 }));
+        const both = STATS.map((s) => g.op("Concat", [past[s], fresh[s]], { axis: -1 }));
+        if (!low) return both;
+        const lowBlock = perBlock(expLow);
+        return [...both, ...STATS.map((s) => lowBlock[s])];
       },
-      () => STATS.map(() => g.floats([], [1, sh.kvHeads, 0])),
+      () => outs.map(() => g.floats([], [1, sh.kvHeads, 0])),
     ));
-  return { out, stats };
+  return { out, stats: all.slice(0, STATS.length), lowStats: all.slice(STATS.length) };
 }

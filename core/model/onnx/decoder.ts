@@ -71,6 +71,7 @@ import type { PositionMode } from "../config.ts";
 import { attend, attentionShapes, shape } from "./attention.ts";
 import { readRetainingHeads, retainingHead } from "./retaining.ts";
 import { float, Graph } from "./graph.ts";
+import { lowBlock, lowInputs, lowIo, lowOutputs, type LowTier, queryAbsMax } from "./low_tier.ts";
 
 /**
  * How the graph stores its weight matrices (the linear layers, the embedding and
@@ -126,6 +127,11 @@ export interface GraphOptions {
    * would run on the CPU): {@link graphOptionsFor} sets it from the execution providers.
    */
   alwaysStats?: boolean;
+  /**
+   * MiKV's low tier (arXiv 2402.18096, `low_tier.ts`): quantized entries fed as extra inputs, dequantized in the
+   * graph, a third score block under the same softmax, with their own statistics. Original positions only.
+   */
+  lowTier?: LowTier;
 }
 
 /**
@@ -288,6 +294,10 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
     g.input(io.pastValue(l), kvType, [1, K, `P${l}`, d]);
   }
   const pastLengths = g.input("past_lengths", "float32", [c.layers, K]);
+  if (opts.lowTier) {
+    if (opts.positions === "compact") throw new Error("the low tier needs original positions");
+    lowInputs(g, c.layers, K, d, opts.lowTier, kvType);
+  }
   const wantStats = opts.alwaysStats ? null : g.input(io.wantStats, "bool", []);
 
   // sizes and shared tables
@@ -419,10 +429,20 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       }
 
       const statNames = Object.fromEntries(STATS.map((s) => [s, io.stat(s, l)])) as Record<StatName, string>;
-      const { out, stats } = g.within(
-        "attn",
-        () => attend(g, shapes, q, k, v, pastK, pastV, past.mask, statNames, wantStats),
-      );
+      const { out, stats, lowStats } = g.within("attn", () => {
+        const low = opts.lowTier
+          ? lowBlock(
+            g,
+            l,
+            d,
+            opts.lowTier,
+            kvType === "float16",
+            Object.fromEntries(STATS.map((s) => [s, lowIo.stat(s, l)])) as Record<StatName, string>,
+          )
+          : undefined;
+        if (low) queryAbsMax(g, q, K, d, lowIo.queryAbsMax(l));
+        return attend(g, shapes, q, k, v, pastK, pastV, past.mask, statNames, wantStats, low);
+      });
       let o = await linear(out, n.wo, D, H * d);
       if (c.oBias) o = g.op("Add", [o, await vector(n.bo)]);
       let h = g.op("Add", [x, o]);
@@ -430,7 +450,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       // onnxruntime orders nodes by a reverse DFS from the graph's leaves, which would run every layer's
       // statistics after the last layer and keep each layer's score blocks alive until then. Making the
       // residual stream depend on them keeps peak memory at one layer's worth.
-      h = g.after(h, stats);
+      h = g.after(h, [...stats, ...lowStats]);
 
       // MLP: RMSNorm → SwiGLU → residual
       const xm = rmsnorm(h, await vector(n.mlpNorm));
@@ -476,6 +496,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   }
   g.output("logits", "float32", [1, opts.logits === "last" ? 1 : "S", V]);
   if (retaining) { for (let l = 0; l < c.layers; l++) g.output(io.retain(l), "float32", [1, K, "S"]); }
+  if (opts.lowTier) lowOutputs(g, c.layers, K, d);
 }
 
 /** Zero points packed `bits` wide, [rows, ⌈blocks·bits/8⌉] → one a byte, [rows·blocks]. */

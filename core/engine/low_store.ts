@@ -1,0 +1,257 @@
+/**
+ * MiKV's low tier ("No Token Left Behind", arXiv 2402.18096): the entries
+ * that lost the eviction, kept at 4 or 2 bits (`kernels/kv_quant.ts`) instead
+ * of dropped. Per layer, preallocated buffers [Hkv, capacity, ·] of packed
+ * values, steps and mins, fed to the graph as they are (zero-copy, like the
+ * high tier), and per entry its original position and the attention mass it
+ * has accumulated (carried over from the high tier when it arrives, then
+ * grown by the low tier's own `all` statistic every run).
+ *
+ * Keys are stored balanced, k_i / b_i, with the layer's balancer b set once
+ * from the first chunk's queries and keys ({@link LowStore.setBalance}); the
+ * graph multiplies the dequantized keys by b. Each head keeps at most
+ * `budget(l, h)` entries: when admitting more, the entries with the least
+ * accumulated mass are dropped (ties: the older first), and the survivors stay
+ * in position order.
+ */
+import {
+  allocRows,
+  balanceKeys,
+  type KvQuantSpec,
+  type QuantizedRows,
+  quantizeRowsInto,
+  rowBytes,
+} from "../../kernels/kv_quant.ts";
+import type { ModelConfig } from "../model/config.ts";
+import type { LowPast } from "../model/session.ts";
+
+/** One layer's low tier. */
+export interface LowLayer {
+  capacity: number;
+  lengths: Int32Array;
+  keys: QuantizedRows;
+  values: QuantizedRows;
+  /** [Hkv, capacity] */
+  positions: Int32Array;
+  /** [Hkv, capacity] */
+  accumulated: Float32Array;
+  /** [Hkv, capacity]: queries that could see the entry (H2O divides its mass by them). */
+  seen: Float32Array;
+  /** [Hkv·d]: the balancer's factors (ones until set). */
+  balance: Float32Array;
+}
+
+/** Entries arriving in the low tier for one head: f32 rows [n, d] (keys rotated, unbalanced). */
+export interface LowArrivals {
+  keys: Float32Array;
+  values: Float32Array;
+  positions: ArrayLike<number>;
+  accumulated: ArrayLike<number>;
+  seen: ArrayLike<number>;
+}
+
+/** The low tier of every layer, with its per-head budgets. */
+export class LowStore {
+  readonly layers: LowLayer[];
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly spec: KvQuantSpec,
+    readonly budget: (l: number, h: number) => number,
+  ) {
+    const { layers: L, kvHeads: K, headDim: d } = config;
+    this.layers = Array.from({ length: L }, () => ({
+      capacity: 0,
+      lengths: new Int32Array(K),
+      keys: allocRows(0, d, spec),
+      values: allocRows(0, d, spec),
+      positions: new Int32Array(0),
+      accumulated: new Float32Array(0),
+      seen: new Float32Array(0),
+      balance: new Float32Array(K * d).fill(1),
+    }));
+  }
+
+  /** Sets layer `l`'s balancer [Hkv·d] (before any entry arrives: stored keys are divided by it). */
+  setBalance(l: number, b: Float32Array): void {
+    const layer = this.layers[l];
+    if (layer.lengths.some((n) => n > 0)) throw new Error(`low tier layer ${l}: balancer set after entries arrived`);
+    layer.balance.set(b);
+  }
+
+  /** What the graph is fed. */
+  past(): LowPast {
+    const K = this.config.kvHeads;
+    const lengths = new Array<number>(this.layers.length * K);
+    this.layers.forEach((layer, l) => layer.lengths.forEach((n, h) => lengths[l * K + h] = n));
+    return {
+      keys: this.layers.map((x) => x.keys),
+      values: this.layers.map((x) => x.values),
+      balance: this.layers.map((x) => x.balance),
+      lengths,
+    };
+  }
+
+  /**
+   * Adds layer `l`'s low-tier `all` mass of the last run ([Hkv, capacity]) to each entry's accumulated mass, and
+   * the run's `queries` to the queries each has seen.
+   */
+  accumulate(l: number, all: Float32Array, queries: number): void {
+    const layer = this.layers[l];
+    const cap = layer.capacity;
+    for (let h = 0; h < layer.lengths.length; h++) {
+      for (let i = 0; i < layer.lengths[h]; i++) {
+        layer.accumulated[h * cap + i] += all[h * cap + i];
+        layer.seen[h * cap + i] += queries;
+      }
+    }
+  }
+
+  /**
+   * Admits `a` into layer `l`, head `h`: quantizes the arrivals, and when the
+   * head would hold more than its budget keeps the entries with the most
+   * accumulated mass (old and new alike), in position order. `leaving` marks
+   * held entries (by slot) that leave first: promoted to the high tier.
+   */
+  admit(l: number, h: number, a: LowArrivals, leaving?: Uint8Array): void {
+    const { headDim: d } = this.config;
+    const layer = this.layers[l];
+    const n = a.positions.length;
+    const P = layer.lengths[h];
+    if (n === 0 && !leaving?.some((x) => x)) return;
+    let budget = Math.max(0, Math.min(this.budget(l, h), P + n));
+    // candidates: the head's entries (0..P−1), then the arrivals (P..P+n−1); keep the top `budget` by mass
+    const mass = (i: number) => (i < P ? layer.accumulated[h * layer.capacity + i] : a.accumulated[i - P]);
+    const pos = (i: number) => (i < P ? layer.positions[h * layer.capacity + i] : a.positions[i - P]);
+    const seenOf = (i: number) => (i < P ? layer.seen[h * layer.capacity + i] : a.seen[i - P]);
+    const order = Array.from({ length: P + n }, (_, i) => i)
+      .filter((i) => i >= P || !leaving?.[i])
+      .sort((x, y) => mass(y) - mass(x) || pos(y) - pos(x))
+      .slice(0, budget)
+      .sort((x, y) => pos(x) - pos(y));
+    budget = order.length;
+    this.#reserve(l, budget);
+    const cap = layer.capacity;
+    const bytes = rowBytes(d, this.spec.bits);
+    const groups = d / this.spec.group;
+    const b = layer.balance.subarray(h * d, (h + 1) * d);
+    const balanced = balanceKeys(a.keys, n, b);
+    // the head's old rows, read from a copy: arrivals interleave with them by position, so a row may move up
+    const old = [layer.keys, layer.values].map((t) => ({
+      data: t.data.slice(h * cap * bytes, (h * cap + P) * bytes),
+      scales: t.scales.slice(h * cap * groups, (h * cap + P) * groups),
+      mins: t.mins.slice(h * cap * groups, (h * cap + P) * groups),
+    }));
+    const positions = new Int32Array(budget);
+    const accumulated = new Float32Array(budget);
+    const seen = new Float32Array(budget);
+    order.forEach((i, j) => {
+      positions[j] = pos(i);
+      accumulated[j] = mass(i);
+      seen[j] = seenOf(i);
+      const slot = h * cap + j;
+      if (i < P) {
+        [layer.keys, layer.values].forEach((t, k) => {
+          t.data.set(old[k].data.subarray(i * bytes, (i + 1) * bytes), slot * bytes);
+          t.scales.set(old[k].scales.subarray(i * groups, (i + 1) * groups), slot * groups);
+          t.mins.set(old[k].mins.subarray(i * groups, (i + 1) * groups), slot * groups);
+        });
+      } else {
+        quantizeRowsInto(balanced, i - P, 1, layer.keys, slot);
+        quantizeRowsInto(a.values, i - P, 1, layer.values, slot);
+      }
+    });
+    layer.positions.set(positions, h * cap);
+    layer.accumulated.set(accumulated, h * cap);
+    layer.seen.set(seen, h * cap);
+    layer.lengths[h] = budget;
+  }
+
+  /** Grows layer `l`'s capacity to at least `n` slots per head (entries kept, slots past the lengths zero). */
+  #reserve(l: number, n: number): void {
+    const layer = this.layers[l];
+    if (n <= layer.capacity) return;
+    const { kvHeads: K, headDim: d } = this.config;
+    const cap = Math.max(n, Math.ceil(layer.capacity * 1.5));
+    const grow = (q: QuantizedRows) => {
+      const out = allocRows(K * cap, d, this.spec);
+      const bytes = rowBytes(d, this.spec.bits);
+      const groups = d / this.spec.group;
+      for (let h = 0; h < K; h++) {
+        const len = layer.lengths[h];
+        out.data.set(q.data.subarray(h * layer.capacity * bytes, (h * layer.capacity + len) * bytes), h * cap * bytes);
+        for (const f of ["scales", "mins"] as const) {
+          out[f].set(q[f].subarray(h * layer.capacity * groups, (h * layer.capacity + len) * groups), h * cap * groups);
+        }
+      }
+      return out;
+    };
+    const growFlat = <T extends Int32Array | Float32Array>(x: T, make: (n: number) => T) => {
+      const out = make(K * cap);
+      for (let h = 0; h < K; h++) {
+        out.set(x.subarray(h * layer.capacity, h * layer.capacity + layer.lengths[h]) as T, h * cap);
+      }
+      return out;
+    };
+    layer.keys = grow(layer.keys);
+    layer.values = grow(layer.values);
+    layer.positions = growFlat(layer.positions, (m) => new Int32Array(m));
+    layer.accumulated = growFlat(layer.accumulated, (m) => new Float32Array(m));
+    layer.seen = growFlat(layer.seen, (m) => new Float32Array(m));
+    layer.capacity = cap;
+  }
+
+  /** An independent copy (a forked sequence's low tier). */
+  clone(): LowStore {
+    const copy = new LowStore(this.config, this.spec, this.budget);
+    const rows = (q: QuantizedRows): QuantizedRows => ({
+      ...q,
+      data: q.data.slice(),
+      scales: q.scales.slice(),
+      mins: q.mins.slice(),
+    });
+    this.layers.forEach((x, l) => {
+      copy.layers[l] = {
+        capacity: x.capacity,
+        lengths: x.lengths.slice(),
+        keys: rows(x.keys),
+        values: rows(x.values),
+        positions: x.positions.slice(),
+        accumulated: x.accumulated.slice(),
+        seen: x.seen.slice(),
+        balance: x.balance.slice(),
+      };
+    });
+    copy.balanced = this.balanced;
+    return copy;
+  }
+
+  /** Whether the balancer has been set (from the first chunk). */
+  balanced = false;
+
+  /** Entries held, all layers and heads. */
+  entries(): number {
+    let n = 0;
+    for (const layer of this.layers) for (const x of layer.lengths) n += x;
+    return n;
+  }
+
+  /** Bytes of the entries held: packed keys and values with their steps and mins. */
+  bytes(): number {
+    return this.entries() * lowEntryBytes(this.config.headDim, this.spec);
+  }
+}
+
+/**
+ * The default low-tier budget: as many low entries as fit in the bytes of `highEntries` entries at the cache dtype
+ * (`kvBytes` bytes a value: 4 or 2).
+ */
+export function sameBytesBudget(highEntries: number, d: number, kvBytes: number, spec: KvQuantSpec): number {
+  return Math.floor((highEntries * 2 * d * kvBytes) / lowEntryBytes(d, spec));
+}
+
+/** Bytes one low-tier entry (a key and a value of one head) takes. */
+export function lowEntryBytes(d: number, spec: KvQuantSpec): number {
+  const param = spec.params === "float32" ? 4 : 2;
+  return 2 * (rowBytes(d, spec.bits) + 2 * (d / spec.group) * param);
+}
