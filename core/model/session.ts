@@ -46,7 +46,7 @@ export interface RunRequest {
   /** First query of the observation window (default: the last query). */
   windowStart?: number;
   /** What to fetch: logits (default true), new K/V (default true), which statistics (default none), retaining-head scores. */
-  fetch?: { logits?: boolean; kv?: boolean; stats?: StatName[]; retain?: boolean };
+  fetch?: { logits?: boolean; kv?: boolean; stats?: StatName[]; retain?: boolean; outputs?: string[] };
 }
 
 export interface RunResult {
@@ -59,6 +59,8 @@ export interface RunResult {
   stats: Partial<Record<StatName, Float32Array[]>>;
   /** Locret graphs: per layer the retaining heads' score of each new token, [Hkv, S]. */
   retain?: Float32Array[];
+  /** Further float32 outputs fetched by name (`fetch.outputs`: the training features of `GraphOptions.features`). */
+  outputs?: Record<string, Float32Array>;
 }
 
 export interface SessionOptions {
@@ -241,6 +243,7 @@ export class ModelSession {
     if (want.kv ?? true) { for (let l = 0; l < layers; l++) fetches.push(io.newKey(l), io.newValue(l)); }
     for (const s of want.stats ?? []) for (let l = 0; l < layers; l++) fetches.push(io.stat(s, l));
     if (want.retain) { for (let l = 0; l < layers; l++) fetches.push(io.retain(l)); }
+    fetches.push(...want.outputs ?? []);
     const out = await this.session.run(feeds, fetches);
     const result: RunResult = { newKeys: [], newValues: [], stats: {} };
     if (out.logits) result.logits = out.logits.data as Float32Array;
@@ -260,6 +263,7 @@ export class ModelSession {
         return padded[l] ? dropFirstSlot(a, K) : a;
       });
     }
+    if (want.outputs) result.outputs = Object.fromEntries(want.outputs.map((n) => [n, out[n].data as Float32Array]));
     if (want.retain) result.retain = Array.from({ length: layers }, (_, l) => out[io.retain(l)].data as Float32Array);
     return result;
   }

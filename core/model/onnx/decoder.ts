@@ -71,6 +71,7 @@ import type { PositionMode } from "../config.ts";
 import { attend, attentionShapes, shape } from "./attention.ts";
 import { readRetainingHeads, retainingHead } from "./retaining.ts";
 import { float, Graph } from "./graph.ts";
+import { featureOutputDecls, featureOutputs } from "./features.ts";
 
 /**
  * How the graph stores its weight matrices (the linear layers, the embedding and
@@ -126,6 +127,8 @@ export interface GraphOptions {
    * would run on the CPU): {@link graphOptionsFor} sets it from the execution providers.
    */
   alwaysStats?: boolean;
+  /** Training features (`features.ts`): adds the `qkv_L` and `attn_groupmax_L` outputs, for `tome train locret`. */
+  features?: true;
 }
 
 /**
@@ -419,6 +422,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       }
 
       const statNames = Object.fromEntries(STATS.map((s) => [s, io.stat(s, l)])) as Record<StatName, string>;
+      if (opts.features) featureOutputs(g, shapes, l, { qFlat, kFlat, vFlat, q, k, pastK, pastMask: past.mask });
       const { out, stats } = attend(g, shapes, q, k, v, pastK, pastV, past.mask, statNames, wantStats);
       let o = await linear(out, n.wo, D, H * d);
       if (c.oBias) o = g.op("Add", [o, await vector(n.bo)]);
@@ -473,6 +477,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   }
   g.output("logits", "float32", [1, opts.logits === "last" ? 1 : "S", V]);
   if (retaining) { for (let l = 0; l < c.layers; l++) g.output(io.retain(l), "float32", [1, K, "S"]); }
+  if (opts.features) featureOutputDecls(g, c.layers, H, K, d);
 }
 
 /** Zero points packed `bits` wide, [rows, ⌈blocks·bits/8⌉] → one a byte, [rows·blocks]. */
