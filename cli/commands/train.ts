@@ -16,7 +16,7 @@ import {
   type TrainProgress,
   writeHeads,
 } from "../../core/train/locret.ts";
-import { checkWritable, intFlag, numberFlag } from "../options.ts";
+import { checkWritable, intFlag, numberFlag, sharedOption } from "../options.ts";
 import { formatSeconds, StatusLine } from "../progress.ts";
 import { note } from "../output.ts";
 import { modelDir } from "../run.ts";
@@ -90,7 +90,7 @@ export function trainCommand(program: Command): void {
       )
       .option("--corpus <file>", "text to cut needle haystacks from (default: as tome eval)")
       .option("--seed <n>", "random seed", "0")
-      .option("--samples <n>", "training samples (each one reference prefill)")
+      .option("--samples <n>", "training samples (each one chunked prefill of --length tokens)")
       .option("--length <n>", "tokens per sample")
       .option("--chunk <n>", "prefill chunk (tokens)")
       .option("-q, --quiet", "no progress on stderr");
@@ -105,7 +105,7 @@ export function trainCommand(program: Command): void {
       "memory for the training segments of all layers (MiB)",
       String(LOCRET_DEFAULTS.poolBytes / 2 ** 20),
     )
-    .option("--threads <n>", "onnxruntime intra-op threads (default: its choice)")
+    .addOption(sharedOption("threads"))
     .addHelpText(
       "after",
       "\nThe model runs as its ONNX graph with feature outputs (q/k/v, group-max attention), chunked prefill.\n" +
