@@ -12,7 +12,14 @@ import { readRetainingHeads } from "../core/model/onnx/retaining.ts";
 import { forward } from "../core/model/reference.ts";
 import { parseDuoMask } from "../core/policies/duo.ts";
 import { measureDuo, streamingHead } from "../core/train/duo.ts";
-import { buildPools, initHead, LOCRET_DEFAULTS, type LocretTrainOptions, trainHeads } from "../core/train/locret.ts";
+import {
+  buildPools,
+  initHead,
+  LOCRET_DEFAULTS,
+  type LocretTrainOptions,
+  referenceTargets,
+  trainHeads,
+} from "../core/train/locret.ts";
 import { locretLoss } from "../core/train/loss.ts";
 import { needleSample } from "../core/train/samples.ts";
 import { featureWidth, prefill, sampleTargets, step } from "../core/train/targets.ts";
@@ -122,7 +129,7 @@ function recallAtK(heads: Mlp[], samples: ReturnType<typeof sampleTargets>[], k:
   return total / n;
 }
 
-Deno.test("train: a short training lowers the loss and its heads outrank random heads on held-out CIS", () => {
+Deno.test("train: a short training lowers the loss and its heads outrank random heads on held-out CIS", async () => {
   const o: LocretTrainOptions = {
     ...LOCRET_DEFAULTS,
     hidden: 32,
@@ -136,7 +143,7 @@ Deno.test("train: a short training lowers the loss and its heads outrank random 
     corpus,
     data: [],
   };
-  const trained = trainHeads(c, buildPools(c, weights, tok, o), o);
+  const trained = trainHeads(c, await buildPools(c, referenceTargets(c, weights), tok, o), o);
   assert.ok(trained.lastLoss < 0.7 * trained.firstLoss, `loss ${trained.firstLoss} → ${trained.lastLoss}`);
   const held = [101, 102, 103, 104].map((seed) =>
     sampleTargets(c, weights, needleSample(corpus, tok, c.bosTokenId, 128, seed), 64)

@@ -7,6 +7,7 @@ import { loadWeights } from "../../core/model/reference.ts";
 import { loadTokenizer } from "../../core/tokens/tokenizer.ts";
 import { DUO_DEFAULTS, duoTsv, measureDuo, trainDuo } from "../../core/train/duo.ts";
 import { runSamples } from "../../core/train/samples.ts";
+import { graphSampleTargets, openFeatureSession } from "../../core/train/graph_targets.ts";
 import {
   buildPools,
   LOCRET_DEFAULTS,
@@ -15,7 +16,7 @@ import {
   type TrainProgress,
   writeHeads,
 } from "../../core/train/locret.ts";
-import { checkWritable, intFlag, numberFlag } from "../options.ts";
+import { checkWritable, intFlag, numberFlag, sharedOption } from "../options.ts";
 import { formatSeconds, StatusLine } from "../progress.ts";
 import { note } from "../output.ts";
 import { modelDir } from "../run.ts";
@@ -36,6 +37,8 @@ interface TrainFlags {
   recent?: string;
   lambda?: string;
   method?: string;
+  poolMb?: string;
+  threads?: string;
   quiet?: boolean;
 }
 
@@ -87,7 +90,7 @@ export function trainCommand(program: Command): void {
       )
       .option("--corpus <file>", "text to cut needle haystacks from (default: as tome eval)")
       .option("--seed <n>", "random seed", "0")
-      .option("--samples <n>", "training samples (each one reference prefill)")
+      .option("--samples <n>", "training samples (each one chunked prefill of --length tokens)")
       .option("--length <n>", "tokens per sample")
       .option("--chunk <n>", "prefill chunk (tokens)")
       .option("-q, --quiet", "no progress on stderr");
@@ -97,9 +100,15 @@ export function trainCommand(program: Command): void {
     .option("--steps <n>", "optimizer steps", String(LOCRET_DEFAULTS.steps))
     .option("--lr <x>", "peak learning rate (AdamW)", String(LOCRET_DEFAULTS.lr))
     .option("--hidden <n>", "hidden width of each head", String(LOCRET_DEFAULTS.hidden))
+    .option(
+      "--pool-mb <n>",
+      "memory for the training segments of all layers (MiB)",
+      String(LOCRET_DEFAULTS.poolBytes / 2 ** 20),
+    )
+    .addOption(sharedOption("threads"))
     .addHelpText(
       "after",
-      "\nThe model runs as tome's reference forward (plain loops): meant for small models.\n" +
+      "\nThe model runs as its ONNX graph with feature outputs (q/k/v, group-max attention), chunked prefill.\n" +
         "Example:\n  tome train locret -m ./retrieval --out heads.safetensors --hidden 256\n" +
         "  tome eval curve -m ./retrieval --policy locret --retaining-heads heads.safetensors",
     )
@@ -110,6 +119,7 @@ export function trainCommand(program: Command): void {
         lr: numberFlag(flags.lr, "--lr", 1e-8, 1)!,
         seed: intFlag(flags.seed, "--seed", 0)!,
         hidden: intFlag(flags.hidden, "--hidden")!,
+        poolBytes: intFlag(flags.poolMb, "--pool-mb")! * 2 ** 20,
         samples: intFlag(flags.samples, "--samples") ?? LOCRET_DEFAULTS.samples,
         length: intFlag(flags.length, "--length", 16) ?? LOCRET_DEFAULTS.length,
         chunk: intFlag(flags.chunk, "--chunk") ?? LOCRET_DEFAULTS.chunk,
@@ -121,10 +131,16 @@ export function trainCommand(program: Command): void {
       const p = await prepare(flags);
       Object.assign(o, { corpus: p.corpus, data: p.data });
       const started = performance.now();
-      const [weights, tok] = await Promise.all([loadWeights(p.ckpt), loadTokenizer(p.dir)]);
+      const threads = intFlag(flags.threads, "--threads");
+      const [session, tok] = await Promise.all([openFeatureSession(p.ckpt, threads), loadTokenizer(p.dir)]);
       const line = progressLine(started);
       const show = (x: TrainProgress) => p.status.update(() => line(x), x.done === x.total);
-      const pools = buildPools(p.ckpt.config, weights, tok, o, show);
+      let pools;
+      try {
+        pools = await buildPools(p.ckpt.config, (s, chunk) => graphSampleTargets(session, s, chunk), tok, o, show);
+      } finally {
+        await session.close();
+      }
       const dataSeconds = (performance.now() - started) / 1000;
       const t = trainHeads(p.ckpt.config, pools, o, show);
       p.status.clear();
@@ -139,6 +155,9 @@ export function trainCommand(program: Command): void {
           hidden: String(o.hidden),
           samples: String(o.samples),
           sample_tokens: String(o.length),
+          chunk: String(o.chunk),
+          pool_mb: String(o.poolBytes / 2 ** 20),
+          forward: "feature graph (qkv_L, attn_groupmax_L) through onnxruntime, chunked prefill",
           data_files: String(p.data.length),
           target: "CIS: max attention from the answer span's queries (last prompt token on), max over the GQA group",
           loss: "SmoothL1 + 0.0025 adjacent MSE; AdamW betas 0.9/0.95, warmup, cosine, clip 0.5",

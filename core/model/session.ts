@@ -71,7 +71,14 @@ export interface RunRequest {
   /** First query of the observation window (default: the last query). */
   windowStart?: number;
   /** What to fetch: logits (default true), new K/V (default true), which statistics (default none), retaining-head scores. */
-  fetch?: { logits?: boolean; kv?: boolean; stats?: StatName[]; retain?: boolean; queryAbsMax?: boolean };
+  fetch?: {
+    logits?: boolean;
+    kv?: boolean;
+    stats?: StatName[];
+    retain?: boolean;
+    queryAbsMax?: boolean;
+    outputs?: string[];
+  };
 }
 
 export interface RunResult {
@@ -88,6 +95,8 @@ export interface RunResult {
   lowStats?: Partial<Record<StatName, Float32Array[]>>;
   /** Low-tier graphs, with `fetch.queryAbsMax`: per layer max |q_i| over the chunk of each KV head's group, [Hkv, d]. */
   queryAbsMax?: Float32Array[];
+  /** Further float32 outputs fetched by name (`fetch.outputs`: the training features of `GraphOptions.features`). */
+  outputs?: Record<string, Float32Array>;
 }
 
 export interface SessionOptions {
@@ -275,6 +284,7 @@ export class ModelSession {
       for (const s of want.stats ?? []) for (let l = 0; l < layers; l++) fetches.push(lowIo.stat(s, l));
       if (want.queryAbsMax) { for (let l = 0; l < layers; l++) fetches.push(lowIo.queryAbsMax(l)); }
     }
+    fetches.push(...want.outputs ?? []);
     const out = await this.session.run(feeds, fetches);
     const result: RunResult = { newKeys: [], newValues: [], stats: {} };
     if (out.logits) result.logits = out.logits.data as Float32Array;
@@ -294,6 +304,7 @@ export class ModelSession {
         return padded[l] ? dropFirstSlot(a, K) : a;
       });
     }
+    if (want.outputs) result.outputs = Object.fromEntries(want.outputs.map((n) => [n, out[n].data as Float32Array]));
     if (want.retain) result.retain = Array.from({ length: layers }, (_, l) => out[io.retain(l)].data as Float32Array);
     if (this.graph.lowTier) {
       result.lowStats = {};

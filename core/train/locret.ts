@@ -15,9 +15,9 @@ import type { Weights } from "../model/reference.ts";
 import { type TensorToWrite, writeSafetensors } from "../model/safetensors.ts";
 import type { Tokenizer } from "../tokens/tokenizer.ts";
 import { locretLoss } from "./loss.ts";
-import { addSegments, featureStats, type LayerPool, segmentStarts } from "./pool.ts";
-import { runSamples } from "./samples.ts";
-import { featureWidth, sampleTargets } from "./targets.ts";
+import { addSegments, emptyPools, featureStats, type LayerPool, poolCapacity, segmentStarts } from "./pool.ts";
+import { runSamples, type Sample } from "./samples.ts";
+import { featureWidth, sampleTargets, type Targets } from "./targets.ts";
 
 export interface LocretTrainOptions {
   hidden: number;
@@ -34,6 +34,8 @@ export interface LocretTrainOptions {
   warmup: number;
   weightDecay: number;
   clip: number;
+  /** Bytes all layers' segment pools may hold together (`pool.ts`). */
+  poolBytes: number;
   corpus: string;
   data: string[];
 }
@@ -52,7 +54,15 @@ export const LOCRET_DEFAULTS = {
   warmup: 30,
   weightDecay: 0.01,
   clip: 0.5,
+  poolBytes: 512 * 2 ** 20,
 };
+
+/** Where a sample's features and CIS come from: the reference forward (`targets.ts`) or a feature graph. */
+export type TargetSource = (s: Sample, chunk: number) => Targets | Promise<Targets>;
+
+/** The reference forward as a target source (small models). */
+export const referenceTargets = (c: ModelConfig, w: Weights): TargetSource => (s, chunk) =>
+  sampleTargets(c, w, s, chunk);
 
 /** What the trainer reports as it goes. */
 export type TrainProgress =
@@ -98,22 +108,23 @@ export function learningRate(t: number, o: Pick<LocretTrainOptions, "lr" | "warm
   return o.lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * f)));
 }
 
-/** Builds the segment pools from `o.samples` samples, one reference prefill at a time. */
-export function buildPools(
+/** Builds the segment pools from `o.samples` samples, made and scored one at a time (bounded memory). */
+export async function buildPools(
   c: ModelConfig,
-  w: Weights,
+  targets: TargetSource,
   tok: Tokenizer,
   o: LocretTrainOptions,
   progress?: (p: TrainProgress) => void,
-): LayerPool[] {
+): Promise<LayerPool[]> {
   const F = featureWidth(c);
-  const pools: LayerPool[] = Array.from({ length: c.layers }, () => ({ x: [], y: [] }));
+  const K = c.kvHeads;
+  const pools = emptyPools(c.layers);
+  const capacity = poolCapacity(o, c.layers, F, K);
   const rnd = uniform(seedFor(o.seed, "segments"));
   let done = 0;
-  const gen = runSamples(c, tok, o);
-  for (const s of gen) {
-    const t = sampleTargets(c, w, s, o.chunk);
-    addSegments(pools, t, segmentStarts(t, c.kvHeads, o.segment, 2, 4, rnd), o.segment, F, c.kvHeads);
+  for (const s of runSamples(c, tok, o)) {
+    const t = await targets(s, o.chunk);
+    addSegments(pools, t, segmentStarts(t, K, o.segment, 2, 4, rnd), o.segment, F, K, capacity, rnd);
     progress?.({ phase: "data", done: ++done, total: o.samples });
   }
   return pools;

@@ -3,37 +3,76 @@
  * of prompt tokens (features and CIS targets) cut from each sample as it is
  * made — around the tokens with the highest CIS of every KV head, and at
  * random places — so a long sample costs only its segments, and the rare
- * important tokens are not drowned by the many unimportant ones.
+ * important tokens are not drowned by the many unimportant ones. Each
+ * layer's pool is a reservoir of a fixed number of segments (`poolCapacity`),
+ * so the samples stream through in bounded memory.
  */
 import type { Targets } from "./targets.ts";
 
-/** One layer's segments: features [count·seg, F] and targets [count·seg, K], appended. */
+/** One layer's segments: features [count·seg, F] and targets [count·seg, K]; `seen` counts every segment offered. */
 export interface LayerPool {
   x: Float32Array[];
   y: Float32Array[];
+  seen: number;
 }
 
-/** Segment starts of one sample: around the `top` highest-CIS tokens of each layer and head, plus `random` anywhere. */
-export function segmentStarts(t: Targets, K: number, seg: number, top: number, random: number, rnd: () => number) {
-  if (t.N < seg) return [];
-  const starts = new Set<number>();
+/** Empty pools, one a layer. */
+export const emptyPools = (layers: number): LayerPool[] =>
+  Array.from({ length: layers }, () => ({ x: [], y: [], seen: 0 }));
+
+/** Segments each layer's pool keeps so that all pools together hold at most `poolBytes` (at least 1). */
+export function poolCapacity(o: { poolBytes: number; segment: number }, layers: number, F: number, K: number): number {
+  return Math.max(1, Math.floor(o.poolBytes / (layers * o.segment * (F + K) * 4)));
+}
+
+/**
+ * Segment starts of one sample, per layer: around the `top` highest-CIS tokens of each of that layer's heads, plus
+ * `random` anywhere (the same for every layer).
+ */
+export function segmentStarts(
+  t: Targets,
+  K: number,
+  seg: number,
+  top: number,
+  random: number,
+  rnd: () => number,
+): number[][] {
+  if (t.N < seg) return t.cis.map(() => []);
   const clamp = (s: number) => Math.max(0, Math.min(t.N - seg, s));
-  for (const y of t.cis) {
+  const anywhere = Array.from({ length: random }, () => clamp(Math.floor(rnd() * t.N)));
+  return t.cis.map((y) => {
+    const starts = new Set<number>(anywhere);
     for (let k = 0; k < K; k++) {
       const order = Array.from({ length: t.N }, (_, i) => i).sort((a, b) => y[b * K + k] - y[a * K + k]);
       for (const i of order.slice(0, top)) starts.add(clamp(i - Math.floor(rnd() * seg)));
     }
-  }
-  for (let i = 0; i < random; i++) starts.add(clamp(Math.floor(rnd() * t.N)));
-  return [...starts].sort((a, b) => a - b);
+    return [...starts].sort((a, b) => a - b);
+  });
 }
 
-/** Adds the segments at `starts` of every layer to the pools. */
-export function addSegments(pools: LayerPool[], t: Targets, starts: number[], seg: number, F: number, K: number) {
+/**
+ * Offers the segments at `starts[l]` of every layer to its pool: a reservoir of at most `capacity` segments, each
+ * of all offered so far kept with equal probability (Vitter's algorithm R), so memory is bounded whatever the number
+ * of samples.
+ */
+export function addSegments(
+  pools: LayerPool[],
+  t: Targets,
+  starts: number[][],
+  seg: number,
+  F: number,
+  K: number,
+  capacity = Infinity,
+  rnd: () => number = Math.random,
+) {
   for (let l = 0; l < pools.length; l++) {
-    for (const s of starts) {
-      pools[l].x.push(t.features[l].slice(s * F, (s + seg) * F));
-      pools[l].y.push(t.cis[l].slice(s * K, (s + seg) * K));
+    const pool = pools[l];
+    for (const s of starts[l]) {
+      const slot = pool.x.length < capacity ? pool.x.length : Math.floor(rnd() * (pool.seen + 1));
+      pool.seen++;
+      if (slot >= capacity) continue;
+      pool.x[slot] = t.features[l].slice(s * F, (s + seg) * F);
+      pool.y[slot] = t.cis[l].slice(s * K, (s + seg) * K);
     }
   }
 }

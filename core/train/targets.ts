@@ -4,12 +4,13 @@
  * retaining head reads them) and its causal importance score (CIS) — the
  * largest attention it receives from any query of the answer span, max over
  * the KV head's query group (Locret's definition; the graph's `max`
- * statistic sums over the group instead, which is why the reference forward
- * gives the targets here).
+ * statistic sums over the group instead).
  *
- * The frozen model runs as tome's reference forward, chunk by chunk over a
- * growing cache, the answer span (with the last prompt token, whose query
- * predicts the first answer token) as the final chunk.
+ * Here the frozen model runs as tome's reference forward, chunk by chunk over
+ * a growing cache, the answer span (with the last prompt token, whose query
+ * predicts the first answer token) as the final chunk: the oracle for
+ * graph_targets.ts (what `tome train locret` runs, on a feature graph) and
+ * what `tome train duo` builds on.
  */
 import type { ModelConfig } from "../model/config.ts";
 import { appendEntries, forward, type Past, type Weights } from "../model/reference.ts";

@@ -72,6 +72,7 @@ import { attend, attentionShapes, shape } from "./attention.ts";
 import { readRetainingHeads, retainingHead } from "./retaining.ts";
 import { float, Graph } from "./graph.ts";
 import { lowBlock, lowInputs, lowIo, lowOutputs, type LowTier, queryAbsMax } from "./low_tier.ts";
+import { featureOutputDecls, featureOutputs } from "./features.ts";
 
 /**
  * How the graph stores its weight matrices (the linear layers, the embedding and
@@ -132,6 +133,8 @@ export interface GraphOptions {
    * graph, a third score block under the same softmax, with their own statistics. Original positions only.
    */
   lowTier?: LowTier;
+  /** Training features (`features.ts`): adds the `qkv_L` and `attn_groupmax_L` outputs, for `tome train locret`. */
+  features?: true;
 }
 
 /**
@@ -429,6 +432,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       }
 
       const statNames = Object.fromEntries(STATS.map((s) => [s, io.stat(s, l)])) as Record<StatName, string>;
+      if (opts.features) featureOutputs(g, shapes, l, { qFlat, kFlat, vFlat, q, k, pastK, pastMask: past.mask });
       const { out, stats, lowStats } = g.within("attn", () => {
         const low = opts.lowTier
           ? lowBlock(
@@ -497,6 +501,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   g.output("logits", "float32", [1, opts.logits === "last" ? 1 : "S", V]);
   if (retaining) { for (let l = 0; l < c.layers; l++) g.output(io.retain(l), "float32", [1, K, "S"]); }
   if (opts.lowTier) lowOutputs(g, c.layers, K, d);
+  if (opts.features) featureOutputDecls(g, c.layers, H, K, d);
 }
 
 /** Zero points packed `bits` wide, [rows, ⌈blocks·bits/8⌉] → one a byte, [rows·blocks]. */
