@@ -123,19 +123,27 @@ async function writeBeside(out: string, force: boolean, kind: string, write: (tm
   });
   try {
     await Deno.mkdir(parent, { recursive: true });
-    tmp = await Deno.makeTempDir({ dir: parent, prefix: ".tome-make-" });
+    // synchronous, so no signal handler runs between the directory's creation and `tmp` naming it
+    tmp = Deno.makeTempDirSync({ dir: parent, prefix: ".tome-make-" });
     await write(tmp);
     await markModel(tmp, kind);
     await Deno.chmod(tmp, 0o755);
     // the directory may have changed since the first check
     const existed = await checkReplaceable(out, force);
     if (existed) {
+      // the swap and the bookkeeping are synchronous: a signal handler sees either the old model in place (and
+      // removes the new one) or the new one in place (and removes the old one), never the model moved aside
       const old = `${tmp}-old`;
-      await Deno.rename(out, old);
-      await Deno.rename(tmp, out);
+      Deno.renameSync(out, old);
+      try {
+        Deno.renameSync(tmp, out);
+      } catch (err) {
+        Deno.renameSync(old, out); // the user's model back in place
+        throw err;
+      }
       tmp = old;
     } else {
-      await Deno.rename(tmp, out);
+      Deno.renameSync(tmp, out);
       tmp = null;
     }
   } catch (err) {
