@@ -117,9 +117,11 @@ export function formatCount(n: number): string {
 /** Seconds → `"1m05s"` / `"42s"` / `"1.2s"`. */
 export function formatSeconds(s: number): string {
   if (!Number.isFinite(s)) return "?";
-  if (s < 10) return `${s.toFixed(1)}s`;
-  if (s < 60) return `${Math.round(s)}s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m}m${String(Math.round(s - 60 * m)).padStart(2, "0")}s`;
+  if (s < 9.95) return `${s.toFixed(1)}s`;
+  // whole seconds first, so 119.7 s is 2m00s, never 1m60s
+  const r = Math.round(s);
+  if (r < 60) return `${r}s`;
+  const m = Math.floor(r / 60);
+  if (m < 60) return `${m}m${String(r % 60).padStart(2, "0")}s`;
   return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`;
 }

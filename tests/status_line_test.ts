@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { Display } from "../cli/display.ts";
-import { StatusLine, type StatusMode } from "../cli/progress.ts";
+import { formatSeconds, StatusLine, type StatusMode } from "../cli/progress.ts";
 import type { MeterEvent } from "../core/mod.ts";
 
 const ESC = "\x1b";
@@ -117,4 +117,23 @@ Deno.test("the live display draws its two lines through the status line and clea
   assert.equal(l2, "KV 64.0 KiB (peak 68.4 KiB) of 64.0 KiB budget · footprint 25% · evicted 1.00K · RSS 1.0 MiB");
   d.clear();
   assert.equal(out[1], `\r${ESC}[2K${ESC}[1A\r${ESC}[2K`);
+});
+
+Deno.test("formatSeconds: read back, a duration is its whole seconds (never 1m60s); tenths below ten seconds", () => {
+  const back = (t: string) => {
+    const m = t.match(/^(?:(\d+)h)?(?:(\d+)m)?(?:([\d.]+)s)?$/)!;
+    assert.ok(m, t);
+    if (m[3] !== undefined && m[2] !== undefined) assert.ok(Number(m[3]) < 60 && m[3].length === 2, t);
+    if (m[1] !== undefined) assert.ok(Number(m[2]) < 60, t);
+    return Number(m[1] ?? 0) * 3600 + Number(m[2] ?? 0) * 60 + Number(m[3] ?? 0);
+  };
+  for (let s = 0; s < 7200; s += 0.37) {
+    const t = formatSeconds(s);
+    if (s < 9.95) assert.equal(back(t), Number(s.toFixed(1)), t);
+    else if (Math.round(s) < 3600) assert.equal(back(t), Math.round(s), `${s} → ${t}`);
+    else assert.equal(back(t), Math.floor(Math.round(s) / 60) * 60, `${s} → ${t}`);
+  }
+  assert.equal(formatSeconds(119.7), "2m00s");
+  assert.equal(formatSeconds(59.7), "1m00s");
+  assert.equal(formatSeconds(Infinity), "?");
 });
