@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { projectText } from "../core/input/corpus.ts";
-import { haystack, scoreAnswer } from "../core/eval/haystack.ts";
+import { haystack, scoreAnswer, trialSeed } from "../core/eval/haystack.ts";
+import { generate, loadModel, read } from "../core/mod.ts";
 import { runNiah } from "../core/eval/niah.ts";
 import { summarizeNiah } from "../core/eval/summary.ts";
 import { readConfig } from "../core/model/config.ts";
@@ -90,6 +91,58 @@ for (const kind of ["trained tokenizer", "SmolLM2 tokenizer"]) {
     },
   });
 }
+
+Deno.test("eval niah --keep-evicted: rows run MiKV's low tier, as a direct read with it does (bytes, answer)", async () => {
+  const dir = join(root, "mikv-retrieval");
+  await makeRetrievalModel(dir, { tokenizer: hasShared ? SMOLLM2_TOKENIZER : undefined });
+  const corpus = hasShared ? await Deno.readTextFile(join(CORPUS, "war_and_peace.txt")) : await projectText(400_000, 6);
+  const o = {
+    model: dir,
+    frame: needlePrompt,
+    budgets: [24],
+    lengths: [1024],
+    depths: [0.5],
+    needles: 1,
+    corpus,
+    seed: 5,
+    chunk: 128,
+    kvDtype: "float16" as const,
+    positions: "auto" as const,
+  };
+  const rows = async (keepEvicted?: "int4") => {
+    const out = [];
+    for await (const r of runNiah({ ...o, policies: ["snapkv"], keepEvicted })) out.push(r);
+    return out;
+  };
+  const [low] = await rows("int4");
+  const [drop] = await rows();
+  assert.equal(low.policy, "snapkv+int4");
+  assert.equal(low.positions, "original");
+  // the oracle: the same haystack and prompt read directly through the library with the low tier
+  const model = await loadModel(dir, { positions: "original", kvDtype: "float16", lowTier: "int4" });
+  try {
+    const h = haystack(corpus, model.tokenizer, 1024, 0.5, trialSeed(5, 1024, 0.5, 0));
+    const prompt = needlePrompt(model, h);
+    const state = await read(h.text, {
+      model,
+      policy: "snapkv",
+      budget: 24,
+      chunk: 128,
+      prefix: prompt.prefix,
+      question: prompt.suffix,
+      keepEvicted: "int4",
+    });
+    let answer = "";
+    for await (const piece of generate(state, { suffix: prompt.suffix, maxTokens: 8, sampling: { temperature: 0 } })) {
+      answer += piece;
+    }
+    assert.equal(low.answer, answer);
+    assert.equal(low.kv_peak_bytes, state.meter.summary().kvPeakBytes);
+  } finally {
+    await model.session.close();
+  }
+  assert.ok(low.kv_peak_bytes > drop.kv_peak_bytes, `${low.kv_peak_bytes} vs drop-only ${drop.kv_peak_bytes}`);
+});
 
 Deno.test("haystacks: the requested length in tokens, the needle near the requested depth", async () => {
   const tok = await loadTokenizer(hasShared ? SMOLLM2_TOKENIZER : join(root, "trained"));

@@ -85,6 +85,8 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
                   question: prompt.suffix,
                   merge,
                   keyChannels: o.keyChannels,
+                  keepEvicted: o.keepEvicted,
+                  lowBudget: o.lowBudget,
                 });
                 let answer = "";
                 const maxTokens = isChat(model) ? MAX_TOKENS.chat : MAX_TOKENS.completion;
@@ -97,7 +99,8 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
                 const score = scoreAnswer(answer, h.needle.code);
                 yield {
                   policy: (merge === NO_MERGE ? policy.name : `${policy.name}+${merge}`) +
-                    (state.run.keyChannels ? `+think${o.keyChannels}` : ""),
+                    (state.run.keyChannels ? `+think${o.keyChannels}` : "") +
+                    (o.keepEvicted && !policy.keepsAll ? `+${o.keepEvicted}` : ""),
                   budget,
                   length,
                   tokens: s.documentTokens,

@@ -6,6 +6,7 @@ import { type LoadedModel, loadModel } from "../mod.ts";
 import type { Haystack } from "./haystack.ts";
 import type { PolicyOptions } from "../policies/mod.ts";
 import type { WeightChoice } from "../model/onnx/decoder.ts";
+import type { LowTier } from "../model/onnx/low_tier.ts";
 
 export interface EvalOptions {
   model: string;
@@ -23,6 +24,9 @@ export interface EvalOptions {
   merges?: string[];
   /** Thin keys (ThinK): the fraction of key channels kept (default 1: off); `tome eval niah` takes it. */
   keyChannels?: number;
+  /** MiKV: keep evicted entries in a low tier (niah; original positions), sized by `lowBudget`. */
+  keepEvicted?: LowTier;
+  lowBudget?: number | string;
   /** How the graphs store weights (default f32). */
   weights?: WeightChoice;
 }
@@ -44,5 +48,6 @@ export function openModel(
     executionProviders: o.executionProviders,
     retainingHeads: o.retainingHeads,
     weights: o.weights,
+    ...(o.keepEvicted && positions === "original" ? { lowTier: o.keepEvicted } : {}),
   });
 }

@@ -5,6 +5,7 @@
 import type { Command } from "commander";
 import { defaultChunk, resolveRun } from "../../../core/mod.ts";
 import { readConfig } from "../../../core/model/config.ts";
+import type { LowTier } from "../../../core/model/onnx/low_tier.ts";
 import { chooseDevice } from "../../../core/model/device.ts";
 import { needlePrompt } from "../../../recipes/needle.ts";
 import {
@@ -36,6 +37,8 @@ export interface EvalFlags extends ModelFlags {
   last: string;
   merge: string;
   keyChannels?: string;
+  keepEvicted?: string;
+  lowBudget?: string;
 }
 
 /** A subcommand's defaults for the lists it sweeps. */
@@ -64,7 +67,15 @@ export function addEvalOptions(cmd: Command, defaults: EvalDefaults): Command {
       "merge methods, comma-separated: none (the policy's own: ems merges, others drop), drop, d2o, kvmerger, anchors, ems",
       "none",
     )
-    .option("--key-channels <fraction>", "ThinK: fraction of key channels kept for old entries (niah; 1: off)");
+    .option("--key-channels <fraction>", "ThinK: fraction of key channels kept for old entries (niah; 1: off)")
+    .option(
+      "--keep-evicted <tier>",
+      "MiKV: keep evicted entries in a low tier, int4 or int2 (niah; original positions)",
+    )
+    .option(
+      "--low-budget <n|size>",
+      "MiKV: low-tier entries per layer and head, or a size (default: the high tier's bytes)",
+    );
   return addShared(cmd, "chunk", "kvDtype", "weights", "positions", "device", "threads")
     .option("--json", "print the results as JSON")
     .option("-q, --quiet", "no progress on stderr")
@@ -109,11 +120,16 @@ export async function evalSettings(flags: EvalFlags) {
     retainingHeads: flags.retainingHeads,
     merges: flags.merge.split(",").map((x) => x.trim()).filter(Boolean),
     keyChannels: keyChannelsFlag(flags.keyChannels),
+    keepEvicted: flags.keepEvicted as LowTier | undefined, // checked by resolveRun below
+    lowBudget: flags.lowBudget,
   };
   const config = await readConfig(model);
   for (const policy of policies) {
     for (const merge of s.merges) {
-      for (const budget of s.budgets) await resolveRun(config, { ...s, policy, budget, merge, positions: "compact" });
+      for (const budget of s.budgets) {
+        // the low tier needs original positions: checked as it will run
+        await resolveRun(config, { ...s, policy, budget, merge, positions: s.keepEvicted ? "original" : "compact" });
+      }
     }
   }
   const device = await chooseDevice(flags.device);
