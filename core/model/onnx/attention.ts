@@ -69,6 +69,23 @@ export function attentionShapes(
 export type { StatNames };
 
 /**
+ * The slots of a cache buffer [1,K,P,·] (`buffer`, any input of that shape) and their additive mask: slot indices
+ * f32 [P], and [1,K,1,P] with 0 for the slots below layer `l`'s length of each KV head in `lengths` f32 [L, K],
+ * −∞ past it. Float, not int64: the WebGPU provider has no int64 arithmetic.
+ */
+export function slotMask(g: Graph, buffer: string, lengths: string, l: number): { slots: string; mask: string } {
+  const cap = g.op("Cast", [g.op("Gather", [g.op("Shape", [buffer]), g.ints([2], [])])], { to: 1 });
+  const slots = g.op("Range", [g.floats([0], []), cap, g.floats([1], [])]);
+  const own = g.op("Unsqueeze", [g.op("Gather", [lengths, g.ints([l], [])], { axis: 0 }), g.ints([1])]); // [K,1]
+  const valid = g.op("Less", [g.op("Unsqueeze", [slots, g.ints([0])]), own]); // [K,P]
+  const mask = g.op("Unsqueeze", [
+    g.op("Where", [valid, g.floats([0], []), g.floats([-Infinity], [])]),
+    g.ints([0, 2]),
+  ]);
+  return { slots, mask };
+}
+
+/**
  * A third score block in front of the past: MiKV's low tier (`low_tier.ts`), dequantized keys (rotated, times the
  * balancer) and values [1,K,Q,d], its additive mask [1,K,1,Q], and where its statistics go.
  */

@@ -68,7 +68,7 @@ import { type BlockQuant, quantizeBlocks, zeroPointBytes } from "../../../kernel
 import type { Checkpoint } from "../checkpoint.ts";
 import { layerTensorNames, loadTensor } from "../checkpoint.ts";
 import type { PositionMode } from "../config.ts";
-import { attend, attentionShapes, shape } from "./attention.ts";
+import { attend, attentionShapes, shape, slotMask } from "./attention.ts";
 import { readRetainingHeads, retainingHead } from "./retaining.ts";
 import { float, Graph } from "./graph.ts";
 import { lowBlock, lowInputs, lowIo, lowOutputs, type LowTier, queryAbsMax } from "./low_tier.ts";
@@ -323,18 +323,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])]);
     });
   /** Layer l's slot indices f32 [P_l] and the additive mask [1,K,1,P_l] of its valid slots. */
-  const pastSlots = (l: number) =>
-    g.within("past", () => {
-      const cap = g.op("Cast", [g.op("Gather", [g.op("Shape", [io.pastKey(l)]), g.ints([2], [])])], { to: 1 });
-      const slots = g.op("Range", [g.floats([0], []), cap, g.floats([1], [])]);
-      const lengths = g.op("Unsqueeze", [g.op("Gather", [pastLengths, g.ints([l], [])], { axis: 0 }), g.ints([1])]); // [K,1]
-      const valid = g.op("Less", [g.op("Unsqueeze", [slots, g.ints([0])]), lengths]); // [K,P]
-      const mask = g.op("Unsqueeze", [
-        g.op("Where", [valid, g.floats([0], []), g.floats([-Infinity], [])]),
-        g.ints([0, 2]),
-      ]);
-      return { slots, mask };
-    });
+  const pastSlots = (l: number) => g.within("past", () => slotMask(g, io.pastKey(l), pastLengths, l));
 
   const lastStart = g.op("Unsqueeze", [SminusOne, g.ints([0])]);
 

@@ -26,7 +26,7 @@
  * `dequantizeRows` computes it.
  */
 import type { Graph } from "./graph.ts";
-import { shape } from "./attention.ts";
+import { shape, slotMask } from "./attention.ts";
 import { type StatName, type StatNames, STATS } from "./stats.ts";
 
 /** Bits of a low-tier value. */
@@ -127,17 +127,7 @@ export function lowBlock(
       lowIo.balance(l),
     ]);
     const v = dequantize(g, lowIo.value(l), lowIo.valueScale(l), lowIo.valueMin(l), bits, d, half);
-    const cap = g.op("Cast", [g.op("Gather", [g.op("Shape", [lowIo.key(l)]), g.ints([2], [])])], { to: 1 });
-    const slots = g.op("Range", [g.floats([0], []), cap, g.floats([1], [])]);
-    const lengths = g.op("Unsqueeze", [
-      g.op("Gather", [lowIo.lengths, g.ints([l], [])], { axis: 0 }),
-      g.ints([1]),
-    ]); // [K,1]
-    const valid = g.op("Less", [g.op("Unsqueeze", [slots, g.ints([0])]), lengths]); // [K,Q]
-    const mask = g.op("Unsqueeze", [
-      g.op("Where", [valid, g.floats([0], []), g.floats([-Infinity], [])]),
-      g.ints([0, 2]),
-    ]);
+    const { mask } = slotMask(g, lowIo.key(l), lowIo.lengths, l);
     return { k, v, mask, names };
   });
 }
