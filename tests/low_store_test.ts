@@ -7,6 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { lowEntryBytes, LowStore, sameBytesBudget } from "../core/engine/low_store.ts";
+import { lowCandidates } from "../core/engine/demote.ts";
+import { KvStore } from "../core/engine/kv_store.ts";
 import type { ModelConfig } from "../core/model/config.ts";
 import { balanceKeys, dequantizeRows, type KvQuantSpec, quantizeRows } from "../kernels/kv_quant.ts";
 import { normals } from "../kernels/random.ts";
@@ -127,4 +129,28 @@ Deno.test("low store: the default budget fits the high tier's bytes; a balancer 
     seen: [1],
   });
   assert.throws(() => store.setBalance(0, new Float32Array(K * d).fill(2)), /balancer/);
+});
+
+Deno.test("low candidates (f16 cache): a head's low keys come back as float32 values, dequantized times b", () => {
+  const spec = { bits: 4, group: 8, params: "float16" } as KvQuantSpec;
+  const low = new LowStore(config, spec, () => 6);
+  const r = rng(5);
+  const b = new Float32Array(K * d).map(() => 0.5 + r());
+  low.setBalance(0, b);
+  const n = 4;
+  const keys = normals(r, n * d);
+  low.admit(0, 1, {
+    keys,
+    values: normals(r, n * d),
+    positions: [3, 5, 8, 9],
+    accumulated: [1, 2, 3, 4],
+    seen: [1, 1, 1, 1],
+  });
+  const store = new KvStore(config, "float16");
+  const got = lowCandidates(store, low, 0, { newKeys: [], newValues: [], stats: {} }, 0, 0).keys(1);
+  // the oracle: each row quantized alone from the balanced keys, dequantized, times b
+  const want = dequantizeRows(quantizeRows(balanceKeys(keys, n, b.subarray(d, 2 * d)), n, d, spec));
+  for (let i = 0; i < n * d; i++) {
+    assert.equal(got[i], Math.fround(want[i] * b[d + (i % d)]), `entry ${Math.floor(i / d)} channel ${i % d}`);
+  }
 });

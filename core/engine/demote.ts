@@ -121,14 +121,18 @@ export function lowCandidates(
   const count = x.lengths.slice();
   const half = store.dtype === "float16";
   const row = new Float32Array(d);
-  /** Low entry j of head h, dequantized (keys times b), into row `at` of `keys`/`values` in the cache dtype. */
+  /** Low entry j of head h as float32 into `row` (keys times b, as the graph reads them). */
+  const read = (h: number, j: number, key: boolean) => {
+    dequantizeRow(key ? x.keys : x.values, h * cap + j, row, 0);
+    if (key) for (let i = 0; i < d; i++) row[i] = Math.fround(row[i] * x.balance[h * d + i]);
+    return row;
+  };
+  /** Low entry j of head h into row `at` of `keys`/`values`, in the cache dtype. */
   const write = (h: number, j: number, keys: KvArray, values: KvArray, at: number) => {
-    for (const [q, dst, balanced] of [[x.keys, keys, true], [x.values, values, false]] as const) {
-      dequantizeRow(q, h * cap + j, row, 0);
-      for (let i = 0; i < d; i++) {
-        const v = balanced ? Math.fround(row[i] * x.balance[h * d + i]) : row[i];
-        dst[at * d + i] = half ? toF16Bits(v) : v;
-      }
+    for (const [dst, key] of [[keys, true], [values, false]] as const) {
+      const v = read(h, j, key);
+      if (half) for (let i = 0; i < d; i++) dst[at * d + i] = toF16Bits(v[i]);
+      else dst.set(v, at * d);
     }
   };
   return {
@@ -143,8 +147,7 @@ export function lowCandidates(
     },
     keys: (h) => {
       const keys = new Float32Array(count[h] * d);
-      const values = new Float32Array(count[h] * d);
-      for (let j = 0; j < count[h]; j++) write(h, j, keys, values, j);
+      for (let j = 0; j < count[h]; j++) keys.set(read(h, j, true), j * d);
       return keys;
     },
     fresh: (updates, past) => {
