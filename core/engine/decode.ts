@@ -57,7 +57,7 @@ export async function* decode(
    */
   const feed = async (ids: number[], generated: boolean) => {
     const before = seq.meanEntries();
-    const bytesBefore = seq.store.bytes() + (seq.low?.bytes() ?? 0);
+    const bytesBefore = seq.kvBytes();
     const r = rule && generated
       ? await seq.step(ids, rule, { window: 1, logits: true })
       : await seq.append(ids, { logits: true });
@@ -65,7 +65,7 @@ export async function* decode(
     for (let i = 0; i < ids.length; i++) {
       seq.meter.token(
         before + i + 1,
-        seq.store.bytes() + (seq.low?.bytes() ?? 0),
+        seq.kvBytes(),
         generated,
         bytesBefore + (i + 1) * seq.meter.tokenBytes,
       );

@@ -124,14 +124,14 @@ export function lowCandidates(
   /** Low entry j of head h as float32 into `row` (keys times b, as the graph reads them). */
   const read = (h: number, j: number, key: boolean) => {
     dequantizeRow(key ? x.keys : x.values, h * cap + j, row, 0);
-    if (key) for (let i = 0; i < d; i++) row[i] = Math.fround(row[i] * x.balance[h * d + i]);
+    if (key) { for (let i = 0; i < d; i++) row[i] = Math.fround(row[i] * x.balance[h * d + i]); }
     return row;
   };
   /** Low entry j of head h into row `at` of `keys`/`values`, in the cache dtype. */
   const write = (h: number, j: number, keys: KvArray, values: KvArray, at: number) => {
     for (const [dst, key] of [[keys, true], [values, false]] as const) {
       const v = read(h, j, key);
-      if (half) for (let i = 0; i < d; i++) dst[at * d + i] = toF16Bits(v[i]);
+      if (half) { for (let i = 0; i < d; i++) dst[at * d + i] = toF16Bits(v[i]); }
       else dst.set(v, at * d);
     }
   };

@@ -63,7 +63,7 @@ export class Prefill {
   async #run(doc: Int32Array, progress: Progress): Promise<void> {
     const seq = this.sequence;
     const before = seq.meanEntries();
-    const kvBytesBefore = seq.store.bytes() + (seq.low?.bytes() ?? 0);
+    const kvBytesBefore = seq.kvBytes();
     const p = this.opts.patch;
     const patch = typeof p === "function" ? p(doc) : p;
     await seq.step(doc, this.opts.plan.prefill, { patch, window: this.opts.window });
@@ -73,7 +73,7 @@ export class Prefill {
       before,
       after: seq.meanEntries(),
       kvBytesBefore,
-      kvBytesAfter: seq.store.bytes() + (seq.low?.bytes() ?? 0),
+      kvBytesAfter: seq.kvBytes(),
       ...progress,
     });
   }

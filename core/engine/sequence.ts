@@ -51,6 +51,11 @@ export class Sequence {
     if (low && !session.graph.lowTier) throw new Error("a low tier needs a session built with lowTier");
   }
 
+  /** KV bytes held: the cache, and MiKV's low tier when there is one. */
+  kvBytes(): number {
+    return this.store.bytes() + (this.low?.bytes() ?? 0);
+  }
+
   /** Positions the graph gets for `n` new tokens: original positions, or (compact) from the filled slots on. */
   nextPositions(n: number): Int32Array {
     const base = this.session.graph.positions === "compact" ? this.#maxLength() : this.position;
