@@ -258,6 +258,8 @@ Deno.test("low tier options: bad combinations are usage errors before any model 
   await usage({ keepEvicted: "int4", merge: "d2o" }, /does not combine/);
   await usage({ keepEvicted: "int4", keyChannels: 0.5 }, /does not combine/);
   await usage({ keepEvicted: "int2", positions: "compact" }, /original positions/);
+  await usage({ keepEvicted: "int4", lowBudget: "3 parsecs" }, /--low-budget "3 parsecs": unknown unit/);
+  await usage({ keepEvicted: "int4", lowBudget: "1.5" }, /whole number of entries/);
   const run = await resolveRun(c, { ...base, keepEvicted: "int4", lowBudget: "1MiB" });
   const d = c.headDim;
   // d = 16 (one group of 16 at float16): 2·(8 + 2·2) = 24 bytes an entry

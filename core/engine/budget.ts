@@ -27,19 +27,29 @@ export function parseSize(spec: string, what: string): number {
  * the cache's element size.
  */
 export function parseBudget(spec: string | number, config: ModelConfig, bytesPerElement: number): number {
-  if (typeof spec === "number") return positive(spec, String(spec));
-  const m = spec.trim().match(/^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/);
-  if (!m) throw new TomeError("usage", `budget "${spec}" is not a number of entries or a size like 256MiB`);
-  const unit = m[2].toLowerCase();
-  if (unit === "") return positive(Number(m[1]), spec);
-  const scale = UNITS[unit];
-  if (!scale) throw new TomeError("usage", `budget "${spec}": unknown unit "${m[2]}" (B, KB, MB, GB, KiB, MiB, GiB)`);
-  return positive(Math.floor((Number(m[1]) * scale) / kvBytesPerToken(config, bytesPerElement)), spec);
+  return parseEntries(spec, kvBytesPerToken(config, bytesPerElement), "budget", 1);
 }
 
-function positive(n: number, spec: string): number {
-  if (!Number.isInteger(n) || n < 1) {
-    throw new TomeError("usage", `budget "${spec}" gives ${n} entries; it must hold at least one entry per layer`);
+/**
+ * Entries per layer and KV head from `spec`: a count (`4096`), or a size (`256MiB`, `1.5GB`) divided by
+ * `bytesPerToken`, the bytes one entry takes in every layer and KV head. A usage error naming `what` when it is
+ * neither, or gives fewer than `least` whole entries.
+ */
+export function parseEntries(spec: string | number, bytesPerToken: number, what: string, least: number): number {
+  if (typeof spec === "number") return atLeast(spec, String(spec), what, least);
+  const m = spec.trim().match(/^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/);
+  if (!m) throw new TomeError("usage", `${what} "${spec}" is not a number of entries or a size like 256MiB`);
+  const unit = m[2].toLowerCase();
+  if (unit === "") return atLeast(Number(m[1]), spec, what, least);
+  const scale = UNITS[unit];
+  if (!scale) throw new TomeError("usage", `${what} "${spec}": unknown unit "${m[2]}" (B, KB, MB, GB, KiB, MiB, GiB)`);
+  return atLeast(Math.floor((Number(m[1]) * scale) / bytesPerToken), spec, what, least);
+}
+
+function atLeast(n: number, spec: string, what: string, least: number): number {
+  if (!Number.isInteger(n) || n < least) {
+    const need = least > 0 ? "it must hold at least one entry per layer" : "it must be a whole number of entries";
+    throw new TomeError("usage", `${what} "${spec}" gives ${n} entries; ${need}`);
   }
   return n;
 }

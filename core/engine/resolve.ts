@@ -8,7 +8,7 @@ import { TomeError } from "../errors.ts";
 import { kvBytesPerToken, type KvDtype, kvElementBytes, type ModelConfig, type PositionMode } from "../model/config.ts";
 import { DEFAULT_POLICY, makePolicy, type Policy, type PolicyOptions } from "../policies/mod.ts";
 import { DROP, makeMerger } from "../policies/merge/mod.ts";
-import { parseBudget, parseSize } from "./budget.ts";
+import { parseBudget, parseEntries } from "./budget.ts";
 import { type BudgetPlan, checkPlan, planBudgets } from "./plan.ts";
 import type { KeyChannels } from "./thin_keys.ts";
 import { DEFAULT_WINDOW } from "./prefill.ts";
@@ -217,13 +217,9 @@ function lowTierRun(
     params: kvDtype,
   };
   const entryBytes = lowEntryBytes(d, spec);
-  let low: number;
-  if (o.lowBudget === undefined) low = sameBytesBudget(budget, d, bytesPerElement, spec);
-  else if (typeof o.lowBudget === "number" || /^\s*\d+\s*$/.test(o.lowBudget)) low = Number(o.lowBudget);
-  else low = Math.floor(parseSize(o.lowBudget, "--low-budget") / (config.layers * config.kvHeads * entryBytes));
-  if (!Number.isInteger(low) || low < 0) {
-    throw new TomeError("usage", `--low-budget ${o.lowBudget} gives ${low} entries per layer and KV head`);
-  }
+  const low = o.lowBudget === undefined
+    ? sameBytesBudget(budget, d, bytesPerElement, spec)
+    : parseEntries(o.lowBudget, config.layers * config.kvHeads * entryBytes, "--low-budget", 0);
   return { tier: o.keepEvicted, spec, budget: low, entryBytes };
 }
 
