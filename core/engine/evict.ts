@@ -125,8 +125,8 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
     else updates[h].keep = select(scores[h] = policy.score(v), v.n, keep, protect);
   }
   const fresh = lowC ? lowC.fresh(updates, layer.lengths) : { keys: newKeys, values: result.newValues[l], stride: S };
-  const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
   if (step.low && rule.merge) throw new Error("a low tier and a merger both claim the evicted entries");
+  const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
   if (step.low) demoteLayer(store, step.low, l, updates, { ...fresh, count: c }, lowC?.count);
   // thin keys: the observation window stays whole, unless it is the patch (not kept)
   store.commit(l, updates, fresh, step.patch ? 0 : rule.keyChannels?.window);
