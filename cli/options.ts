@@ -94,7 +94,7 @@ export function addRunOptions(cmd: Command): Command {
   addShared(cmd, "model")
     .option(
       "-b, --budget <n|size>",
-      "KV entries kept per layer and head, or a size like 256MiB",
+      "KV entries kept per layer and head, or a size like 256MiB (the whole KV cache, every tier)",
       String(DEFAULT_BUDGET),
     );
   addShared(cmd, "chunk").addOption(policyOption());
@@ -124,7 +124,7 @@ export function addRunOptions(cmd: Command): Command {
     )
     .option(
       "--low-budget <n|size>",
-      "low-tier entries per layer and head, or a size such as 64MiB (default: what fits in the high tier's bytes)",
+      "low-tier entries per layer and head, or a size such as 64MiB (default: the high tier's bytes; half a --budget size)",
     )
     .addOption(sharedOption("duoMask"))
     .addOption(sharedOption("duoSparsity"))

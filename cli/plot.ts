@@ -1,4 +1,5 @@
 /** Charts for `tome eval`: Vega-Lite specs rendered to SVG by Vega, and to PNG by resvg. */
+import type { Budget } from "../core/eval/options.ts";
 import * as vega from "vega";
 import * as vl from "vega-lite";
 import { join } from "node:path";
@@ -50,7 +51,7 @@ export function heatmap(cells: { config: string; length: number; depth: number; 
 }
 
 /** Score against KV footprint, one line per policy. */
-export function curve(points: { policy: string; budget: number | null; footprint: number; recall: number }[]): Spec {
+export function curve(points: { policy: string; budget: Budget | null; footprint: number; recall: number }[]): Spec {
   return {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
     title: "Recall against KV footprint",

@@ -30,23 +30,33 @@ export function parseBudget(spec: string | number, config: ModelConfig, bytesPer
   return parseEntries(spec, kvBytesPerToken(config, bytesPerElement), "budget", 1);
 }
 
+/** A budget as written: a count of entries, or a size in bytes (`256MiB`). */
+export type BudgetSpec = { entries: number; bytes?: undefined } | { bytes: number; entries?: undefined };
+
+/** Reads `spec` as a count (`4096`) or a size (`256MiB`, `1.5GB`); a usage error naming `what` when it is neither. */
+export function readBudgetSpec(spec: string | number, what: string): BudgetSpec {
+  if (typeof spec === "number") return { entries: spec };
+  const m = spec.trim().match(/^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/);
+  if (!m) throw new TomeError("usage", `${what} "${spec}" is not a number of entries or a size like 256MiB`);
+  const unit = m[2].toLowerCase();
+  if (unit === "") return { entries: Number(m[1]) };
+  const scale = UNITS[unit];
+  if (!scale) throw new TomeError("usage", `${what} "${spec}": unknown unit "${m[2]}" (B, KB, MB, GB, KiB, MiB, GiB)`);
+  return { bytes: Math.floor(Number(m[1]) * scale) };
+}
+
 /**
  * Entries per layer and KV head from `spec`: a count (`4096`), or a size (`256MiB`, `1.5GB`) divided by
  * `bytesPerToken`, the bytes one entry takes in every layer and KV head. A usage error naming `what` when it is
  * neither, or gives fewer than `least` whole entries.
  */
 export function parseEntries(spec: string | number, bytesPerToken: number, what: string, least: number): number {
-  if (typeof spec === "number") return atLeast(spec, String(spec), what, least);
-  const m = spec.trim().match(/^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/);
-  if (!m) throw new TomeError("usage", `${what} "${spec}" is not a number of entries or a size like 256MiB`);
-  const unit = m[2].toLowerCase();
-  if (unit === "") return atLeast(Number(m[1]), spec, what, least);
-  const scale = UNITS[unit];
-  if (!scale) throw new TomeError("usage", `${what} "${spec}": unknown unit "${m[2]}" (B, KB, MB, GB, KiB, MiB, GiB)`);
-  return atLeast(Math.floor((Number(m[1]) * scale) / bytesPerToken), spec, what, least);
+  const s = readBudgetSpec(spec, what);
+  return checkEntries(s.bytes === undefined ? s.entries : Math.floor(s.bytes / bytesPerToken), spec, what, least);
 }
 
-function atLeast(n: number, spec: string, what: string, least: number): number {
+/** `n` when it is a whole number of entries ≥ `least`; a usage error naming `what` and `spec` otherwise. */
+export function checkEntries(n: number, spec: string | number, what: string, least: number): number {
   if (!Number.isInteger(n) || n < least) {
     const need = least > 0 ? "it must hold at least one entry per layer" : "it must be a whole number of entries";
     throw new TomeError("usage", `${what} "${spec}" gives ${n} entries; ${need}`);

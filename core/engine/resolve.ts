@@ -8,7 +8,7 @@ import { TomeError } from "../errors.ts";
 import { kvBytesPerToken, type KvDtype, kvElementBytes, type ModelConfig, type PositionMode } from "../model/config.ts";
 import { DEFAULT_POLICY, makePolicy, type Policy, type PolicyOptions } from "../policies/mod.ts";
 import { DROP, makeMerger } from "../policies/merge/mod.ts";
-import { parseBudget, parseEntries } from "./budget.ts";
+import { type BudgetSpec, checkEntries, parseEntries, readBudgetSpec } from "./budget.ts";
 import { type BudgetPlan, checkPlan, planBudgets } from "./plan.ts";
 import type { KeyChannels } from "./thin_keys.ts";
 import { DEFAULT_WINDOW } from "./prefill.ts";
@@ -141,7 +141,7 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
   }
   const kvDtype = o.kvDtype ?? "float16";
   const bytesPerElement = kvElementBytes(kvDtype);
-  const budget = parseBudget(o.budget ?? DEFAULT_BUDGET, config, bytesPerElement);
+  const budgetSpec = readBudgetSpec(o.budget ?? DEFAULT_BUDGET, "budget");
   const chunk = positiveInt(o.chunk ?? defaultChunk(o.weights), "chunk");
   const window = positiveInt(o.window ?? DEFAULT_WINDOW, "window");
   const decodeBudget = o.decodeBudget === undefined ? undefined : positiveInt(o.decodeBudget, "decode budget");
@@ -155,10 +155,12 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
   if (keyChannels && merger) {
     throw new TomeError("usage", "--key-channels does not combine with merging (--merge, or --policy ems)");
   }
-  const lowTier = lowTierRun(o, config, budget, bytesPerElement, kvDtype, policy);
-  if (lowTier && (merger || keyChannels)) {
+  const low = lowTierSpec(o, config, kvDtype, policy);
+  if (low && (merger || keyChannels)) {
     throw new TomeError("usage", "--keep-evicted does not combine with merging or --key-channels");
   }
+  const tokenBytes = kvBytesPerToken(config, bytesPerElement);
+  const { budget, lowTier } = tierBudgets(budgetSpec, o, config, tokenBytes, keyChannels, low);
   const plan = planBudgets(policy, config, {
     budget,
     decodeBudget,
@@ -184,7 +186,7 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
     positions,
     kvDtype,
     bytesPerElement,
-    tokenBytes: kvBytesPerToken(config, bytesPerElement),
+    tokenBytes,
     window,
     questionPatch,
     merge: policy.keepsAll ? null : merger ? merger.name : policy.merger ? DROP : null,
@@ -193,15 +195,13 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
   };
 }
 
-/** `--keep-evicted` and `--low-budget` → the low tier, or null (none asked for, or a policy that evicts nothing). */
-function lowTierRun(
+/** `--keep-evicted` → how the low tier stores entries, or null (none asked for, or a policy that evicts nothing). */
+function lowTierSpec(
   o: RunOptions,
   config: ModelConfig,
-  budget: number,
-  bytesPerElement: number,
   kvDtype: KvDtype,
   policy: Policy,
-): LowTierRun | null {
+): Omit<LowTierRun, "budget"> | null {
   if (o.keepEvicted === undefined) {
     if (o.lowBudget !== undefined) throw new TomeError("usage", "--low-budget needs --keep-evicted int4|int2");
     return null;
@@ -216,11 +216,52 @@ function lowTierRun(
     group: d % LOW_GROUP === 0 ? LOW_GROUP : d,
     params: kvDtype,
   };
-  const entryBytes = lowEntryBytes(d, spec);
-  const low = o.lowBudget === undefined
-    ? sameBytesBudget(budget, d, bytesPerElement, spec)
-    : parseEntries(o.lowBudget, config.layers * config.kvHeads * entryBytes, "--low-budget", 0);
-  return { tier: o.keepEvicted, spec, budget: low, entryBytes };
+  return { tier: o.keepEvicted, spec, entryBytes: lowEntryBytes(d, spec) };
+}
+
+/**
+ * Entries per layer and KV head for each tier. A count is the high tier's entries, and the low tier gets
+ * `--low-budget` (default: as many low entries as fit in the high tier's bytes). A size is the KV bytes the whole
+ * cache may hold after each step, whatever the method, so methods compare at equal memory: with a low tier,
+ * `--low-budget` (default: half the size) and the high tier the rest; with thin keys, as many entries as fit with
+ * each head's newest `window` whole and the rest at `channels` key channels; otherwise size ÷ token bytes.
+ */
+function tierBudgets(
+  spec: BudgetSpec,
+  o: RunOptions,
+  config: ModelConfig,
+  tokenBytes: number,
+  thin: KeyChannels | null,
+  low: Omit<LowTierRun, "budget"> | null,
+): { budget: number; lowTier: LowTierRun | null } {
+  const written = o.budget ?? DEFAULT_BUDGET;
+  const slots = config.layers * config.kvHeads;
+  if (spec.bytes === undefined) {
+    const budget = checkEntries(spec.entries, written, "budget", 1);
+    if (!low) return { budget, lowTier: null };
+    const lowBudget = o.lowBudget === undefined
+      ? sameBytesBudget(budget, config.headDim, tokenBytes / (slots * 2 * config.headDim), low.spec)
+      : parseEntries(o.lowBudget, slots * low.entryBytes, "--low-budget", 0);
+    return { budget, lowTier: { ...low, budget: lowBudget } };
+  }
+  if (low) {
+    const lowBudget = o.lowBudget === undefined
+      ? Math.floor(spec.bytes / 2 / (slots * low.entryBytes))
+      : parseEntries(o.lowBudget, slots * low.entryBytes, "--low-budget", 0);
+    const highBytes = spec.bytes - lowBudget * slots * low.entryBytes;
+    const budget = checkEntries(Math.floor(Math.max(0, highBytes) / tokenBytes), written, "budget", 1);
+    return { budget, lowTier: { ...low, budget: lowBudget } };
+  }
+  if (thin) {
+    // a thin entry: k key channels and a whole value, for d + d whole
+    const thinBytes = (tokenBytes * (thin.channels + config.headDim)) / (2 * config.headDim);
+    const wholeBytes = thin.window * tokenBytes;
+    const n = spec.bytes < wholeBytes
+      ? Math.floor(spec.bytes / tokenBytes)
+      : thin.window + Math.floor((spec.bytes - wholeBytes) / thinBytes);
+    return { budget: checkEntries(n, written, "budget", 1), lowTier: null };
+  }
+  return { budget: checkEntries(Math.floor(spec.bytes / tokenBytes), written, "budget", 1), lowTier: null };
 }
 
 /** `--key-channels`: a fraction in (0, 1] → ⌈fraction·d⌉ channels with the window whole; null when that is all d. */

@@ -9,7 +9,7 @@ import { read } from "../mod.ts";
 import { klDivergence, teacherForce } from "../engine/score.ts";
 import { makePolicy, type Policy, policyByName } from "../policies/mod.ts";
 import { haystack, trialSeed } from "./haystack.ts";
-import { type EvalOptions, type NeedleFraming, openModel } from "./options.ts";
+import { type Budget, type EvalOptions, type NeedleFraming, openModel } from "./options.ts";
 
 export interface FidelityOptions extends EvalOptions {
   /** The prompt around each haystack. */
@@ -23,7 +23,7 @@ export interface FidelityOptions extends EvalOptions {
 
 export interface FidelityRow {
   policy: string;
-  budget: number | null;
+  budget: Budget | null;
   length: number;
   depth: number;
   trial: number;
@@ -51,7 +51,7 @@ export async function* runFidelity(o: FidelityOptions): AsyncGenerator<FidelityR
           const answer = model.tokenizer.encode(` ${h.needle.code}`);
           const forced = [...prompt.suffix, ...answer];
           const first = prompt.suffix.length - 1; // the row predicting the answer's first token
-          const rows = async (policy: Policy, budget: number | null) => {
+          const rows = async (policy: Policy, budget: Budget | null) => {
             const state = await read(h.text, {
               model,
               policy,

@@ -8,9 +8,8 @@
 import { generate, type LoadedModel, read } from "../mod.ts";
 import { choosePositions } from "../engine/resolve.ts";
 import { makePolicy } from "../policies/mod.ts";
-import { NO_MERGE } from "../policies/merge/mod.ts";
 import { haystack, scoreAnswer, trialSeed } from "./haystack.ts";
-import { type EvalOptions, type NeedleFraming, openModel } from "./options.ts";
+import { type Budget, type EvalOptions, mergesFor, methodLabel, type NeedleFraming, openModel } from "./options.ts";
 
 export interface NiahOptions extends EvalOptions {
   /** The prompt around each haystack. */
@@ -27,7 +26,7 @@ export interface NiahOptions extends EvalOptions {
 /** One trial. */
 export interface NiahRow {
   policy: string;
-  budget: number | null;
+  budget: Budget | null;
   length: number;
   tokens: number;
   depth: number;
@@ -41,6 +40,8 @@ export interface NiahRow {
   kv_peak_bytes: number;
   kv_full_bytes: number;
   footprint: number;
+  /** The footprint in bytes-time (thin keys and low tiers weighed by their bytes). */
+  footprint_bytes: number;
   peak_fraction: number;
   seconds: number;
 }
@@ -73,7 +74,7 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
           const h = haystack(o.corpus, model.tokenizer, length, depth, trialSeed(o.seed, length, depth, trial));
           const prompt = o.frame(model, h);
           for (const policy of policies) {
-            for (const merge of policy.keepsAll ? [NO_MERGE] : o.merges ?? [NO_MERGE]) {
+            for (const merge of mergesFor(policy.keepsAll, o)) {
               for (const budget of policy.keepsAll ? [null] : o.budgets) {
                 const t0 = performance.now();
                 const state = await read(h.text, {
@@ -98,9 +99,7 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
                 const s = state.meter.summary();
                 const score = scoreAnswer(answer, h.needle.code);
                 yield {
-                  policy: (merge === NO_MERGE ? policy.name : `${policy.name}+${merge}`) +
-                    (state.run.keyChannels ? `+think${o.keyChannels}` : "") +
-                    (o.keepEvicted && !policy.keepsAll ? `+${o.keepEvicted}` : ""),
+                  policy: methodLabel(policy.name, merge, state.run, o),
                   budget,
                   length,
                   tokens: s.documentTokens,
@@ -115,6 +114,7 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
                   kv_peak_bytes: s.kvPeakBytes,
                   kv_full_bytes: s.fullKvBytes,
                   footprint: s.footprint,
+                  footprint_bytes: s.footprintBytes,
                   peak_fraction: s.peakFraction,
                   seconds: (performance.now() - t0) / 1000,
                 };

@@ -7,12 +7,20 @@ import type { Haystack } from "./haystack.ts";
 import type { PolicyOptions } from "../policies/mod.ts";
 import type { WeightChoice } from "../model/onnx/decoder.ts";
 import type { LowTier } from "../model/onnx/low_tier.ts";
+import type { ResolvedRun } from "../engine/resolve.ts";
+import { NO_MERGE } from "../policies/merge/mod.ts";
+
+/** A swept budget: entries per layer and KV head, or a size (`256KiB`: the whole cache's KV bytes, every tier). */
+export type Budget = number | string;
 
 export interface EvalOptions {
   model: string;
   policies: string[];
-  /** Budgets (entries per layer and head); policies that keep everything run once, whatever the budgets. */
-  budgets: number[];
+  /**
+   * Budgets, entries per layer and head or sizes (methods compared at equal KV bytes); policies that keep
+   * everything run once, whatever the budgets.
+   */
+  budgets: Budget[];
   chunk: number;
   kvDtype: "float32" | "float16";
   executionProviders?: string[];
@@ -51,3 +59,17 @@ export function openModel(
     ...(o.keepEvicted && positions === "original" ? { lowTier: o.keepEvicted } : {}),
   });
 }
+
+/**
+ * A row's method as the tables name it: the policy, then what it does with what it evicts — a merge
+ * (`snapkv+d2o`), thin keys (`+think0.5`), a low tier (`+int4`).
+ */
+export function methodLabel(policy: string, merge: string, run: ResolvedRun, o: EvalOptions): string {
+  return (merge === NO_MERGE ? policy : `${policy}+${merge}`) +
+    (run.keyChannels ? `+think${o.keyChannels}` : "") +
+    (run.lowTier ? `+${run.lowTier.tier}` : "");
+}
+
+/** The merges swept for a policy: only its own for a policy that keeps everything. */
+export const mergesFor = (keepsAll: boolean | undefined, o: EvalOptions): string[] =>
+  keepsAll ? [NO_MERGE] : o.merges ?? [NO_MERGE];

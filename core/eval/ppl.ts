@@ -7,7 +7,7 @@
 import { type LoadedModel, read } from "../mod.ts";
 import { logProb, teacherForce } from "../engine/score.ts";
 import { makePolicy } from "../policies/mod.ts";
-import { type EvalOptions, openModel } from "./options.ts";
+import { type Budget, type EvalOptions, mergesFor, methodLabel, openModel } from "./options.ts";
 import { choosePositions } from "../engine/resolve.ts";
 
 export interface PplOptions extends EvalOptions {
@@ -19,12 +19,14 @@ export interface PplOptions extends EvalOptions {
 
 export interface PplRow {
   policy: string;
-  budget: number | null;
+  budget: Budget | null;
   prefix_tokens: number;
   scored_tokens: number;
   nll: number;
   ppl: number;
   footprint: number;
+  /** The footprint in bytes-time (thin keys and low tiers weighed by their bytes). */
+  footprint_bytes: number;
   peak_fraction: number;
   kv_peak_bytes: number;
   seconds: number;
@@ -45,33 +47,40 @@ export async function* runPpl(o: PplOptions): AsyncGenerator<PplRow> {
     const scored = ids.slice(cut);
     for (const name of o.policies) {
       const policy = await makePolicy(name, model.config, o.policyOptions);
-      for (const budget of policy.keepsAll ? [null] : o.budgets) {
-        const t0 = performance.now();
-        const state = await read({ ids: prefix }, {
-          model,
-          policy,
-          budget: budget ?? 1,
-          chunk: o.chunk,
-          questionPatch: false,
-        });
-        const s = state.meter.summary();
-        let nll = 0;
-        await teacherForce(state.sequence, scorer.session, scored, o.chunk, (row, i) => {
-          if (i + 1 < scored.length) nll -= logProb(row, scored[i + 1]);
-        });
-        const mean = nll / o.last;
-        yield {
-          policy: name,
-          budget,
-          prefix_tokens: prefix.length,
-          scored_tokens: o.last,
-          nll: mean,
-          ppl: Math.exp(mean),
-          footprint: s.footprint,
-          peak_fraction: s.peakFraction,
-          kv_peak_bytes: s.kvPeakBytes,
-          seconds: (performance.now() - t0) / 1000,
-        };
+      for (const merge of mergesFor(policy.keepsAll, o)) {
+        for (const budget of policy.keepsAll ? [null] : o.budgets) {
+          const t0 = performance.now();
+          const state = await read({ ids: prefix }, {
+            model,
+            policy,
+            budget: budget ?? 1,
+            chunk: o.chunk,
+            questionPatch: false,
+            merge,
+            keyChannels: o.keyChannels,
+            keepEvicted: o.keepEvicted,
+            lowBudget: o.lowBudget,
+          });
+          const s = state.meter.summary();
+          let nll = 0;
+          await teacherForce(state.sequence, scorer.session, scored, o.chunk, (row, i) => {
+            if (i + 1 < scored.length) nll -= logProb(row, scored[i + 1]);
+          });
+          const mean = nll / o.last;
+          yield {
+            policy: methodLabel(name, merge, state.run, o),
+            budget,
+            prefix_tokens: prefix.length,
+            scored_tokens: o.last,
+            nll: mean,
+            ppl: Math.exp(mean),
+            footprint: s.footprint,
+            footprint_bytes: s.footprintBytes,
+            peak_fraction: s.peakFraction,
+            kv_peak_bytes: s.kvPeakBytes,
+            seconds: (performance.now() - t0) / 1000,
+          };
+        }
       }
     }
   } finally {

@@ -3,19 +3,22 @@
  * needle recall and fidelity, the recall heatmap's cells, and each policy's
  * critical KV footprint. Pure functions over the rows the runs yield.
  */
+import type { Budget } from "./options.ts";
 import type { FidelityRow } from "./fidelity.ts";
 import type { NiahRow } from "./niah.ts";
 
 /** Needle recall and KV footprint per (policy, budget). */
 export interface NiahSummary {
   policy: string;
-  budget: number | null;
+  budget: Budget | null;
   trials: number;
   /** Share of trials answered with the exact code. */
   recall: number;
   /** Mean share of the code's digits answered in place. */
   partial: number;
   footprint: number;
+  /** Mean footprint in bytes-time. */
+  footprint_bytes: number;
   peak_fraction: number;
   /** The largest KV peak over the trials. */
   kv_peak_bytes: number;
@@ -24,7 +27,7 @@ export interface NiahSummary {
 /** Needle recall in one heatmap cell: a (policy, budget) at one haystack length and depth. */
 export interface NiahCell {
   policy: string;
-  budget: number | null;
+  budget: Budget | null;
   length: number;
   /** Needle depth in whole percent. */
   depth: number;
@@ -35,7 +38,7 @@ export interface NiahCell {
 /** KL divergence and top-1 agreement per (policy, budget). */
 export interface FidelitySummary {
   policy: string;
-  budget: number | null;
+  budget: Budget | null;
   trials: number;
   /** Mean KL(full ‖ evicted) in nats. */
   kl: number;
@@ -58,7 +61,7 @@ function groupBy<T>(rows: readonly T[], key: (r: T) => string): T[][] {
 }
 
 const mean = <T>(g: readonly T[], x: (r: T) => number) => g.reduce((a, r) => a + x(r), 0) / g.length;
-const configKey = (r: { policy: string; budget: number | null }) => `${r.policy}\u0000${r.budget}`;
+const configKey = (r: { policy: string; budget: Budget | null }) => `${r.policy}\u0000${r.budget}`;
 
 /** Recall and footprint per (policy, budget), in the order the runs first yielded them. */
 export function summarizeNiah(rows: readonly NiahRow[]): NiahSummary[] {
@@ -69,6 +72,7 @@ export function summarizeNiah(rows: readonly NiahRow[]): NiahSummary[] {
     recall: mean(g, (r) => (r.exact ? 1 : 0)),
     partial: mean(g, (r) => r.partial),
     footprint: mean(g, (r) => r.footprint),
+    footprint_bytes: mean(g, (r) => r.footprint_bytes),
     peak_fraction: mean(g, (r) => r.peak_fraction),
     kv_peak_bytes: Math.max(...g.map((r) => r.kv_peak_bytes)),
   }));
@@ -103,19 +107,21 @@ export function summarizeFidelity(rows: readonly FidelityRow[]): FidelitySummary
 /**
  * Critical KV footprint (arXiv 2506.17121): per policy, the smallest mean
  * footprint at which it keeps ≥ `share` (90%) of the full cache's score; null
- * when no budget reaches it.
+ * when no budget reaches it. `bytes`: the footprint in bytes-time.
  */
 export function criticalFootprint(
   summary: readonly NiahSummary[],
   fullScore: number,
   share = 0.9,
+  bytes = false,
 ): Map<string, number | null> {
   const out = new Map<string, number | null>();
   for (const s of summary) {
     if (!out.has(s.policy)) out.set(s.policy, null);
+    const f = bytes ? s.footprint_bytes : s.footprint;
     if (s.recall >= share * fullScore) {
       const best = out.get(s.policy);
-      if (best === null || best === undefined || s.footprint < best) out.set(s.policy, s.footprint);
+      if (best === null || best === undefined || f < best) out.set(s.policy, f);
     }
   }
   return out;

@@ -4,6 +4,7 @@ import { loadCorpus } from "../../../core/input/corpus.ts";
 import { type FidelityRow, runFidelity } from "../../../core/eval/fidelity.ts";
 import { summarizeFidelity } from "../../../core/eval/summary.ts";
 import { writeStdout } from "../../output.ts";
+import { usage } from "../../output.ts";
 import { addEvalOptions, type EvalFlags, evalSettings } from "./flags.ts";
 import { budgetCell, logResults, pct, say, table } from "./report.ts";
 
@@ -36,6 +37,12 @@ export function fidelityCommand(ev: Command): void {
     )
     .action(async (flags: EvalFlags) => {
       const s = await evalSettings(flags);
+      const kept = s.merges.some((m) => m !== "none") || s.keyChannels !== undefined || s.keepEvicted !== undefined;
+      if (kept) {
+        throw usage(
+          "tome eval fidelity compares drop-only policies: --merge, --key-channels and --keep-evicted are for niah, curve and ppl",
+        );
+      }
       const corpus = await loadCorpus(flags.corpus);
       const rows: FidelityRow[] = [];
       for await (const r of runFidelity({ ...s, corpus: corpus.text })) {

@@ -53,7 +53,11 @@ export interface EvalDefaults {
 export function addEvalOptions(cmd: Command, defaults: EvalDefaults): Command {
   addShared(cmd, "model")
     .addOption(policyOption("policies, comma-separated").default(defaults.policy))
-    .option("--budget <list>", "budgets (entries per layer and head), comma-separated", defaults.budget)
+    .option(
+      "--budget <list>",
+      "budgets, comma-separated: entries per layer and head, or sizes (256KiB: the whole KV, every method at equal bytes)",
+      defaults.budget,
+    )
     .option("--lengths <list>", "haystack lengths in tokens, comma-separated", defaults.lengths)
     .option("--depths <list>", "needle depths in percent, comma-separated", defaults.depths)
     .option("--needles <k>", "trials per length and depth (different text, name and code)", "1")
@@ -64,13 +68,13 @@ export function addEvalOptions(cmd: Command, defaults: EvalDefaults): Command {
     .option("--seed <n>", "seed for haystacks, names and codes", "0")
     .option(
       "--merge <list>",
-      "merge methods, comma-separated: none (the policy's own: ems merges, others drop), drop, d2o, kvmerger, anchors, ems",
+      "merge methods, comma-separated: none (the policy's own: ems merges, others drop), drop, d2o, kvmerger, anchors, ems (not fidelity)",
       "none",
     )
-    .option("--key-channels <fraction>", "ThinK: fraction of key channels kept for old entries (niah; 1: off)")
+    .option("--key-channels <fraction>", "ThinK: fraction of key channels kept for old entries (1: off; not fidelity)")
     .option(
       "--keep-evicted <tier>",
-      "MiKV: keep evicted entries in a low tier, int4 or int2 (niah; original positions)",
+      "MiKV: keep evicted entries in a low tier, int4 or int2 (original positions; not fidelity)",
     )
     .option(
       "--low-budget <n|size>",
@@ -106,7 +110,10 @@ export async function evalSettings(flags: EvalFlags) {
     model,
     frame: needlePrompt,
     policies,
-    budgets: list(flags.budget, "--budget", (x) => intFlag(x, "--budget")!),
+    // a size is checked by resolveRun below
+    budgets: flags.budget.split(",").map((x) => x.trim()).filter(Boolean).map((x) =>
+      /^[\d.]+$/.test(x) ? intFlag(x, "--budget")! : x
+    ),
     lengths: list(flags.lengths, "--lengths", (x) => intFlag(x, "--lengths")!),
     depths: list(flags.depths, "--depths", (x) => numberFlag(x, "--depths", 0, 100)! / 100),
     needles: intFlag(flags.needles, "--needles")!,

@@ -40,7 +40,7 @@ function niahHeatmap(rows: NiahRow[], out: string): Promise<string[]> {
 
 function niahTable(summary: NiahSummary[]): string {
   return table(
-    ["policy", "budget", "trials", "recall", "partial", "KV footprint", "peak KV fraction", "KV peak"],
+    ["policy", "budget", "trials", "recall", "partial", "KV footprint", "in bytes", "peak KV fraction", "KV peak"],
     summary.map((x) => [
       x.policy,
       budgetCell(x.budget),
@@ -48,6 +48,7 @@ function niahTable(summary: NiahSummary[]): string {
       pct(x.recall),
       pct(x.partial),
       pct(x.footprint),
+      pct(x.footprint_bytes),
       pct(x.peak_fraction),
       formatBytes(x.kv_peak_bytes),
     ]),

@@ -4,6 +4,7 @@ import { type PplRow, runPpl } from "../../../core/eval/ppl.ts";
 import { fsError } from "../../../core/errors.ts";
 import { intFlag } from "../../options.ts";
 import { writeStdout } from "../../output.ts";
+import { formatBytes } from "../../progress.ts";
 import { addEvalOptions, type EvalFlags, evalSettings } from "./flags.ts";
 import { budgetCell, configLabel, logResults, pct, say, table } from "./report.ts";
 
@@ -18,14 +19,16 @@ async function readText(path: string): Promise<string> {
 function pplTable(rows: PplRow[]): string {
   const full = rows.find((r) => r.policy === "full");
   return table(
-    ["policy", "budget", "perplexity", "vs full", "KV footprint", "peak KV fraction"],
+    ["policy", "budget", "perplexity", "vs full", "KV footprint", "in bytes", "peak KV fraction", "KV peak"],
     rows.map((r) => [
       r.policy,
       budgetCell(r.budget),
       r.ppl.toFixed(3),
       full ? `${((r.ppl / full.ppl - 1) * 100).toFixed(2)}%` : "—",
       pct(r.footprint),
+      pct(r.footprint_bytes),
       pct(r.peak_fraction),
+      formatBytes(r.kv_peak_bytes),
     ]),
   );
 }

@@ -1,4 +1,5 @@
 /** How `tome eval` reports: aligned tables on stdout, progress notes, and the appended JSONL log. */
+import type { Budget } from "../../../core/eval/options.ts";
 import { join } from "node:path";
 import { fsError } from "../../../core/errors.ts";
 import { note } from "../../output.ts";
@@ -7,11 +8,11 @@ import { note } from "../../output.ts";
 export const pct = (x: number): string => `${(100 * x).toFixed(1)}%`;
 
 /** A policy and budget as the notes and the heatmap name them: `"snapkv b=256"`, `"full"`. */
-export const configLabel = (r: { policy: string; budget: number | null }): string =>
+export const configLabel = (r: { policy: string; budget: Budget | null }): string =>
   `${r.policy}${r.budget === null ? "" : ` b=${r.budget}`}`;
 
 /** A budget table cell (`"—"` for policies that keep everything). */
-export const budgetCell = (budget: number | null): string | number => budget ?? "—";
+export const budgetCell = (budget: Budget | null): string | number => budget ?? "—";
 
 /** A progress note on stderr, unless --quiet. */
 export function say(flags: { quiet?: boolean }, message: string): void {
