@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The retrieval model's evaluation (issue: "Proving quality"), as committed in README.md.
 #   bash bench/eval.sh            # all parts, about 1.5 h on 2 cores
-#   bash bench/eval.sh recall     # one part: recall | policies | curve | locret | book
+#   bash bench/eval.sh recall     # one part: recall | policies | curve | locret | book | keep
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=bench/results/eval
@@ -33,4 +33,16 @@ fi
 if part "${1:-all}" book; then
   $TOME eval niah -m $MODEL --policy snapkv --budget 4096 --positions compact --lengths 789000 --depths 0,25,50,75,100 \
     --out $OUT/book --json > $OUT/book.json
+fi
+if part "${1:-all}" keep; then
+  # keep instead of drop: every method at equal KV bytes (budgets are sizes), one log, one table
+  mkdir -p $OUT/keep && rm -f $OUT/keep/results.jsonl
+  K="--lengths ${KEEP_LENGTHS:-32768} --depths 10,50,90 --budget ${KEEP_BUDGETS:-64KiB,256KiB} --positions original"
+  K="$K --out $OUT/keep --no-plots -q"
+  $TOME eval niah -m $MODEL --policy full,snapkv,h2o,tova --merge none,d2o,kvmerger,anchors $K > /dev/null
+  $TOME eval niah -m $MODEL --policy ems $K > /dev/null
+  $TOME eval niah -m $MODEL --policy snapkv,h2o,tova --key-channels 0.5 $K > /dev/null
+  $TOME eval niah -m $MODEL --policy snapkv,h2o,tova --keep-evicted int4 $K > /dev/null
+  $TOME eval niah -m $MODEL --policy snapkv,h2o,tova --keep-evicted int2 $K > /dev/null
+  deno run --quiet -A bench/keep_table.ts $OUT/keep/results.jsonl --json $OUT/keep.json | tee $OUT/keep.txt
 fi

@@ -34,6 +34,13 @@ Deno.test("byte budgets: every method holds at most the size, and less than one 
       { name: "d2o", model: plain, o: { merge: "d2o" }, slack: tokenBytes },
       // a thin entry: half the key channels and the whole value
       { name: "think 0.5", model: plain, o: { keyChannels: 0.5 }, slack: (tokenBytes * (d / 2 + d)) / (2 * d) },
+      // with a question patch no key stays whole
+      {
+        name: "think 0.5, question",
+        model: plain,
+        o: { keyChannels: 0.5, question: [7, 8, 9] },
+        slack: (tokenBytes * (d / 2 + d)) / (2 * d),
+      },
       {
         name: "int4 low tier",
         model: tiered,

@@ -55,6 +55,11 @@ export interface RunOptions {
   decodeBudget?: number;
   /** Ride the question along each chunk (default: when a question is known and the policy scores with attention). */
   questionPatch?: boolean;
+  /**
+   * The question's tokens, when known here (`read()` passes its own). A size budget with thin keys counts each
+   * head's window whole unless a question patch will ride along (then no entry stays whole); unknown: whole.
+   */
+  question?: ArrayLike<number>;
   /** Observation window when there is no question patch. */
   window?: number;
   sinks?: number;
@@ -160,7 +165,17 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
     throw new TomeError("usage", "--keep-evicted does not combine with merging or --key-channels");
   }
   const tokenBytes = kvBytesPerToken(config, bytesPerElement);
-  const { budget, lowTier } = tierBudgets(budgetSpec, o, config, tokenBytes, keyChannels, low);
+  const questionPatch = (o.questionPatch ?? true) && policy.attention;
+  // thin keys stay whole in the window only when no question patch rides along
+  const whole = keyChannels && !(questionPatch && (o.question?.length ?? 0) > 0) ? keyChannels.window : 0;
+  const { budget, lowTier } = tierBudgets(
+    budgetSpec,
+    o,
+    config,
+    tokenBytes,
+    keyChannels && { ...keyChannels, window: whole },
+    low,
+  );
   const plan = planBudgets(policy, config, {
     budget,
     decodeBudget,
@@ -169,7 +184,6 @@ export async function resolveRun(config: ModelConfig, o: RunOptions, input: Inpu
     merge: merger,
     ...(keyChannels ? { keyChannels } : {}),
   });
-  const questionPatch = (o.questionPatch ?? true) && policy.attention;
   checkPlan(plan, window, questionPatch);
   const positions = choosePositions(o.positions ?? "auto", input, config.maxPositions);
   if (lowTier && positions === "compact") {
@@ -224,7 +238,8 @@ function lowTierSpec(
  * `--low-budget` (default: as many low entries as fit in the high tier's bytes). A size is the KV bytes the whole
  * cache may hold after each step, whatever the method, so methods compare at equal memory: with a low tier,
  * `--low-budget` (default: half the size) and the high tier the rest; with thin keys, as many entries as fit with
- * each head's newest `window` whole and the rest at `channels` key channels; otherwise size ÷ token bytes.
+ * each head's newest `window` whole (0 when a question patch rides along) and the rest at `channels` key channels;
+ * otherwise size ÷ token bytes.
  */
 function tierBudgets(
   spec: BudgetSpec,
