@@ -9,6 +9,8 @@ import { projectText } from "../core/input/corpus.ts";
 import { haystack, scoreAnswer, trialSeed } from "../core/eval/haystack.ts";
 import { generate, loadModel, read } from "../core/mod.ts";
 import { runNiah } from "../core/eval/niah.ts";
+import { runPpl } from "../core/eval/ppl.ts";
+import { logProb, teacherForce } from "../core/engine/score.ts";
 import { summarizeNiah } from "../core/eval/summary.ts";
 import { readConfig } from "../core/model/config.ts";
 import { makeRetainingHeads } from "../core/model/make.ts";
@@ -142,6 +144,78 @@ Deno.test("eval niah --keep-evicted: rows run MiKV's low tier, as a direct read 
     await model.session.close();
   }
   assert.ok(low.kv_peak_bytes > drop.kv_peak_bytes, `${low.kv_peak_bytes} vs drop-only ${drop.kv_peak_bytes}`);
+});
+
+Deno.test("eval ppl: merges, thin keys and the low tier at a size budget score as a direct read with them does", async () => {
+  const dir = join(root, "ppl-retrieval");
+  await makeRetrievalModel(dir, { tokenizer: hasShared ? SMOLLM2_TOKENIZER : undefined });
+  const text = hasShared
+    ? (await Deno.readTextFile(join(CORPUS, "war_and_peace.txt"))).slice(200_000, 206_000)
+    : await projectText(6_000, 4);
+  const budget = "192KiB", last = 64, chunk = 128;
+  const o = {
+    model: dir,
+    policies: ["h2o"],
+    budgets: [budget],
+    chunk,
+    kvDtype: "float16" as const,
+    positions: "original" as const,
+    text,
+    last,
+  };
+  const rows = async (extra: Record<string, unknown>) => {
+    const out = [];
+    for await (const r of runPpl({ ...o, ...extra })) out.push(r);
+    return out;
+  };
+  const merged = await rows({ merges: ["none", "d2o"] });
+  const thin = await rows({ keyChannels: 0.5 });
+  const low = await rows({ keepEvicted: "int4" });
+  assert.deepEqual([...merged, ...thin, ...low].map((r) => r.policy), [
+    "h2o",
+    "h2o+d2o",
+    "h2o+think0.5",
+    "h2o+int4",
+  ]);
+  // the oracle: the prefix read through the library with each method, the last tokens teacher-forced
+  const direct = async (extra: Record<string, unknown>, lowTier?: "int4") => {
+    const load = (allLogits: boolean) =>
+      loadModel(dir, { positions: "original", kvDtype: "float16", allLogits, ...(lowTier ? { lowTier } : {}) });
+    const model = await load(false), scorer = await load(true);
+    try {
+      const ids = model.tokenizer.encode(text);
+      const cut = ids.length - last - 1;
+      const state = await read({ ids: ids.slice(0, cut) }, {
+        model,
+        policy: "h2o",
+        budget,
+        chunk,
+        questionPatch: false,
+        ...extra,
+      });
+      const scored = ids.slice(cut);
+      let nll = 0;
+      await teacherForce(state.sequence, scorer.session, scored, chunk, (row, i) => {
+        if (i + 1 < scored.length) nll -= logProb(row, scored[i + 1]);
+      });
+      return { nll: nll / last, peak: state.meter.summary().kvPeakBytes };
+    } finally {
+      await model.session.close();
+      await scorer.session.close();
+    }
+  };
+  for (
+    const [row, want] of [
+      [merged[1], await direct({ merge: "d2o" })],
+      [thin[0], await direct({ keyChannels: 0.5 })],
+      [low[0], await direct({ keepEvicted: "int4" }, "int4")],
+    ] as const
+  ) {
+    assert.equal(row.nll, want.nll, `${row.policy}: nll`);
+    assert.equal(row.kv_peak_bytes, want.peak, `${row.policy}: KV peak`);
+  }
+  // each method changes what is scored (on this model SnapKV's merges change nothing: H2O is read)
+  for (const r of [merged[1], thin[0], low[0]]) assert.notEqual(r.nll, merged[0].nll, `${r.policy} = drop-only`);
 });
 
 Deno.test("haystacks: the requested length in tokens, the needle near the requested depth", async () => {
