@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The retrieval model's evaluation (issue: "Proving quality"), as committed in README.md.
 #   bash bench/eval.sh            # all parts, about 1.5 h on 2 cores
-#   bash bench/eval.sh recall     # one part: recall | policies | curve | locret | book | keep
+#   bash bench/eval.sh recall     # one part: recall | policies | curve | locret | book | keep | keep-ppl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=bench/results/eval
@@ -45,4 +45,18 @@ if part "${1:-all}" keep; then
   $TOME eval niah -m $MODEL --policy snapkv,h2o,tova --keep-evicted int4 $K > /dev/null
   $TOME eval niah -m $MODEL --policy snapkv,h2o,tova --keep-evicted int2 $K > /dev/null
   deno run --quiet -A bench/keep_table.ts $OUT/keep/results.jsonl --json $OUT/keep.json | tee $OUT/keep.txt
+fi
+if part "${1:-all}" keep-ppl; then
+  # the same methods by perplexity on the random 360M-shaped model: how far each moves the distribution
+  R360=$OUT/random-360m
+  [ -f $R360/config.json ] || $TOME make-model tiny --size 360m --out $R360 --tokenizer ../shared/fixtures/smollm2-tokenizer
+  tail -c +300001 ../shared/corpus/war_and_peace.txt | head -c 9500 > $OUT/ppl_text.txt
+  mkdir -p $OUT/keep-ppl && rm -f $OUT/keep-ppl/results.jsonl
+  P="--text $OUT/ppl_text.txt --last 256 --budget ${KEEP_PPL_BUDGET:-10MiB} --positions original --out $OUT/keep-ppl -q"
+  $TOME eval ppl -m $R360 --policy full,snapkv,h2o --merge none,d2o,kvmerger,anchors $P > /dev/null
+  $TOME eval ppl -m $R360 --policy ems $P > /dev/null
+  $TOME eval ppl -m $R360 --policy snapkv,h2o --key-channels 0.5 $P > /dev/null
+  $TOME eval ppl -m $R360 --policy snapkv,h2o --keep-evicted int4 $P > /dev/null
+  $TOME eval ppl -m $R360 --policy snapkv,h2o --keep-evicted int2 $P > /dev/null
+  deno run --quiet -A bench/keep_table.ts $OUT/keep-ppl/results.jsonl --json $OUT/keep-ppl.json | tee $OUT/keep-ppl.txt
 fi

@@ -1,12 +1,14 @@
 /**
  * One table from `tome eval niah` logs (results.jsonl, appended by several runs): recall, KV peak, footprint in
  * entries and in bytes-time, and the critical footprint in both, per method and budget — how `bash bench/eval.sh keep`
- * puts drop-only policies and the keep-instead-of-drop methods side by side at equal KV bytes.
+ * puts drop-only policies and the keep-instead-of-drop methods side by side at equal KV bytes. From `tome eval ppl`
+ * logs (`bash bench/eval.sh keep-ppl`): perplexity against the full cache's, KV peak and footprints.
  *
  *   deno run -A bench/keep_table.ts bench/results/eval/keep/results.jsonl [--json OUT.json]
  */
 import { parseArgs } from "node:util";
 import type { NiahRow } from "../core/eval/niah.ts";
+import type { PplRow } from "../core/eval/ppl.ts";
 import { criticalFootprint, summarizeNiah } from "../core/eval/summary.ts";
 import { budgetCell, pct, table } from "../cli/commands/eval/report.ts";
 import { formatBytes } from "../cli/progress.ts";
@@ -17,6 +19,26 @@ const { positionals, values } = parseArgs({
   options: { json: { type: "string" } },
 });
 const lines = (await Deno.readTextFile(positionals[0])).split("\n").filter(Boolean).map((l) => JSON.parse(l));
+if (lines.every((l) => l.kind === "ppl")) {
+  const rows: PplRow[] = lines.map((l) => l.result);
+  const full = rows.find((r) => r.policy === "full");
+  console.log(
+    table(
+      ["method", "budget", "perplexity", "vs full", "KV peak", "KV footprint", "in bytes"],
+      rows.map((r) => [
+        r.policy,
+        budgetCell(r.budget),
+        r.ppl.toFixed(3),
+        full ? `${((r.ppl / full.ppl - 1) * 100).toFixed(2)}%` : "—",
+        formatBytes(r.kv_peak_bytes),
+        pct(r.footprint),
+        pct(r.footprint_bytes),
+      ]),
+    ).trimEnd(),
+  );
+  if (values.json) await Deno.writeTextFile(values.json, JSON.stringify({ rows }) + "\n");
+  Deno.exit(0);
+}
 const rows: NiahRow[] = lines.filter((l) => l.kind === "niah" || l.kind === "curve").map((l) => l.result);
 const summary = summarizeNiah(rows);
 const full = summary.find((s) => s.policy === "full");
