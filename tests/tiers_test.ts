@@ -86,10 +86,12 @@ interface Case {
   chunk: number;
   /** The question patch rides along each chunk. */
   question?: number[];
+  /** Tokens after the document (default: five). */
+  suffix?: number[];
   maxTokens: number;
 }
 
-const suffix = [4, 5, 6, 7, 8];
+const SUFFIX = [4, 5, 6, 7, 8];
 const ids = Array.from({ length: 300 }, (_, i) => (i * 13 + 5) % 300);
 
 const CASES: Case[] = [
@@ -101,11 +103,11 @@ const CASES: Case[] = [
     maxTokens: 10,
   },
   {
-    name: "int2 low tier of 15, snapkv with the question patch, decode budget 60",
+    name: "int2 low tier of 15, snapkv with the question patch, decode budget 42",
     dtype: "float16",
-    options: { policy: "snapkv", budget: 40, keepEvicted: "int2", lowBudget: 15, decodeBudget: 60 },
+    options: { policy: "snapkv", budget: 40, keepEvicted: "int2", lowBudget: 15, decodeBudget: 42 },
     chunk: 48,
-    question: suffix,
+    question: SUFFIX,
     maxTokens: 40,
   },
   {
@@ -114,6 +116,14 @@ const CASES: Case[] = [
     options: { policy: "snapkv", budget: 40, keyChannels: 0.5, decodeBudget: 60 },
     chunk: 32,
     maxTokens: 30,
+  },
+  {
+    name: "thin keys 0.5, chunks of 8, a 20-token suffix over decode budget 50 (the high peak right after the suffix)",
+    dtype: "float32",
+    options: { policy: "snapkv", budget: 40, keyChannels: 0.5, decodeBudget: 50 },
+    chunk: 8,
+    suffix: Array.from({ length: 20 }, (_, i) => 10 + i),
+    maxTokens: 12,
   },
   {
     name: "d2o merge (counts free), snapkv",
@@ -133,6 +143,7 @@ Deno.test("per-tier KV bytes: the meter equals entries × entry bytes at every e
       const { layers: L, kvHeads: K, headDim: d } = config;
       const run = await resolveRun(config, { ...c.options, chunk: c.chunk, positions: "original", kvDtype: c.dtype });
       const tier = c.options.keepEvicted;
+      const suffix = c.suffix ?? SUFFIX;
       // the oracle's token bytes: a whole entry of every layer and KV head
       const tokenBytes = L * K * 2 * d * elementBytes(c.dtype);
       const seen: { e: MeterEvent; now: Tiers }[] = [];
