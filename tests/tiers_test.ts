@@ -96,9 +96,9 @@ const ids = Array.from({ length: 300 }, (_, i) => (i * 13 + 5) % 300);
 
 const CASES: Case[] = [
   {
-    name: "int4 low tier (same-bytes budget), h2o",
+    name: "int4 low tier (same-bytes budget, never full: it grows to the last chunk), h2o",
     dtype: "float32",
-    options: { policy: "h2o", budget: 40, keepEvicted: "int4" },
+    options: { policy: "h2o", budget: 64, keepEvicted: "int4" },
     chunk: 32,
     maxTokens: 10,
   },
@@ -157,6 +157,7 @@ Deno.test("per-tier KV bytes: the meter equals entries × entry bytes at every e
       );
       const state = await read({ ids }, { model, run, from: seq, question: c.question });
       const afterRead = tiersOf(seq, d, c.dtype, tier);
+      const read0 = meter.summary();
       const chunks = seen.length;
       for await (const _ of generate(state, { suffix, maxTokens: c.maxTokens, eos: [] })) { /* drain */ }
       const end = tiersOf(seq, d, c.dtype, tier);
@@ -177,8 +178,14 @@ Deno.test("per-tier KV bytes: the meter equals entries × entry bytes at every e
         lowPeak = Math.max(lowPeak, now.low);
         prevHigh = now.high;
         if (i === chunks - 1) {
-          // the suffix is appended whole (no event of its own)
+          // the read's own figures, before the answer
           assert.deepEqual(now, afterRead);
+          assert.deepEqual(
+            [read0.kvHighBytes, read0.kvLowBytes, read0.kvHighPeakBytes, read0.kvLowPeakBytes],
+            [afterRead.high, afterRead.low, highPeak, lowPeak],
+            "after the read",
+          );
+          // the suffix is appended whole (no event of its own)
           highPeak = Math.max(highPeak, afterRead.high + suffix.length * tokenBytes);
         }
       });
