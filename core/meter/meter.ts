@@ -14,6 +14,9 @@
  * c(c+1)/2 · tokenBytes + c · bytes retained before it; a decoded token the
  * bytes it attends to), over the full cache's tokenBytes · N(N+1)/2; it equals
  * the entry footprint unless entries are held at different widths (thin keys).
+ * Entry counts (footprint, peak fraction, kept) are the high tier's; the
+ * bytes-time footprint counts the bytes of both tiers, so with MiKV's low
+ * tier it can exceed the entry footprint.
  *
  * KV bytes per tier: the high tier is the cache at its dtype (thin keys counted
  * at the channels they keep, merge counts free); the low tier is MiKV's
