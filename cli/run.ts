@@ -378,6 +378,7 @@ export async function runRead(
         JSON.stringify({
           saved: flags.save,
           policy: run.policy.name,
+          method: methodJson(run, prepared.config.headDim),
           budget: run.budget,
           positions: run.positions,
           tokens_read: s.documentTokens,
