@@ -2,10 +2,12 @@
  * What a reading command shows on stderr: on a terminal, two lines redrawn in
  * place (progress, then memory); piped, a plain line every few seconds; with
  * --quiet, nothing. At the end, a compact report of the memory figures against
- * what the full cache would have needed.
+ * what the full cache would have needed. With MiKV's low tier, KV bytes are
+ * shown per tier too (high, and int4 or int2).
  */
 import type { MeterEvent, MeterSummary } from "../core/mod.ts";
 import { formatBytes, formatCount, formatSeconds, StatusLine, type StatusMode } from "./progress.ts";
+import type { LowTierView } from "./method.ts";
 
 /** Redrawn on a terminal, plain lines when piped, or nothing (--quiet). */
 export type DisplayMode = StatusMode;
@@ -18,6 +20,8 @@ export interface DisplayContext {
   /** KV bytes of one token across the model. */
   tokenBytes: number;
   totalBytes: number | null;
+  /** MiKV's low tier, when the run keeps evicted entries: its bytes are shown beside the high tier's. */
+  lowTier?: LowTierView;
 }
 
 /** Piped, a plain progress line at most this often. */
@@ -48,10 +52,12 @@ export class Display {
     const pct = e.fraction !== null ? 100 * e.fraction : null;
     const bar = pct === null ? "" : `${progressBar(pct, 20)} ${pct.toFixed(0).padStart(3)}% `;
     const eta = e.etaSeconds !== null ? ` · ETA ${formatSeconds(e.etaSeconds)}` : "";
-    const budgetBytes = this.ctx.budget * this.ctx.tokenBytes;
+    const low = this.ctx.lowTier;
+    const budgetBytes = this.ctx.budget * this.ctx.tokenBytes + (low?.budgetBytes ?? 0);
+    const tiers = low ? `high ${formatBytes(e.kvHighBytes)} + ${low.name} ${formatBytes(e.kvLowBytes)}, ` : "";
     return [
       `reading ${bar}${formatCount(e.tokens)} tokens · ${formatCount(e.tokensPerSecond)} tok/s${eta}`,
-      `KV ${formatBytes(e.kvBytes)} (peak ${formatBytes(e.kvPeakBytes)}) of ${
+      `KV ${formatBytes(e.kvBytes)} (${tiers}peak ${formatBytes(e.kvPeakBytes)}) of ${
         formatBytes(budgetBytes)
       } budget · footprint ${percent(e.footprint)} · evicted ${formatCount(e.evicted)} · RSS ${
         formatBytes(e.rssBytes)
@@ -81,6 +87,7 @@ export class Display {
       `${"KV at the end".padEnd(14)}${formatBytes(s.kvBytes).padStart(12)}${formatBytes(full).padStart(14)}${
         share(s.kvBytes)
       }`,
+      ...this.#tierRows(s),
       `${"KV footprint".padEnd(14)}${percent(s.footprint).padStart(12)}${"100%".padStart(14)}`,
       ...(Math.abs(s.footprintBytes - s.footprint) > 1e-9
         ? [`${"  in bytes".padEnd(14)}${percent(s.footprintBytes).padStart(12)}${"100%".padStart(14)}`]
@@ -92,6 +99,15 @@ export class Display {
       ...(opts.extra ?? []),
     ];
     this.write(rows.map((r) => `tome: ${r}`).join("\n") + "\n");
+  }
+
+  /** With a low tier: each tier's bytes at the end and its own peak (none without one). */
+  #tierRows(s: MeterSummary): string[] {
+    const low = this.ctx.lowTier;
+    if (!low) return [];
+    const row = (name: string, now: number, peak: number) =>
+      `${`  ${name}`.padEnd(14)}${formatBytes(now).padStart(12)}${`peak ${formatBytes(peak)}`.padStart(14)}`;
+    return [row("high", s.kvHighBytes, s.kvHighPeakBytes), row(low.name, s.kvLowBytes, s.kvLowPeakBytes)];
   }
 
   /** The last event seen (for a partial report). */

@@ -33,6 +33,7 @@ import { Meter } from "../core/meter/meter.ts";
 import { rss } from "../core/meter/rss.ts";
 import { buildPrompt, type Framing } from "../recipes/prompt.ts";
 import { Display, type DisplayMode } from "./display.ts";
+import { lowTierView, type MethodJson, methodJson } from "./method.ts";
 import { checkWritable, intFlag, keyChannelsFlag, kvDtypeFlag, numberFlag, type RunFlags } from "./options.ts";
 import { formatBytes, formatCount } from "./progress.ts";
 import { note, round, StdoutClosed, usage, writeStdout } from "./output.ts";
@@ -213,6 +214,7 @@ export async function runReading(input: string | null, reading: Reading, flags: 
     budget: run.budget,
     tokenBytes: run.tokenBytes,
     totalBytes: source?.totalBytes ?? null,
+    lowTier: lowTierView(run, prepared.config),
   });
   const metrics = flags.metrics ? MetricsFile.open(flags.metrics) : null;
   let meter: Meter | null = null;
@@ -290,6 +292,7 @@ export async function runReading(input: string | null, reading: Reading, flags: 
           adapter: device.adapter,
           gpuKvBytes: device.device === "cpu" ? undefined : model.session.kvFedPeakBytes,
           policy: run.policy.name,
+          method: methodJson(run, prepared.config.headDim),
           budget: run.budget,
           chunk: run.chunk,
           positions: run.positions,
@@ -336,6 +339,7 @@ export async function runRead(
     budget: run.budget,
     tokenBytes: run.tokenBytes,
     totalBytes: source?.totalBytes ?? null,
+    lowTier: lowTierView(run, prepared.config),
   });
   let meter: Meter | null = null;
   const stop = (code: number) => () => {
@@ -374,6 +378,7 @@ export async function runRead(
         JSON.stringify({
           saved: flags.save,
           policy: run.policy.name,
+          method: methodJson(run, prepared.config.headDim),
           budget: run.budget,
           positions: run.positions,
           tokens_read: s.documentTokens,
@@ -541,6 +546,8 @@ export function jsonResult(r: {
   /** On a GPU: the most KV bytes one run fed to the device. */
   gpuKvBytes?: number;
   policy: string;
+  /** How the run keeps its KV (policy, merge, thin keys, low tier). */
+  method: MethodJson;
   budget: number;
   chunk: number;
   positions: string;
@@ -569,6 +576,7 @@ export function jsonResult(r: {
       : {}),
     ...(r.gpuKvBytes === undefined ? {} : { gpu_kv_bytes_per_run_peak: r.gpuKvBytes }),
     policy: r.policy,
+    method: r.method,
     budget: r.budget,
     chunk: r.chunk,
     positions: r.positions,
@@ -585,6 +593,10 @@ export function jsonResult(r: {
     evicted: s.evicted,
     kv_bytes: s.kvBytes,
     kv_peak_bytes: s.kvPeakBytes,
+    kv_high_bytes: s.kvHighBytes,
+    kv_low_bytes: s.kvLowBytes,
+    kv_high_peak_bytes: s.kvHighPeakBytes,
+    kv_low_peak_bytes: s.kvLowPeakBytes,
     kv_full_bytes: s.fullKvBytes,
     kv_footprint: round(s.footprint, 6),
     kv_footprint_bytes: round(s.footprintBytes, 6),

@@ -11,6 +11,7 @@ import { usage, writeStdout } from "../output.ts";
 import { patchTokens } from "../../core/engine/resolve.ts";
 import { KVZIP_PROMPT } from "../../core/policies/kvzip.ts";
 import { type Estimate, estimateJson, estimateText } from "./estimate_report.ts";
+import { methodJson } from "../method.ts";
 
 /** Decode steps the sample measures. */
 const SAMPLE_DECODE = 4;
@@ -75,6 +76,7 @@ Examples:
         model: p.dir,
         device: p.device.device,
         policy: run.policy.name,
+        method: methodJson(run, p.config.headDim),
         budget: run.budget,
         chunk: run.chunk,
         positions: run.positions,

@@ -2,6 +2,7 @@
 import type { KvPrediction } from "../../core/engine/estimate.ts";
 import { formatBytes, formatCount, formatSeconds } from "../progress.ts";
 import { round } from "../output.ts";
+import type { MethodJson } from "../method.ts";
 
 /** A run's prediction, unrounded: the input, the resolved run, KV exactly, memory and time from the sample. */
 export interface Estimate {
@@ -10,6 +11,8 @@ export interface Estimate {
   model: string;
   device: string;
   policy: string;
+  /** How the run keeps its KV: policy, merge, thin keys, MiKV's low tier. */
+  method: MethodJson;
   budget: number;
   chunk: number;
   positions: "original" | "compact";
@@ -32,6 +35,7 @@ export function estimateJson(e: Estimate) {
     model: e.model,
     device: e.device,
     policy: e.policy,
+    method: e.method,
     budget: e.budget,
     chunk: e.chunk,
     positions: e.positions,
@@ -41,6 +45,10 @@ export function estimateJson(e: Estimate) {
       kv_peak_bytes: e.kv.peakBytes,
       kv_prefill_peak_bytes: e.kv.prefillPeakBytes,
       kv_after_read_bytes: e.kv.afterReadBytes,
+      kv_high_peak_bytes: e.kv.high.peakBytes,
+      kv_low_peak_bytes: e.kv.low.peakBytes,
+      kv_high_after_read_bytes: e.kv.high.afterReadBytes,
+      kv_low_after_read_bytes: e.kv.low.afterReadBytes,
       kv_full_bytes: e.kv.fullBytes,
       peak_rss_bytes: e.peakRssBytes,
       seconds: {
@@ -71,12 +79,23 @@ export function estimateText(e: Estimate): string {
       } tokens, ${kv.chunks} chunks of ${e.chunk}`,
     ),
     row("policy", `${e.policy}, budget ${e.budget} entries per layer and head, ${e.positions} positions, ${e.device}`),
+    ...methodRows(e.method),
     row(
       "KV peak",
       `${formatBytes(kv.peakBytes)} (${kv.peakBytes} bytes; reading ${
         formatBytes(kv.prefillPeakBytes)
       }, answer up to ${e.maxTokens} tokens)`,
     ),
+    ...(e.method.low_tier
+      ? [
+        row(
+          "KV per tier",
+          `high peak ${formatBytes(kv.high.peakBytes)} (${kv.high.peakBytes} bytes), ${e.method.low_tier.tier} peak ${
+            formatBytes(kv.low.peakBytes)
+          } (${kv.low.peakBytes} bytes)`,
+        ),
+      ]
+      : []),
     row("KV full cache", `${formatBytes(kv.fullBytes)} (${(kv.fullBytes / kv.peakBytes).toFixed(0)}× the peak)`),
     row("peak RSS", `~${formatBytes(e.peakRssBytes)} (measured on a ${formatCount(sample.tokens)}-token sample)`),
     row(
@@ -86,4 +105,27 @@ export function estimateText(e: Estimate): string {
       } tok/s, answer ${formatSeconds(s.decode)} at ${sample.decodeTokensPerSecond.toFixed(1)} tok/s`,
     ),
   ].join("\n") + "\n";
+
+  /** What the run does besides dropping: a row each for merging, thin keys and the low tier (none when it only drops). */
+  function methodRows(m: MethodJson): string[] {
+    return [
+      ...(m.merge ? [row("merge", m.merge)] : []),
+      ...(m.key_channels
+        ? [
+          row(
+            "thin keys",
+            `${m.key_channels.channels} of ${m.key_channels.head_dim} key channels, the newest ${m.key_channels.window} entries per head whole`,
+          ),
+        ]
+        : []),
+      ...(m.low_tier
+        ? [
+          row(
+            "low tier",
+            `${m.low_tier.tier}, ${m.low_tier.budget} entries per layer and head of ${m.low_tier.entry_bytes} bytes`,
+          ),
+        ]
+        : []),
+    ];
+  }
 }

@@ -68,6 +68,7 @@ export async function* decode(
         seq.kvBytes(),
         generated,
         bytesBefore + (i + 1) * seq.meter.tokenBytes,
+        seq.lowBytes(),
       );
     }
     return r.logits!;

@@ -34,6 +34,19 @@ export interface KvPrediction {
   /** KV bytes the full cache would need for the whole run. */
   fullBytes: number;
   chunks: number;
+  /**
+   * The same per tier, as the meter counts them: the high tier (the cache, thin keys at their kept channels; its
+   * peak includes a run's entries in flight) and MiKV's low tier (0 without one). Each tier's peak is its own most.
+   */
+  high: KvTierPrediction;
+  low: KvTierPrediction;
+}
+
+/** One tier's predicted KV bytes. */
+export interface KvTierPrediction {
+  peakBytes: number;
+  afterReadBytes: number;
+  endBytes: number;
 }
 
 /**
@@ -56,10 +69,16 @@ export function predictKv(p: KvRun): KvPrediction {
   /** Low-tier entries per layer and head. */
   const low = Array.from({ length: L }, () => new Array<number>(K).fill(0));
   const sum = (a: number[][]) => a.reduce((x, row) => x + row.reduce((y, z) => y + z, 0), 0);
-  /** Bytes held: thin entries' keys are `d − k` elements short; low entries at their own size. */
-  const held = () =>
-    (sum(len) * 2 * d - (kc ? sum(thin) * (d - kc.channels) : 0)) * p.bytesPerElement +
-    (p.low ? sum(low) * p.low.entryBytes : 0);
+  /** Bytes held in the high tier (thin entries' keys are `d − k` elements short) and the low tier. */
+  const highHeld = () => (sum(len) * 2 * d - (kc ? sum(thin) * (d - kc.channels) : 0)) * p.bytesPerElement;
+  const lowHeld = () => (p.low ? sum(low) * p.low.entryBytes : 0);
+  const held = () => highHeld() + lowHeld();
+  let highPeak = 0, lowPeak = 0;
+  /** Each tier's peak after a step (a chunk's entries in flight are added before it). */
+  const tierPeaks = () => {
+    highPeak = Math.max(highPeak, highHeld());
+    lowPeak = Math.max(lowPeak, lowHeld());
+  };
   /**
    * One step for every head: `f` gives its new count. A step that evicts (`whole` defined) leaves whole the
    * newest `whole` kept entries that were whole (of the old ones and the `fresh`), the rest thin.
@@ -87,15 +106,19 @@ export function predictKv(p: KvRun): KvPrediction {
     const c = Math.min(p.chunk, sequence - at);
     const patch = typeof p.patchTokens === "function" ? p.patchTokens(c) : p.patchTokens;
     peak = Math.max(peak, held() + (c + patch) * L * K * entryBytes);
+    highPeak = Math.max(highPeak, highHeld() + (c + patch) * L * K * entryBytes);
     each((n, l, h) => Math.min(p.plan.prefill.keep(l, h), n + c), patch > 0 ? 0 : kc?.window, c, true);
+    tierPeaks();
     chunks++;
   }
   const prefillPeak = peak;
   const afterRead = held();
+  const afterReadHigh = highHeld(), afterReadLow = lowHeld();
   // decode: the suffix is appended, then every generated token but the last is fed back
   for (let i = 0; i < p.suffixTokens; i++) {
     each((n) => n + 1);
     peak = Math.max(peak, held());
+    tierPeaks();
   }
   const decode = p.plan.decode;
   for (let i = 0; i + 1 < p.maxTokens; i++) {
@@ -106,6 +129,7 @@ export function predictKv(p: KvRun): KvPrediction {
       !!decode,
     );
     peak = Math.max(peak, held());
+    tierPeaks();
   }
   const total = sequence + p.suffixTokens + Math.max(0, p.maxTokens - 1);
   return {
@@ -115,5 +139,7 @@ export function predictKv(p: KvRun): KvPrediction {
     endBytes: held(),
     fullBytes: total * L * K * entryBytes,
     chunks,
+    high: { peakBytes: highPeak, afterReadBytes: afterReadHigh, endBytes: highHeld() },
+    low: { peakBytes: lowPeak, afterReadBytes: afterReadLow, endBytes: lowHeld() },
   };
 }

@@ -64,6 +64,7 @@ export class Prefill {
     const seq = this.sequence;
     const before = seq.meanEntries();
     const kvBytesBefore = seq.kvBytes();
+    const lowBytesBefore = seq.lowBytes();
     const p = this.opts.patch;
     const patch = typeof p === "function" ? p(doc) : p;
     await seq.step(doc, this.opts.plan.prefill, { patch, window: this.opts.window });
@@ -74,6 +75,8 @@ export class Prefill {
       after: seq.meanEntries(),
       kvBytesBefore,
       kvBytesAfter: seq.kvBytes(),
+      lowBytesBefore,
+      lowBytesAfter: seq.lowBytes(),
       ...progress,
     });
   }

@@ -53,7 +53,12 @@ export class Sequence {
 
   /** KV bytes held: the cache, and MiKV's low tier when there is one. */
   kvBytes(): number {
-    return this.store.bytes() + (this.low?.bytes() ?? 0);
+    return this.store.bytes() + this.lowBytes();
+  }
+
+  /** Of {@link kvBytes}, the low tier's (0 without one). */
+  lowBytes(): number {
+    return this.low?.bytes() ?? 0;
   }
 
   /** Positions the graph gets for `n` new tokens: original positions, or (compact) from the filled slots on. */

@@ -14,6 +14,16 @@
  * c(c+1)/2 · tokenBytes + c · bytes retained before it; a decoded token the
  * bytes it attends to), over the full cache's tokenBytes · N(N+1)/2; it equals
  * the entry footprint unless entries are held at different widths (thin keys).
+ * Entry counts (footprint, peak fraction, kept) are the high tier's; the
+ * bytes-time footprint counts the bytes of both tiers, so with MiKV's low
+ * tier it can exceed the entry footprint.
+ *
+ * KV bytes per tier: the high tier is the cache at its dtype (thin keys counted
+ * at the channels they keep, merge counts free); the low tier is MiKV's
+ * quantized entries (`core/engine/low_store.ts`), 0 without one. The tiers'
+ * peaks are each tier's own most (the high peak includes the entries a run
+ * holds in flight; the low tier grows only after a step's eviction), so they
+ * need not add up to `kvPeakBytes`, the most both held at once.
  */
 import { rss } from "./rss.ts";
 
@@ -34,6 +44,11 @@ export interface ChunkEvent {
   evicted: number;
   kvBytes: number;
   kvPeakBytes: number;
+  /** KV bytes held in the high tier (the cache) and MiKV's low tier, and each tier's peak (module comment). */
+  kvHighBytes: number;
+  kvLowBytes: number;
+  kvHighPeakBytes: number;
+  kvLowPeakBytes: number;
   /** KV footprint so far, in [0, 1]. */
   footprint: number;
   /** KV footprint in bytes-time so far, in [0, 1]. */
@@ -54,6 +69,11 @@ export interface TokenEvent {
   generated: number;
   kvBytes: number;
   kvPeakBytes: number;
+  /** As in {@link ChunkEvent}. */
+  kvHighBytes: number;
+  kvLowBytes: number;
+  kvHighPeakBytes: number;
+  kvLowPeakBytes: number;
   tokensPerSecond: number;
 }
 
@@ -67,6 +87,11 @@ export interface MeterSummary {
   generatedTokens: number;
   kvBytes: number;
   kvPeakBytes: number;
+  /** KV bytes held at the end in the high tier and MiKV's low tier, and each tier's peak (module comment). */
+  kvHighBytes: number;
+  kvLowBytes: number;
+  kvHighPeakBytes: number;
+  kvLowPeakBytes: number;
   /** KV bytes the full cache would need for every token of the run. */
   fullKvBytes: number;
   footprint: number;
@@ -93,6 +118,10 @@ export interface MeterSnapshot {
   peakEntries: number;
   kvPeak: number;
   kvNow: number;
+  /** Of `kvNow`, the low tier's bytes; the tiers' peaks (absent in states written before: then all high). */
+  kvLowNow?: number;
+  kvHighPeak?: number;
+  kvLowPeak?: number;
   kept: number;
   chunks: number;
   prefillSeconds: number;
@@ -119,6 +148,9 @@ export class Meter {
   #peakEntries = 0;
   #kvPeak = 0;
   #kvNow = 0;
+  #kvLowNow = 0;
+  #kvHighPeak = 0;
+  #kvLowPeak = 0;
   #kept = 0;
   #chunks = 0;
   #started = performance.now();
@@ -142,6 +174,9 @@ export class Meter {
     after: number;
     kvBytesBefore: number;
     kvBytesAfter: number;
+    /** Of `kvBytesBefore` and `kvBytesAfter`, the low tier's (default 0: no low tier). */
+    lowBytesBefore?: number;
+    lowBytesAfter?: number;
     bytes: number;
     totalBytes: number | null;
     /** Tokens produced by the tokenizer so far (it runs ahead of the model). */
@@ -156,6 +191,11 @@ export class Meter {
     this.#peakEntries = Math.max(this.#peakEntries, o.before + o.runTokens);
     this.#kvPeak = Math.max(this.#kvPeak, o.kvBytesBefore + o.runTokens * this.tokenBytes);
     this.#kvNow = o.kvBytesAfter;
+    this.#kvLowNow = o.lowBytesAfter ?? 0;
+    // the run's new entries are held whole, in the high tier, until the step evicts
+    const highBefore = o.kvBytesBefore - (o.lowBytesBefore ?? 0);
+    this.#kvHighPeak = Math.max(this.#kvHighPeak, highBefore + o.runTokens * this.tokenBytes, this.#highNow());
+    this.#kvLowPeak = Math.max(this.#kvLowPeak, this.#kvLowNow);
     this.#kept = o.after;
     this.#chunks++;
     const seconds = (performance.now() - this.#started) / 1000;
@@ -177,6 +217,7 @@ export class Meter {
       evicted: Math.max(0, this.#tokens - o.after),
       kvBytes: this.#kvNow,
       kvPeakBytes: this.#kvPeak,
+      ...this.#tiers(),
       footprint: this.#footprint(this.#tokens),
       footprintBytes: this.#footprintBytes(this.#tokens),
       peakFraction: this.#peakEntries / Math.max(1, this.#tokens),
@@ -192,9 +233,9 @@ export class Meter {
 
   /**
    * A decoded token (or suffix token) that attended to `entries` entries (itself included), held in
-   * `attendedBytes`; `kvBytes` are held after it.
+   * `attendedBytes`; `kvBytes` are held after it, `lowBytes` of them in the low tier.
    */
-  token(entries: number, kvBytes: number, generated: boolean, attendedBytes = kvBytes): void {
+  token(entries: number, kvBytes: number, generated: boolean, attendedBytes = kvBytes, lowBytes = 0): void {
     if (this.#decodeStarted === 0) this.#decodeStarted = performance.now();
     if (!generated) this.#promptTokens++;
     this.#resident += entries;
@@ -203,6 +244,9 @@ export class Meter {
     this.#peakEntries = Math.max(this.#peakEntries, entries);
     this.#kvNow = kvBytes;
     this.#kvPeak = Math.max(this.#kvPeak, kvBytes);
+    this.#kvLowNow = lowBytes;
+    this.#kvHighPeak = Math.max(this.#kvHighPeak, this.#highNow());
+    this.#kvLowPeak = Math.max(this.#kvLowPeak, lowBytes);
     this.#kept = entries;
     if (!generated) return;
     const seconds = (performance.now() - this.#decodeStarted) / 1000;
@@ -211,6 +255,7 @@ export class Meter {
       generated: this.#generated,
       kvBytes,
       kvPeakBytes: this.#kvPeak,
+      ...this.#tiers(),
       tokensPerSecond: this.#generated / Math.max(seconds, 1e-9),
     });
   }
@@ -238,6 +283,9 @@ export class Meter {
       peakEntries: this.#peakEntries,
       kvPeak: this.#kvPeak,
       kvNow: this.#kvNow,
+      kvLowNow: this.#kvLowNow,
+      kvHighPeak: this.#kvHighPeak,
+      kvLowPeak: this.#kvLowPeak,
       kept: this.#kept,
       chunks: this.#chunks,
       prefillSeconds: this.#prefillSeconds,
@@ -257,6 +305,9 @@ export class Meter {
     m.#peakEntries = s.peakEntries;
     m.#kvPeak = s.kvPeak;
     m.#kvNow = s.kvNow;
+    m.#kvLowNow = s.kvLowNow ?? 0;
+    m.#kvHighPeak = s.kvHighPeak ?? s.kvPeak;
+    m.#kvLowPeak = s.kvLowPeak ?? 0;
     m.#kept = s.kept;
     m.#chunks = s.chunks;
     m.#prefillSeconds = s.prefillSeconds;
@@ -280,6 +331,7 @@ export class Meter {
       generatedTokens: this.#generated,
       kvBytes: this.#kvNow,
       kvPeakBytes: this.#kvPeak,
+      ...this.#tiers(),
       fullKvBytes: this.#tokens * this.tokenBytes,
       footprint: this.#footprint(this.#tokens),
       footprintBytes: this.#footprintBytes(this.#tokens),
@@ -289,6 +341,19 @@ export class Meter {
       rssPeakBytes: rss().peak,
       prefillSeconds: this.#prefillSeconds,
       decodeSeconds,
+    };
+  }
+
+  #highNow(): number {
+    return this.#kvNow - this.#kvLowNow;
+  }
+
+  #tiers(): Pick<MeterSummary, "kvHighBytes" | "kvLowBytes" | "kvHighPeakBytes" | "kvLowPeakBytes"> {
+    return {
+      kvHighBytes: this.#highNow(),
+      kvLowBytes: this.#kvLowNow,
+      kvHighPeakBytes: this.#kvHighPeak,
+      kvLowPeakBytes: this.#kvLowPeak,
     };
   }
 
