@@ -58,6 +58,9 @@ Deno.test("byte budgets: every method holds at most the size, and less than one 
           const low = state.sequence.low!.bytes();
           // the low tier gets half the bytes
           assert.ok(low <= size / 2 && size / 2 - low < slots * state.run.lowTier!.entryBytes, `low tier ${low} B`);
+          // low entries are held and attended: the entry counts (kept, footprint) include them
+          const entries = state.sequence.store.entries() + state.sequence.low!.entries();
+          assert.equal(state.meter.summary().kept * slots, entries, "kept entries, both tiers");
         }
       });
     }

@@ -180,10 +180,10 @@ export class Sequence {
     return layer.positions.slice(h * layer.capacity, h * layer.capacity + layer.lengths[h]);
   }
 
-  /** Retained entries per layer and KV head (mean). */
+  /** Entries held per layer and KV head (mean), in both tiers: MiKV's low entries are attended like the high ones. */
   meanEntries(): number {
     const { layers: L, kvHeads: K } = this.session.config;
-    return this.store.entries() / (L * K);
+    return (this.store.entries() + (this.low?.entries() ?? 0)) / (L * K);
   }
 
   #originalPositions(n: number): Int32Array {

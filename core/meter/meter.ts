@@ -14,9 +14,10 @@
  * c(c+1)/2 · tokenBytes + c · bytes retained before it; a decoded token the
  * bytes it attends to), over the full cache's tokenBytes · N(N+1)/2; it equals
  * the entry footprint unless entries are held at different widths (thin keys).
- * Entry counts (footprint, peak fraction, kept) are the high tier's; the
- * bytes-time footprint counts the bytes of both tiers, so with MiKV's low
- * tier it can exceed the entry footprint.
+ * Entry counts (footprint, peak fraction, kept) cover both tiers: MiKV's low
+ * entries are attended like the high ones, and only dropped entries count as
+ * evicted; the bytes-time footprint weighs each entry by the bytes it is held
+ * in, so with a low tier it is below the entry footprint.
  *
  * KV bytes per tier: the high tier is the cache at its dtype (thin keys counted
  * at the channels they keep, merge counts free); the low tier is MiKV's
