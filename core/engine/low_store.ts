@@ -276,12 +276,14 @@ export class LowStore {
   }
 
   /**
-   * Replaces layer `l` with packed entries (a loaded state's): capacity the largest head's count. The caller has
-   * checked the sizes (every array holds Σ lengths rows of this store's spec) and the balancer's length.
+   * Replaces layer `l` with packed entries (a loaded state's), with room for `capacity` entries per head (at
+   * least the largest head's count; the graph's reductions run over every slot, so a read goes on bit for bit
+   * only at the capacity it had). The caller has checked the sizes (every array holds Σ lengths rows of this
+   * store's spec) and the balancer's length.
    */
-  unpack(l: number, p: PackedLowLayer): void {
+  unpack(l: number, p: PackedLowLayer, capacity = 0): void {
     const { kvHeads: K, headDim: d } = this.config;
-    const cap = Math.max(0, ...p.lengths);
+    const cap = Math.max(capacity, ...p.lengths);
     const bytes = rowBytes(d, this.spec.bits);
     const groups = d / this.spec.group;
     const layer: LowLayer = {

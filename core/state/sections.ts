@@ -35,6 +35,17 @@ export interface LowSection {
   balanced: boolean;
   /** [layer][head]: low entries. */
   lengths: number[][];
+  /**
+   * Per layer: slots per head when saved (the graph runs over them all, so a read resumes bit for bit only at the
+   * same capacity); a loaded state uses it when it is at most {@link lowCapacity}'s bound.
+   */
+  capacity: number[];
+}
+
+/** The capacity a loaded low layer gets: the saved one, unless it exceeds 2·(largest head) + 16 (then that head's). */
+export function lowCapacity(saved: number, lengths: number[]): number {
+  const most = Math.max(0, ...lengths);
+  return saved <= 2 * most + 16 ? Math.max(saved, most) : most;
 }
 
 /** Thin keys: channels kept, the whole window, and each head's thin rows. */
@@ -101,6 +112,7 @@ export function checkSections(h: Record<string, unknown>, dims: Dims, bad: (what
     need(s.params === dims.kvDtype, "low tier step type (the cache dtype)");
     need(isInt(s.budget, 2 ** 31 - 1) && typeof s.balanced === "boolean", "low tier budget");
     need(grid(s.lengths, L, K, () => s.budget as number), "low tier entry counts (at most its budget)");
+    need(Array.isArray(s.capacity) && s.capacity.length === L && s.capacity.every((c) => isInt(c)), "low capacity");
   }
   if (h.thin !== undefined) {
     const thin = h.thin;

@@ -13,7 +13,7 @@ import type { ModelConfig } from "../model/config.ts";
 import type { Merger } from "../policies/merge/merger.ts";
 import type { Sequence } from "../engine/sequence.ts";
 import type { StateLayer } from "./format.ts";
-import type { SectionPayload, Sections } from "./sections.ts";
+import { lowCapacity, type SectionPayload, type Sections } from "./sections.ts";
 
 /** Layer `c`'s entries packed head after head (keys whole, or thin rows then whole ones per head). */
 export function packLayer(c: LayerCache, d: number): StateLayer {
@@ -65,6 +65,7 @@ export function packSections(seq: Sequence, merger: Merger | undefined): { secti
       budget: low.budget(0, 0),
       balanced: low.balanced,
       lengths: low.layers.map((x) => Array.from(x.lengths)),
+      capacity: low.layers.map((x) => x.capacity),
     };
     parts.low = low.layers.map((_, l) => low.packed(l));
   }
@@ -151,7 +152,7 @@ export function unpackLow(
   }
   const budget = h.budget;
   const low = new LowStore(config, { bits: h.bits, group: h.group, params: h.params }, () => budget);
-  parts.low!.forEach((p, l) => low.unpack(l, p));
+  parts.low!.forEach((p, l) => low.unpack(l, p, lowCapacity(h.capacity[l], h.lengths[l])));
   low.balanced = h.balanced;
   return low;
 }
