@@ -183,6 +183,14 @@ Deno.test("reading A, saving, then reading B from the state leaves what reading 
         });
         assert.notDeepEqual(snapshot(off.sequence.store, off.sequence.low), expect);
       }
+      if (merger?.state.thresholds) {
+        // D2O's thresholds alone matter too: the weights kept, the thresholds forgotten
+        const run = await runFor(m);
+        const again = await loadState(path, m.model, undefined, run);
+        run.plan.prefill.merge!.state.thresholds!.clear();
+        const off = await read({ ids: ids.slice(197) }, { model: m.model, run, from: again.sequence, question });
+        assert.notDeepEqual(snapshot(off.sequence.store, off.sequence.low), expect);
+      }
     });
   }
 });
