@@ -12,13 +12,25 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { TomeError } from "../core/errors.ts";
-import { generate, type LoadedModel, loadModel, loadState, read, type ReadState, saveState } from "../core/mod.ts";
+import {
+  generate,
+  type LoadedModel,
+  loadModel,
+  loadState,
+  read,
+  type ReadState,
+  readStateHeader,
+  saveState,
+} from "../core/mod.ts";
 import { resolveRun, type RunOptions } from "../core/engine/resolve.ts";
 import type { KvStore } from "../core/engine/kv_store.ts";
 import type { LowStore } from "../core/engine/low_store.ts";
 import { packLayer } from "../core/state/tiers.ts";
 import { sha256Hex } from "../core/state/digest.ts";
 import { makeTinyModels } from "./model_fixtures.ts";
+import { makeRetrievalCli, tempDir, tome } from "./helpers.ts";
+import { haystack, scoreAnswer } from "../core/eval/haystack.ts";
+import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 
 const root = await Deno.makeTempDir({ prefix: "tome-state-tiers-test-" });
 Deno.env.set("TOME_CACHE", join(root, "cache"));
@@ -375,4 +387,57 @@ Deno.test({
     await Deno.remove(root, { recursive: true });
   },
   sanitizeResources: false,
+});
+
+Deno.test("tome read --save with --keep-evicted, --merge or --key-channels, then ask --state: the one-run answer and KV figures", async (t) => {
+  await using d = await tempDir();
+  const env = { TOME_CACHE: join(d.path, "cache") };
+  const { model, corpus } = await makeRetrievalCli(d.path, env);
+  const h = haystack(corpus, await loadTokenizer(model), 1200, 0.3, 77);
+  const file = join(d.path, "haystack.txt");
+  await Deno.writeTextFile(file, h.text);
+  const common = ["--model", model, "--budget", "128", "--chunk", "256", "--positions", "original"];
+  const ask = async (input: string[], extra: string[]) => {
+    const r = await tome([
+      "ask",
+      h.needle.prefix,
+      ...input,
+      ...common,
+      "--max-tokens",
+      "6",
+      "--json",
+      "--quiet",
+      ...extra,
+    ], {
+      env,
+    });
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout);
+  };
+  for (const flags of [["--keep-evicted", "int4"], ["--merge", "d2o"], ["--key-channels", "0.5"]]) {
+    await t.step(flags.join(" "), async () => {
+      const state = join(d.path, `${flags[1]}.tstate`);
+      const saved = await tome(["read", file, "--save", state, "-q", h.needle.prefix, "--quiet", ...common, ...flags], {
+        env,
+      });
+      assert.equal(saved.code, 0, saved.stderr);
+      const [fromState, direct] = [await ask(["--state", state], []), await ask([file], flags)];
+      assert.equal(fromState.answer, direct.answer);
+      assert.equal(scoreAnswer(direct.answer, h.needle.code).exact, true, `answer ${JSON.stringify(direct.answer)}`);
+      for (
+        const k of ["kv_bytes", "kv_peak_bytes", "kv_full_bytes", "tokens_read", "kv_footprint", "kv_footprint_bytes"]
+      ) {
+        assert.equal(fromState[k], direct[k], k);
+      }
+      if (flags[0] !== "--merge") return;
+      // reading more after a merged state (another file) goes on merging, with the state's method
+      const more = join(d.path, "more.tstate");
+      const resumed = await tome(["read", "--state", state, file, "--save", more, "--quiet", "--model", model], {
+        env,
+      });
+      assert.equal(resumed.code, 0, resumed.stderr);
+      const header = await readStateHeader(more);
+      assert.deepEqual([header.merger?.name, header.input.sources.length], ["d2o", 2]);
+    });
+  }
 });
