@@ -198,11 +198,13 @@ export function checkRun(run: ResolvedRun, s: Sections, refuse: (what: string) =
     }
   }
   const kc = run.keyChannels;
-  if (!!kc !== !!s.thin || (kc && s.thin && (kc.channels !== s.thin.channels || kc.window !== s.thin.window))) {
+  if (s.thin && !kc) {
+    throw refuse(`holds thin keys of ${s.thin.channels} channels (--key-channels), the run keeps whole keys`);
+  }
+  if (!s.thin && kc) throw refuse("holds whole keys, the run thins them (--key-channels)");
+  if (kc && s.thin && (kc.channels !== s.thin.channels || kc.window !== s.thin.window)) {
     throw refuse(
-      s.thin
-        ? `holds thin keys of ${s.thin.channels} channels; the run's keys differ`
-        : "holds whole keys, the run thins them",
+      `holds thin keys of ${s.thin.channels} channels and a whole window of ${s.thin.window}; the run keeps ${kc.channels} and ${kc.window}`,
     );
   }
   const merger = run.plan.prefill.merge;
