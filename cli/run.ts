@@ -131,7 +131,7 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
     questionPatch: state?.run.questionPatch ?? flags.questionPatch,
     merge: state ? state.run.merge ?? undefined : flags.merge,
     // the low tier and thin keys too (a state holds them: --keep-evicted, --low-budget, --key-channels)
-    ...(state ? tierRunOptions(state, config.headDim) : {
+    ...(state ? tierRunOptions(state, state.model.headDim) : {
       keyChannels,
       keepEvicted: flags.keepEvicted as "int4" | "int2" | undefined, // checked by resolveRun
       lowBudget: flags.lowBudget,
