@@ -341,6 +341,12 @@ Deno.test("damaged sections and mismatched runs are refused with exit 15 and a c
   const D = await save(d2o);
   await refused(await rewrite(D.bytes, (h) => void (h.merger.name = "kvmerger")), /another merge method/, plain);
   await refused(D.bytes, /was merged by d2o, the run merges by anchors/, plain, { ...d2o, opts: { merge: "anchors" } });
+  // a merger this tome does not know, with no run given: the header's run does not resolve
+  await refused(
+    await rewrite(D.bytes, (h) => void (h.merger.name = h.run.merge = "blend")),
+    /run options do not resolve \(--merge: unknown method "blend"/,
+    plain,
+  );
   // weights are the last 9·L·K + 8·entries bytes; a negative weight, then a threshold's set flag 2
   const entries = D.header.lengths.flat().reduce((a, b) => a + b, 0);
   const LK = plain.config.layers * plain.config.kvHeads;

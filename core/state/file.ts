@@ -66,7 +66,13 @@ export async function saveState(
     tokenizer: { digest: await tokenizerDigest(model.tokenizer.dir) },
     ...info,
     // the tier options are the sequence's own (what the sections hold), whatever `info` says
-    run: { ...withoutTiers(info.run), weights: model.graph.weights, ...tierOptions(sections) },
+    // (and the merge method is the merger's whose state is saved)
+    run: {
+      ...withoutTiers(info.run),
+      weights: model.graph.weights,
+      ...tierOptions(sections),
+      ...(merger ? { merge: merger.name } : {}),
+    },
     position: seq.position,
     lengths: seq.store.layers.map((c) => Array.from(c.lengths)),
     meter: seq.meter.snapshot(),
@@ -138,7 +144,12 @@ export async function loadState(
     throw refuse(`made with ${header.run.weights} weights, the model is loaded with ${model.graph.weights}`);
   }
   const { layers, sections } = decodeState(header, payload!, path);
-  if (!run && header.merger) run = await resolveRun(c, runOptions(header, model));
+  if (!run && header.merger) {
+    run = await resolveRun(c, runOptions(header, model)).catch((err) => {
+      if (err instanceof TomeError) throw refuse(`its run options do not resolve (${err.message})`);
+      throw err;
+    });
+  }
   if (run) checkRun(run, header, refuse);
   const thin = header.thin;
   const store = new KvStore(
