@@ -399,10 +399,10 @@ Deno.test("tome read --save with --keep-evicted, --merge or --key-channels, then
   await using d = await tempDir();
   const env = { TOME_CACHE: join(d.path, "cache") };
   const { model, corpus } = await makeRetrievalCli(d.path, env);
-  const h = haystack(corpus, await loadTokenizer(model), 1200, 0.3, 77);
+  const h = haystack(corpus, await loadTokenizer(model), 700, 0.3, 77);
   const file = join(d.path, "haystack.txt");
   await Deno.writeTextFile(file, h.text);
-  const common = ["--model", model, "--budget", "128", "--chunk", "256", "--positions", "original"];
+  const common = ["--model", model, "--budget", "96", "--chunk", "128", "--positions", "original"];
   const ask = async (input: string[], extra: string[]) => {
     const r = await tome([
       "ask",
