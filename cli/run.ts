@@ -23,6 +23,7 @@ import {
 } from "../core/mod.ts";
 import { gcStates, inputDigest, stateCacheDir, statePath, touchState } from "../core/state/cache.ts";
 import { modelDigest, tokenizerDigest } from "../core/state/digest.ts";
+import { runTierOptions, tierRunOptions } from "../core/state/file.ts";
 import { removePartialBuilds } from "../core/model/lock.ts";
 import { TempFile } from "../core/temp_file.ts";
 import { type ModelConfig, readConfig } from "../core/model/config.ts";
@@ -102,12 +103,6 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
   const decodeBudget = intFlag(flags.decodeBudget, "--decode-budget");
   const sparsity = numberFlag(flags.duoSparsity, "--duo-sparsity", 0, 1);
   const keyChannels = keyChannelsFlag(flags.keyChannels);
-  if (keyChannels !== undefined && keyChannels < 1 && (flags.state || flags.save || flags.cache)) {
-    throw usage("--key-channels does not combine with --state, --save or --cache (a state file holds whole keys)");
-  }
-  if (flags.keepEvicted !== undefined && (flags.state || flags.save || flags.cache)) {
-    throw usage("--keep-evicted does not combine with --state, --save or --cache (a state file holds no low tier)");
-  }
   if (flags.metrics) await checkWritable(flags.metrics, "--metrics");
   const mode: DisplayMode = flags.quiet
     ? "quiet"
@@ -136,9 +131,12 @@ export async function prepareRun(input: string | null, flags: RunFlags, defaultM
     window: state?.run.window,
     questionPatch: state?.run.questionPatch ?? flags.questionPatch,
     merge: state ? state.run.merge ?? undefined : flags.merge,
-    keyChannels,
-    keepEvicted: flags.keepEvicted as "int4" | "int2" | undefined, // checked by resolveRun
-    lowBudget: flags.lowBudget,
+    // the low tier and thin keys too (a state holds them: --keep-evicted, --low-budget, --key-channels)
+    ...(state ? tierRunOptions(state, state.model.headDim) : {
+      keyChannels,
+      keepEvicted: flags.keepEvicted as "int4" | "int2" | undefined, // checked by resolveRun
+      lowBudget: flags.lowBudget,
+    }),
     retainingHeads: flags.retainingHeads,
   }, { bytes: state ? null : source?.totalBytes, extraTokens: POSITION_MARGIN + maxTokens });
   if (state && state.model.layers !== config.layers) {
@@ -431,6 +429,7 @@ async function readOnce(
       questionPatch: p.run.questionPatch,
       decodeBudget: p.run.plan.decodeBudget ?? null,
       merge: p.run.merge,
+      ...runTierOptions(p.run),
     },
     recipe: o.reading.recipes[0].name,
     questions: p.state?.questions ?? o.reading.questions ?? [],
@@ -449,10 +448,10 @@ async function readOnce(
         `${flags.state} was read for \`tome ${p.state.recipe}\`, not ${o.reading.recipes[0].name}`,
       );
     }
-    const loaded = await loadState(flags.state!, model, o.onEvent);
+    const loaded = await loadState(flags.state!, model, o.onEvent, p.run);
     o.onMeter(loaded.sequence.meter);
     const state = await read(source ?? { ids: [] }, { model, run: p.run, question: o.patch, from: loaded.sequence });
-    if (flags.save) await saveState(flags.save, model, state.sequence, info());
+    if (flags.save) await saveState(flags.save, model, state.sequence, info(), p.run);
     return { state, cached: source ? null : flags.state! };
   }
   const cachePath = flags.cache && source && source.kind !== "stdin"
@@ -471,7 +470,7 @@ async function readOnce(
   }
   if (cachePath && await Deno.stat(cachePath).then(() => true, () => false)) {
     try {
-      const loaded = await loadState(cachePath, model, o.onEvent);
+      const loaded = await loadState(cachePath, model, o.onEvent, p.run);
       o.onMeter(loaded.sequence.meter);
       await touchState(cachePath);
       return {
@@ -487,10 +486,10 @@ async function readOnce(
   const fresh = new Meter(p.run.tokenBytes, o.onEvent);
   o.onMeter(fresh);
   const state = await read(source!, { model, run: p.run, prefix: o.prefix, question: o.patch, meter: fresh });
-  if (flags.save) await saveState(flags.save, model, state.sequence, info());
+  if (flags.save) await saveState(flags.save, model, state.sequence, info(), p.run);
   if (cachePath) {
     await Deno.mkdir(stateCacheDir(), { recursive: true });
-    await saveState(cachePath, model, state.sequence, info());
+    await saveState(cachePath, model, state.sequence, info(), p.run);
     await gcStates();
   }
   return { state, cached: null };

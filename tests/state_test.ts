@@ -141,7 +141,7 @@ Deno.test("damaged, truncated or mismatched states are refused with exit 15", as
   const at = new TextDecoder().decode(bytes.subarray(0, 4096)).indexOf('"lengths":[[');
   header[at + 12] ^= 0x01; // one head's entry count changes: the payload no longer matches it
   await refused(header, /payload size|header says otherwise|entry counts|not JSON/);
-  await refused(new TextEncoder().encode("TOMESTATE\u0002garbage"), /version 2/);
+  await refused(new TextEncoder().encode("TOMESTATE\u0003garbage"), /version 3, this tome reads 1 and 2/);
   await refused(new TextEncoder().encode("hello, I am a text file with some words in it"), /magic/);
   await refused(bytes, /another model/, await open("mistral"));
   await refused(bytes, /positions/, await open("llama", { positions: "compact" }));

@@ -41,6 +41,18 @@ export interface LowLayer {
   balance: Float32Array;
 }
 
+/** One layer's low entries packed head after head (Σ lengths rows), with its balancer: a saved state's layout. */
+export interface PackedLowLayer {
+  lengths: Int32Array;
+  keys: QuantizedRows;
+  values: QuantizedRows;
+  positions: Int32Array;
+  accumulated: Float32Array;
+  seen: Float32Array;
+  /** [Hkv·d] */
+  balance: Float32Array;
+}
+
 /** Entries arriving in the low tier for one head: f32 rows [n, d] (keys rotated, unbalanced). */
 export interface LowArrivals {
   keys: Float32Array;
@@ -228,6 +240,78 @@ export class LowStore {
 
   /** Whether the balancer has been set (from the first chunk). */
   balanced = false;
+
+  /** Layer `l`'s entries packed head after head, without free slots (what a saved state keeps). */
+  packed(l: number): PackedLowLayer {
+    const { kvHeads: K, headDim: d } = this.config;
+    const layer = this.layers[l];
+    const n = layer.lengths.reduce((a, b) => a + b, 0);
+    const bytes = rowBytes(d, this.spec.bits);
+    const groups = d / this.spec.group;
+    const cap = layer.capacity;
+    const out: PackedLowLayer = {
+      lengths: layer.lengths.slice(),
+      keys: allocRows(n, d, this.spec),
+      values: allocRows(n, d, this.spec),
+      positions: new Int32Array(n),
+      accumulated: new Float32Array(n),
+      seen: new Float32Array(n),
+      balance: layer.balance.slice(),
+    };
+    let at = 0;
+    for (let h = 0; h < K; h++) {
+      const len = layer.lengths[h];
+      for (const k of ["keys", "values"] as const) {
+        out[k].data.set(layer[k].data.subarray(h * cap * bytes, (h * cap + len) * bytes), at * bytes);
+        for (const f of ["scales", "mins"] as const) {
+          out[k][f].set(layer[k][f].subarray(h * cap * groups, (h * cap + len) * groups), at * groups);
+        }
+      }
+      out.positions.set(layer.positions.subarray(h * cap, h * cap + len), at);
+      out.accumulated.set(layer.accumulated.subarray(h * cap, h * cap + len), at);
+      out.seen.set(layer.seen.subarray(h * cap, h * cap + len), at);
+      at += len;
+    }
+    return out;
+  }
+
+  /**
+   * Replaces layer `l` with packed entries (a loaded state's), with room for `capacity` entries per head (at
+   * least the largest head's count; the graph's reductions run over every slot, so a read goes on bit for bit
+   * only at the capacity it had). The caller has checked the sizes (every array holds Σ lengths rows of this
+   * store's spec) and the balancer's length.
+   */
+  unpack(l: number, p: PackedLowLayer, capacity = 0): void {
+    const { kvHeads: K, headDim: d } = this.config;
+    const cap = Math.max(capacity, ...p.lengths);
+    const bytes = rowBytes(d, this.spec.bits);
+    const groups = d / this.spec.group;
+    const layer: LowLayer = {
+      capacity: cap,
+      lengths: p.lengths.slice(),
+      keys: allocRows(K * cap, d, this.spec),
+      values: allocRows(K * cap, d, this.spec),
+      positions: new Int32Array(K * cap),
+      accumulated: new Float32Array(K * cap),
+      seen: new Float32Array(K * cap),
+      balance: Float32Array.from(p.balance),
+    };
+    let at = 0;
+    for (let h = 0; h < K; h++) {
+      const len = p.lengths[h];
+      for (const k of ["keys", "values"] as const) {
+        layer[k].data.set(p[k].data.subarray(at * bytes, (at + len) * bytes), h * cap * bytes);
+        for (const f of ["scales", "mins"] as const) {
+          layer[k][f].set(p[k][f].subarray(at * groups, (at + len) * groups), h * cap * groups);
+        }
+      }
+      layer.positions.set(p.positions.subarray(at, at + len), h * cap);
+      layer.accumulated.set(p.accumulated.subarray(at, at + len), h * cap);
+      layer.seen.set(p.seen.subarray(at, at + len), h * cap);
+      at += len;
+    }
+    this.layers[l] = layer;
+  }
 
   /** Entries held, all layers and heads. */
   entries(): number {

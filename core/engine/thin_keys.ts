@@ -232,3 +232,62 @@ export function cloneThinKeys(t: ThinKeys): ThinKeys {
     full: t.full.slice(),
   };
 }
+
+/** A layer's keys packed head after head, each head's thin rows ([count, k]) then its whole ones ([n − count, d]). */
+export interface PackedThinKeys {
+  /** [Hkv]: thin rows of each head. */
+  count: Int32Array;
+  /** [Hkv, k]: the kept channels, null before the layer's first pruning. */
+  channels: Int32Array | null;
+  rows: KeyArray;
+}
+
+/** Key elements of a packed layer: k per thin row, d per whole one. */
+export function packedThinElements(count: ArrayLike<number>, lengths: ArrayLike<number>, k: number, d: number): number {
+  let n = 0;
+  for (let h = 0; h < lengths.length; h++) n += count[h] * k + (lengths[h] - count[h]) * d;
+  return n;
+}
+
+/** The keys of heads holding `lengths` entries, packed without free rows (what a saved state keeps). */
+export function packThinKeys(t: ThinKeys, lengths: ArrayLike<number>, d: number): PackedThinKeys {
+  const K = t.count.length, k = t.k;
+  const n = packedThinElements(t.count, lengths, k, d);
+  const rows = t.full instanceof Float32Array ? new Float32Array(n) : new Uint16Array(n);
+  let at = 0;
+  for (let h = 0; h < K; h++) {
+    const m = t.count[h], whole = lengths[h] - m;
+    rows.set(t.thin.subarray(h * t.capacity * k, (h * t.capacity + m) * k), at);
+    at += m * k;
+    rows.set(t.full.subarray(h * t.fullCap * d, (h * t.fullCap + whole) * d), at);
+    at += whole * d;
+  }
+  return { count: t.count.slice(), channels: t.channels?.slice() ?? null, rows };
+}
+
+/**
+ * Thin keys from packed ones (a loaded state's), with room for `capacity` rows per head; the caller has checked
+ * the sizes (counts ≤ lengths ≤ capacity, `rows` of {@link packedThinElements}, channels [Hkv, k] when any row is thin).
+ */
+export function unpackThinKeys(
+  p: PackedThinKeys,
+  lengths: ArrayLike<number>,
+  k: number,
+  d: number,
+  capacity: number,
+): ThinKeys {
+  const K = p.count.length;
+  const fullCap = Math.max(0, ...Array.from({ length: K }, (_, h) => lengths[h] - p.count[h]));
+  const t = allocThinKeys(p.rows instanceof Float32Array, K, d, k, capacity, fullCap);
+  t.channels = p.channels?.slice() ?? null;
+  t.count.set(p.count);
+  let at = 0;
+  for (let h = 0; h < K; h++) {
+    const m = p.count[h], whole = lengths[h] - m;
+    t.thin.set(p.rows.subarray(at, at + m * k), h * capacity * k);
+    at += m * k;
+    t.full.set(p.rows.subarray(at, at + whole * d), h * fullCap * d);
+    at += whole * d;
+  }
+  return t;
+}

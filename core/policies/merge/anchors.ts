@@ -20,6 +20,7 @@ export function anchors(): Merger {
   const counts = new MergeWeights(1);
   return {
     name: "anchors",
+    state: { weights: counts },
     summary:
       "every evicted entry is averaged into its positionally nearest kept anchor (Elastic Cache, arXiv 2407.18121)",
     merge(h: MergeHead): Int32Array {

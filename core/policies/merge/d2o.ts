@@ -19,7 +19,7 @@
  * Layer budgets from attention density (the paper's other half) are not done.
  */
 import { foldRow, nearestByCosine, rowNorms } from "../../../kernels/merge.ts";
-import { dropped, type MergeHead, type Merger, MergeWeights } from "./merger.ts";
+import { dropped, HeadValues, type MergeHead, type Merger, MergeWeights } from "./merger.ts";
 
 /** β of the threshold's moving average. */
 export const D2O_BETA = 0.7;
@@ -27,9 +27,10 @@ export const D2O_BETA = 0.7;
 /** A D2O merger with its own thresholds and weights (one per run). */
 export function d2o(beta = D2O_BETA): Merger {
   const weights = new MergeWeights(Math.E);
-  const tau = new Map<number, number>();
+  const tau = new HeadValues();
   return {
     name: "d2o",
+    state: { weights, thresholds: tau },
     summary: "evicted entries merge into their most cosine-similar kept key above an EMA threshold (arXiv 2406.13035)",
     merge(h: MergeHead): Int32Array {
       const { d, keys, values, keep, positions, layer, head } = h;
@@ -39,10 +40,9 @@ export function d2o(beta = D2O_BETA): Merger {
       const { index, similarity } = nearestByCosine(keys, d, norms, out, keep);
       let max = -Infinity;
       for (const s of similarity) max = Math.max(max, s);
-      const id = layer * 65536 + head;
-      const prev = tau.get(id);
+      const prev = tau.get(layer, head);
       const t = prev === undefined ? max : beta * prev + (1 - beta) * max;
-      tau.set(id, t);
+      tau.set(layer, head, t);
       const touched = new Set<number>();
       for (let q = 0; q < out.length; q++) {
         if (!(similarity[q] >= t)) continue;

@@ -34,6 +34,7 @@ export function emsMerge(threshold = EMS_THRESHOLD, poolShare = EMS_POOL_SHARE):
   const counts = new MergeWeights(1);
   return {
     name: "ems",
+    state: { weights: counts },
     summary:
       "the best-scored evicted entries join their most similar kept key's class (centroid), below cos 0.5 the zero class drops them (EMS, arXiv 2412.08521)",
     merge(h: MergeHead): Int32Array {

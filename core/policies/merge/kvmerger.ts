@@ -29,6 +29,7 @@ export function kvmerger(threshold = KVMERGER_THRESHOLD): Merger {
   const weights = new MergeWeights(1);
   return {
     name: "kvmerger",
+    state: { weights: weights },
     summary:
       "runs of alike consecutive keys merge into their most-attended kept entry, Gaussian weights (arXiv 2407.08454)",
     merge(h: MergeHead): Int32Array {

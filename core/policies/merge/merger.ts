@@ -34,6 +34,35 @@ export interface Merger {
   summary: string;
   /** Merges into the kept rows of `head.keys`/`head.values`; returns the indices (into n) of kept entries it changed. */
   merge(head: MergeHead): Int32Array;
+  /** What it carries from one chunk to the next (a saved state keeps it; a loaded one puts it back). */
+  readonly state: MergerState;
+}
+
+/** A merger's state between chunks: the weight of each kept entry, and D2O's per-head thresholds. */
+export interface MergerState {
+  weights: MergeWeights;
+  /** Per layer and KV head: a value carried between chunks (D2O's moving-average threshold); absent: none. */
+  thresholds?: HeadValues;
+}
+
+/** One number per layer and KV head, absent until set. */
+export class HeadValues {
+  readonly #values = new Map<number, number>();
+
+  /** The value of layer `layer`, head `head`, or undefined. */
+  get(layer: number, head: number): number | undefined {
+    return this.#values.get(layer * 65536 + head);
+  }
+
+  /** Sets the value of one head. */
+  set(layer: number, head: number, v: number): void {
+    this.#values.set(layer * 65536 + head, v);
+  }
+
+  /** Forgets every value. */
+  clear(): void {
+    this.#values.clear();
+  }
 }
 
 /**
@@ -62,6 +91,16 @@ export class MergeWeights {
   /** Sets the entry's weight. */
   set(layer: number, head: number, position: number, w: number): void {
     this.#of(layer, head).set(position, w);
+  }
+
+  /** The entry's weight when one was set (undefined: it stands for `base`). */
+  peek(layer: number, head: number, position: number): number | undefined {
+    return this.#maps.get(layer * 65536 + head)?.get(position);
+  }
+
+  /** Forgets every weight. */
+  clear(): void {
+    this.#maps.clear();
   }
 
   /** Forgets the weights of the entries that were not kept (their positions). */
