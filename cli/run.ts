@@ -177,6 +177,7 @@ export async function loadPrepared(p: Prepared, flags: RunFlags): Promise<Loaded
     executionProviders: p.device.providers,
     retainingHeads: flags.retainingHeads,
     ...(run.lowTier ? { lowTier: run.lowTier.tier } : {}),
+    ...(run.keyChannels ? { queryEnergy: true } : {}),
     weights: p.weights,
   });
   p.say(

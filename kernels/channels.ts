@@ -1,6 +1,7 @@
 /**
  * Key-channel kernels for ThinK (arXiv 2407.21018): the per-channel energy of
- * a head's keys, the top channels by a score, and moving one row between its
+ * a head's keys, the channel score from the query and key energies, the top
+ * channels by a score, and moving one row between its
  * full width d and the k kept channels. Rows are f32 values or f16 bit
  * patterns; gather and scatter copy elements as they are (no conversion).
  */
@@ -19,6 +20,21 @@ export function addChannelEnergy(out: Float64Array, src: KeyArray, row0: number,
       out[i] += x * x;
     }
   }
+}
+
+/**
+ * ThinK's channel scores ‖Q[:, i]·K[:, i]ᵀ‖_F = ‖Q[:, i]‖·‖K[:, i]‖ from the squared factors: `query[from + i]`
+ * (Σ q[:, i]²) and `keys[i]` (Σ k[:, i]²), i < d.
+ */
+export function outerNormScores(
+  query: ArrayLike<number>,
+  from: number,
+  keys: ArrayLike<number>,
+  d: number,
+): Float64Array {
+  const out = new Float64Array(d);
+  for (let i = 0; i < d; i++) out[i] = Math.sqrt(query[from + i]) * Math.sqrt(keys[i]);
+  return out;
 }
 
 /** Indices of the `k` largest scores (ties: the lower index), ascending. */

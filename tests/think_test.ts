@@ -35,7 +35,7 @@ const models = await makeTinyModels(join(root, "models"));
 const loaded = new Map<string, LoadedModel>();
 async function tiny(kvDtype: KvDtype): Promise<LoadedModel> {
   if (!loaded.has(kvDtype)) {
-    loaded.set(kvDtype, await loadModel(models.get("llama")!, { positions: "original", kvDtype }));
+    loaded.set(kvDtype, await loadModel(models.get("llama")!, { positions: "original", kvDtype, queryEnergy: true }));
   }
   return loaded.get(kvDtype)!;
 }
@@ -48,10 +48,14 @@ interface Entry {
   thin: boolean;
 }
 
-/** Brute force: channel i scores Σ_t k[t, i]² over the candidates; the k best, ties to the lower index, ascending. */
-function bruteChannels(keys: number[][], d: number, k: number, f16: boolean): number[] {
+/**
+ * Brute force: channel i scores Σ q_i² · Σ_t k[t, i]² (the square of ThinK's ‖Q_win[:, i]·K[:, i]ᵀ‖, with Σ q_i² the
+ * graph's query energy of the head, `query` [d]: think_query_test.ts checks it against the reference forward) over
+ * the candidates; the k best, ties to the lower index, ascending.
+ */
+function bruteChannels(keys: number[][], query: ArrayLike<number>, d: number, k: number, f16: boolean): number[] {
   const score = Array.from({ length: d }, (_, i) =>
-    keys.reduce((s, row) => {
+    query[i] * keys.reduce((s, row) => {
       const x = f16 ? fromF16Bits(row[i]) : row[i];
       return s + x * x;
     }, 0));
@@ -144,7 +148,10 @@ async function run(
       // thin: all but the newest window; a thin entry stays thin
       const next = kept.map((es) => es.map((e, i) => ({ ...e, thin: e.thin || i < es.length - whole })));
       if (!channels[l] && next.some((es) => es.some((e) => e.thin))) {
-        channels[l] = candidates.map((cs) => bruteChannels(cs.map((e) => e.key), d, o.k, f16));
+        const q = result.queryEnergy![l];
+        channels[l] = candidates.map((cs, h) =>
+          bruteChannels(cs.map((e) => e.key), q.subarray(h * d, (h + 1) * d), d, o.k, f16)
+        );
       }
       mirror[l] = next;
     }

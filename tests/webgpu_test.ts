@@ -126,6 +126,7 @@ Deno.test({
       ["compact", { positions: "compact" }],
       ["compact, retaining heads", { positions: "compact", retainingHeads: heads }],
       ["original, low tier", { positions: "original", lowTier: "int2" }],
+      ["compact, query energy (ThinK)", { positions: "compact", queryEnergy: true }],
     ];
     for (const [label, variant] of variants) {
       await t.step(label, async () => {

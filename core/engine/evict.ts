@@ -129,7 +129,7 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
   const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
   if (step.low) demoteLayer(store, step.low, l, updates, { ...fresh, count: c }, lowC?.count);
   // thin keys: the observation window stays whole, unless it is the patch (not kept)
-  store.commit(l, updates, fresh, step.patch ? 0 : rule.keyChannels?.window);
+  store.commit(l, updates, fresh, step.patch ? 0 : rule.keyChannels?.window, result.queryEnergy?.[l]);
   if (merged) writeMerged(store, l, merged);
 }
 

@@ -141,9 +141,16 @@ export class KvStore {
    * of its retained entries followed by `fresh`'s first rows. Grows the
    * layer's capacity when a head keeps more than fits, never shrinks it.
    * With thin keys, all but each head's newest `wholeWindow` kept entries
-   * become thin (default: the store's window).
+   * become thin (default: the store's window); `queryEnergy` [Hkv, d], the run's window query energy, ranks the
+   * channels at the layer's first pruning (ThinK's query factor).
    */
-  commit(l: number, updates: HeadUpdate[], fresh: FreshEntries, wholeWindow?: number): void {
+  commit(
+    l: number,
+    updates: HeadUpdate[],
+    fresh: FreshEntries,
+    wholeWindow?: number,
+    queryEnergy?: ArrayLike<number>,
+  ): void {
     const { kvHeads: K, headDim: d } = this.config;
     const old = this.layers[l];
     const need = Math.max(...updates.map((u) => u.keep.length));
@@ -159,6 +166,7 @@ export class KvStore {
         d,
         { ...this.keyChannels, window: wholeWindow ?? this.keyChannels.window },
         target.capacity,
+        queryEnergy,
       );
     }
     for (let h = 0; h < K; h++) {

@@ -52,6 +52,8 @@ export interface LoadOptions {
   retainingHeads?: string;
   /** MiKV's low tier (`--keep-evicted`): a graph that takes it (`GraphOptions.lowTier`). */
   lowTier?: LowTier;
+  /** Thin keys (`--key-channels` < 1): a graph that returns ThinK's query factor (`GraphOptions.queryEnergy`). */
+  queryEnergy?: boolean;
   /** onnxruntime execution providers (default: cpu). */
   executionProviders?: string[];
   /** How the graph stores weights (default f32; `auto` is the checkpoint's own precision). */
@@ -84,6 +86,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
       : {}),
     ...(opts.retainingHeads ? { retainingHeads: opts.retainingHeads } : {}),
     ...(opts.lowTier ? { lowTier: opts.lowTier } : {}),
+    ...(opts.queryEnergy ? { queryEnergy: true as const } : {}),
   }, opts.executionProviders);
   // the generation config is checked before the (possibly long) graph build
   const generation = await generationDefaults(dir, checkpoint.config, tokenizer);

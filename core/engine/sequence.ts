@@ -49,6 +49,9 @@ export class Sequence {
     readonly low?: LowStore,
   ) {
     if (low && !session.graph.lowTier) throw new Error("a low tier needs a session built with lowTier");
+    if (store.keyChannels && !session.graph.queryEnergy) {
+      throw new Error("thin keys need a session built with queryEnergy (loadModel queryEnergy): ThinK's query factor");
+    }
   }
 
   /** KV bytes held: the cache, and MiKV's low tier when there is one. */
@@ -136,6 +139,7 @@ export class Sequence {
         stats: needs,
         retain: policy.retain,
         queryAbsMax: low && !low.balanced,
+        queryEnergy: this.store.keyChannels !== undefined,
       },
     });
     this.timings.run += (performance.now() - t) / 1000;

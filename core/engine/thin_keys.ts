@@ -10,12 +10,15 @@
  *
  * Channel choice. ThinK scores channel i of a head by ‖Q_win[:, i]·K[:, i]ᵀ‖_F
  * over the observation-window queries and the current keys. That is an outer
- * product's norm, so it factors: ‖Q_win[:, i]‖·‖K[:, i]‖. The graph returns no
- * queries (only attention statistics), so the query factor is not available
- * here and tome ranks by the key factor ‖K[:, i]‖ alone — ThinK's key-magnitude
- * ablation, not its query-driven score. A graph output Σ_window q[:, i]² per KV
- * head would make it exact. Channels are chosen per layer and head once, at the
- * layer's first pruning (over that step's candidates), and kept for the run.
+ * product's norm, so it factors: ‖Q_win[:, i]‖·‖K[:, i]‖. The query factor
+ * comes from the graph (`GraphOptions.queryEnergy`, `query_energy.ts`):
+ * Σ q[:, i]² over the window queries of the run (the question patch when it
+ * rides along, else the chunk's last `window` queries: the rows the `window`
+ * statistic reads) and the query heads of the KV head's group, in the cached
+ * keys' frame (rotated in original mode, unrotated in compact mode); the key
+ * factor from the candidates here. Channels are chosen per layer and head
+ * once, at the layer's first pruning (over that step's candidates and window
+ * queries), and kept for the run.
  *
  * The graph takes past keys [1, Hkv, P, d], so before each run {@link expandKeys}
  * writes the thin rows back to width d with zeros in the pruned channels (q·k
@@ -27,6 +30,7 @@ import {
   addChannelEnergy,
   gatherChannels,
   type KeyArray,
+  outerNormScores,
   scatterChannels,
   scatterRows,
   topChannels,
@@ -118,8 +122,9 @@ export function headKeys(t: ThinKeys, h: number, n: number, d: number): KeyArray
 }
 
 /**
- * Each head's kept channels: the `k` largest ‖K[:, i]‖ over its candidate keys
- * (retained rows, all still full, then the fresh ones).
+ * Each head's kept channels: the `k` largest ‖Q_win[:, i]·K[:, i]ᵀ‖_F = ‖Q_win[:, i]‖·‖K[:, i]‖, with
+ * `queryEnergy` [Hkv, d] the window queries' Σ q[:, i]² and K the head's candidate keys (retained rows, all still
+ * full, then the fresh ones).
  */
 export function chooseChannels(
   t: ThinKeys,
@@ -128,14 +133,16 @@ export function chooseChannels(
   freshCount: number,
   d: number,
   k: number,
+  queryEnergy: ArrayLike<number>,
 ): Int32Array {
   const K = t.count.length;
+  if (queryEnergy.length !== K * d) throw new Error(`query energy: ${queryEnergy.length} values, not ${K}×${d}`);
   const channels = new Int32Array(K * k);
   for (let h = 0; h < K; h++) {
     const energy = new Float64Array(d);
     addChannelEnergy(energy, t.full, h * t.fullCap, lengths[h] - t.count[h], d);
     addChannelEnergy(energy, fresh.keys as KeyArray, h * fresh.stride, freshCount, d);
-    channels.set(topChannels(energy, k), h * k);
+    channels.set(topChannels(outerNormScores(queryEnergy, h * d, energy, d), k), h * k);
   }
   return channels;
 }
@@ -147,6 +154,8 @@ export function chooseChannels(
  * again: should one land among the newest (the plan protects the window, so it
  * does not), the thin rows extend to it. `capacity` ≥ every head's kept count;
  * the thin buffer is reused in place when it has that capacity already.
+ * `queryEnergy` (the run's, [Hkv, d]) is needed at the layer's first pruning,
+ * where {@link chooseChannels} ranks the channels.
  */
 export function commitThinKeys(
   t: ThinKeys,
@@ -157,6 +166,7 @@ export function commitThinKeys(
   d: number,
   kc: KeyChannels,
   capacity: number,
+  queryEnergy?: ArrayLike<number>,
 ): ThinKeys {
   const K = t.count.length, k = kc.channels;
   const counts = updates.map((u, h) => {
@@ -165,8 +175,11 @@ export function commitThinKeys(
     while (thinKept < n && u.keep[thinKept] < t.count[h]) thinKept++;
     return Math.max(n - Math.min(n, kc.window), thinKept);
   });
-  const channels = t.channels ??
-    (counts.some((m) => m > 0) ? chooseChannels(t, lengths, fresh, freshCount, d, k) : null);
+  let channels = t.channels;
+  if (!channels && counts.some((m) => m > 0)) {
+    if (!queryEnergy) throw new Error("thin keys: the first pruning needs the run's query energy");
+    channels = chooseChannels(t, lengths, fresh, freshCount, d, k, queryEnergy);
+  }
   const f32 = t.full instanceof Float32Array;
   const fullCap = Math.max(0, ...updates.map((u, h) => u.keep.length - counts[h]));
   const out = allocThinKeys(f32, K, d, k, capacity === t.capacity ? 0 : capacity, fullCap);

@@ -57,6 +57,8 @@ export function openModel(
     retainingHeads: o.retainingHeads,
     weights: o.weights,
     ...(o.keepEvicted && positions === "original" ? { lowTier: o.keepEvicted } : {}),
+    // thin keys rank channels by ThinK's query factor, a graph output
+    ...(o.keyChannels !== undefined && o.keyChannels < 1 ? { queryEnergy: true } : {}),
   });
 }
 

@@ -11,6 +11,7 @@ import { quietStderr } from "./quiet.ts";
 import { WEBGPU_HINT } from "./device.ts";
 import { inverseFrequencies, type RopeTables, ropeTables } from "./rope.ts";
 import { lowBits, lowIo } from "./onnx/low_tier.ts";
+import { queryEnergyIo } from "./onnx/query_energy.ts";
 
 /** KV data as the graph takes it: float32, or float16 bit patterns. */
 export type KvArray = Float32Array | Uint16Array;
@@ -77,6 +78,8 @@ export interface RunRequest {
     stats?: StatName[];
     retain?: boolean;
     queryAbsMax?: boolean;
+    /** Graphs built with `queryEnergy`: each layer's window query energy (ThinK). */
+    queryEnergy?: boolean;
     outputs?: string[];
   };
 }
@@ -95,6 +98,11 @@ export interface RunResult {
   lowStats?: Partial<Record<StatName, Float32Array[]>>;
   /** Low-tier graphs, with `fetch.queryAbsMax`: per layer max |q_i| over the chunk of each KV head's group, [Hkv, d]. */
   queryAbsMax?: Float32Array[];
+  /**
+   * Graphs built with `queryEnergy`, with `fetch.queryEnergy`: per layer Σ q[s, i]² over the observation-window
+   * queries and each KV head's query group, [Hkv, d] (ThinK's query factor, squared).
+   */
+  queryEnergy?: Float32Array[];
   /** Further float32 outputs fetched by name (`fetch.outputs`: the training features of `GraphOptions.features`). */
   outputs?: Record<string, Float32Array>;
 }
@@ -284,6 +292,10 @@ export class ModelSession {
       for (const s of want.stats ?? []) for (let l = 0; l < layers; l++) fetches.push(lowIo.stat(s, l));
       if (want.queryAbsMax) { for (let l = 0; l < layers; l++) fetches.push(lowIo.queryAbsMax(l)); }
     }
+    if (want.queryEnergy) {
+      if (!this.graph.queryEnergy) throw new Error("query energy asked of a graph built without queryEnergy");
+      for (let l = 0; l < layers; l++) fetches.push(queryEnergyIo(l));
+    }
     fetches.push(...want.outputs ?? []);
     const out = await this.session.run(feeds, fetches);
     const result: RunResult = { newKeys: [], newValues: [], stats: {} };
@@ -305,6 +317,9 @@ export class ModelSession {
       });
     }
     if (want.outputs) result.outputs = Object.fromEntries(want.outputs.map((n) => [n, out[n].data as Float32Array]));
+    if (want.queryEnergy) {
+      result.queryEnergy = Array.from({ length: layers }, (_, l) => out[queryEnergyIo(l)].data as Float32Array);
+    }
     if (want.retain) result.retain = Array.from({ length: layers }, (_, l) => out[io.retain(l)].data as Float32Array);
     if (this.graph.lowTier) {
       result.lowStats = {};

@@ -36,6 +36,7 @@
  *   attn_max_L             f32 [1, Hkv, P_L+S] max over window queries of the mass on each entry
  *   attn_last_L            f32 [1, Hkv, P_L+S] … from the last query
  *   retain_L               f32 [1, Hkv, S]   with `retainingHeads`: Locret's importance of each new token
+ *   query_energy_L         f32 [1, Hkv, d]   with `queryEnergy`: Σ q² per channel over the window queries (ThinK)
  * (masked slots receive 0).
  * Every statistic is summed over the query heads of each KV head's group.
  * The statistics and the retaining heads sit in one `If` node per layer, so a
@@ -73,6 +74,7 @@ import { readRetainingHeads, retainingHead } from "./retaining.ts";
 import { float, Graph } from "./graph.ts";
 import { lowBlock, lowInputs, lowIo, lowOutputs, type LowTier, queryAbsMax } from "./low_tier.ts";
 import { featureOutputDecls, featureOutputs } from "./features.ts";
+import { queryEnergy, queryEnergyDecls } from "./query_energy.ts";
 
 /**
  * How the graph stores its weight matrices (the linear layers, the embedding and
@@ -135,6 +137,11 @@ export interface GraphOptions {
   lowTier?: LowTier;
   /** Training features (`features.ts`): adds the `qkv_L` and `attn_groupmax_L` outputs, for `tome train locret`. */
   features?: true;
+  /**
+   * ThinK's query factor (`query_energy.ts`): adds the `query_energy_L` outputs, Σ q² per channel over the
+   * observation window, for thin keys (`--key-channels` < 1).
+   */
+  queryEnergy?: true;
 }
 
 /**
@@ -406,6 +413,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
         k = rmsnorm(k, await vector(n.kNorm));
       }
       const kRaw = k;
+      const qRaw = q;
       q = rope(q, cos, sin);
       k = rope(k, cos, sin);
       toKv(opts.positions === "compact" ? kRaw : k, io.newKey(l));
@@ -422,6 +430,8 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
 
       const statNames = Object.fromEntries(STATS.map((s) => [s, io.stat(s, l)])) as Record<StatName, string>;
       if (opts.features) featureOutputs(g, shapes, l, { qFlat, kFlat, vFlat, q, k, pastK, pastMask: past.mask });
+      // the queries in the cached keys' frame: unrotated in compact mode, like the keys the cache stores
+      const energy = opts.queryEnergy ? [queryEnergy(g, shapes, l, opts.positions === "compact" ? qRaw : q)] : [];
       const { out, stats, lowStats } = g.within("attn", () => {
         const low = opts.lowTier
           ? lowBlock(
@@ -443,7 +453,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
       // onnxruntime orders nodes by a reverse DFS from the graph's leaves, which would run every layer's
       // statistics after the last layer and keep each layer's score blocks alive until then. Making the
       // residual stream depend on them keeps peak memory at one layer's worth.
-      h = g.after(h, [...stats, ...lowStats]);
+      h = g.after(h, [...stats, ...lowStats, ...energy]);
 
       // MLP: RMSNorm → SwiGLU → residual
       const xm = rmsnorm(h, await vector(n.mlpNorm));
@@ -491,6 +501,7 @@ export async function buildDecoder(g: Graph, ckpt: Checkpoint, opts: GraphOption
   if (retaining) { for (let l = 0; l < c.layers; l++) g.output(io.retain(l), "float32", [1, K, "S"]); }
   if (opts.lowTier) lowOutputs(g, c.layers, K, d);
   if (opts.features) featureOutputDecls(g, c.layers, H, K, d);
+  if (opts.queryEnergy) queryEnergyDecls(g, c.layers, K, d);
 }
 
 /** Zero points packed `bits` wide, [rows, ⌈blocks·bits/8⌉] → one a byte, [rows·blocks]. */
