@@ -20,7 +20,8 @@ const models = await makeTinyModels(join(root, "models"));
 
 Deno.test("byte budgets: every method holds at most the size, and less than one entry per tier short of it", async (t) => {
   const dir = models.get("llama")!;
-  const plain = await loadModel(dir, { positions: "original", kvDtype: "float16" });
+  // thin keys need ThinK's query factor from the graph; drop-only and merging runs ignore it
+  const plain = await loadModel(dir, { positions: "original", kvDtype: "float16", queryEnergy: true });
   const tiered = await loadModel(dir, { positions: "original", kvDtype: "float16", lowTier: "int4" });
   try {
     const c = plain.config;

@@ -42,6 +42,8 @@ function niah(
     kv_peak_bytes,
     kv_full_bytes: 1000,
     footprint,
+    // bytes-time below entries-time, as with a low tier
+    footprint_bytes: footprint / 2,
     peak_fraction,
     seconds: 1,
   };
@@ -77,12 +79,14 @@ Deno.test("summarizeNiah: recall, partial, footprint means and the largest peak 
     recall: 1,
     partial: 1,
     footprint: 1,
+    footprint_bytes: 0.5,
     peak_fraction: 1,
     kv_peak_bytes: 1000,
   });
   near(b64.recall, 2 / 4, "recall"); // exact at 512/0 and 1024/25
   near(b64.partial, (1 + 0.4 + 0.2 + 1) / 4, "partial");
   near(b64.footprint, (0.25 + 0.35 + 0.3 + 0.15) / 4, "footprint");
+  near(b64.footprint_bytes, (0.25 + 0.35 + 0.3 + 0.15) / 8, "footprint in bytes");
   near(b64.peak_fraction, (0.3 + 0.5 + 0.4 + 0.2) / 4, "peak fraction");
   assert.equal(b64.kv_peak_bytes, 300);
   near(b128.recall, 1 / 2, "recall b128");
@@ -146,13 +150,14 @@ Deno.test("summarizeFidelity: mean KL, top-1 agreement and footprints per (polic
 });
 
 Deno.test("criticalFootprint: the smallest footprint with ≥ 90% of the full cache's recall, else null", () => {
-  const at = (policy: string, budget: number, recall: number, footprint: number): NiahSummary => ({
+  const at = (policy: string, budget: number, recall: number, footprint: number, bytes = footprint): NiahSummary => ({
     policy,
     budget,
     trials: 1,
     recall,
     partial: 0,
     footprint,
+    footprint_bytes: bytes,
     peak_fraction: 0,
     kv_peak_bytes: 0,
   });
@@ -162,4 +167,8 @@ Deno.test("criticalFootprint: the smallest footprint with ≥ 90% of the full ca
   // 90% of a full recall of 0.5 is 0.45: a's 64 reaches it
   assert.equal(criticalFootprint(summary, 0.5).get("a"), 0.1);
   assert.equal(criticalFootprint(summary, 1, 0.2).get("b"), 0.4);
+  // in bytes-time the smallest may be another budget's (a low tier holds more entries in fewer bytes)
+  const mixed = [at("c", 1, 1, 0.3, 0.1), at("c", 2, 1, 0.2, 0.15)];
+  assert.equal(criticalFootprint(mixed, 1).get("c"), 0.2);
+  assert.equal(criticalFootprint(mixed, 1, 0.9, true).get("c"), 0.1);
 });

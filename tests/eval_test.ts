@@ -180,7 +180,13 @@ Deno.test("eval ppl: merges, thin keys and the low tier at a size budget score a
   // the oracle: the prefix read through the library with each method, the last tokens teacher-forced
   const direct = async (extra: Record<string, unknown>, lowTier?: "int4") => {
     const load = (allLogits: boolean) =>
-      loadModel(dir, { positions: "original", kvDtype: "float16", allLogits, ...(lowTier ? { lowTier } : {}) });
+      loadModel(dir, {
+        positions: "original",
+        kvDtype: "float16",
+        allLogits,
+        queryEnergy: "keyChannels" in extra,
+        ...(lowTier ? { lowTier } : {}),
+      });
     const model = await load(false), scorer = await load(true);
     try {
       const ids = model.tokenizer.encode(text);
