@@ -37,7 +37,11 @@ Deno.env.set("TOME_CACHE", join(root, "cache"));
 const models = await makeTinyModels(join(root, "models"));
 const opened: LoadedModel[] = [];
 const open = async (lowTier?: "int4" | "int2") => {
-  const m = await loadModel(models.get("llama")!, { kvDtype: "float16", ...(lowTier ? { lowTier } : {}) });
+  // thin keys need ThinK's query factor: plain models carry it (drop-only and merging runs ignore it)
+  const m = await loadModel(models.get("llama")!, {
+    kvDtype: "float16",
+    ...(lowTier ? { lowTier } : { queryEnergy: true }),
+  });
   opened.push(m);
   return m;
 };

@@ -36,7 +36,12 @@ async function tiny(kvDtype: KvDtype, lowTier?: "int4" | "int2"): Promise<Loaded
   if (!loaded.has(key)) {
     loaded.set(
       key,
-      await loadModel(models.get("llama")!, { positions: "original", kvDtype, ...(lowTier ? { lowTier } : {}) }),
+      // plain models carry ThinK's query factor, which thin keys need
+      await loadModel(models.get("llama")!, {
+        positions: "original",
+        kvDtype,
+        ...(lowTier ? { lowTier } : { queryEnergy: true }),
+      }),
     );
   }
   return loaded.get(key)!;
