@@ -7,8 +7,10 @@
  *   --part decode    decode tokens/s at budget 1024 vs 4096
  *   --part chunks    prefill tokens/s by chunk size (how the default chunk was chosen)
  *   --part merge     snapkv at budget 1024 with each --merge method: the extra time per chunk
- *                    (similarity search and averaging) as a share of prefill, at --tokens
- *                    (--merges LIST: which methods; default d2o,kvmerger,anchors)
+ *                    (similarity search and averaging) as a share of prefill, at --tokens, each
+ *                    read right after its drop-only twin (--merges LIST: which methods, default
+ *                    d2o,kvmerger,anchors; also `ems` = --policy ems against --policy ems --merge drop,
+ *                    and `int4`/`int2` = snapkv --keep-evicted against snapkv)
  *   --part at4k      prefill tokens/s over 4K tokens with snapkv at budget 1024, then decode tokens/s
  *                    (32 tokens), and the peak RSS: run once per weight type (own process, own peak)
  *   --weights TYPE   the graph's weight type (auto, f32, f16, bf16, q8, q4; default auto)
@@ -18,7 +20,7 @@
 import { parseArgs } from "node:util";
 import process from "node:process";
 import { join } from "node:path";
-import { generate, type LoadedModel, loadModel, read, type ReadState } from "../core/mod.ts";
+import { generate, type LoadedModel, loadModel, read, type ReadOptions, type ReadState } from "../core/mod.ts";
 import { rss } from "../core/meter/rss.ts";
 import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { report, type Row } from "./report.ts";
@@ -56,9 +58,13 @@ async function timedRead(
   budget: number,
   chunk = 512,
   merge?: string,
+  more: Partial<ReadOptions> = {},
 ): Promise<[ReadState, number]> {
   const t0 = performance.now();
-  const state = await read({ ids: book.subarray(0, n) }, { model, policy, budget, chunk, question, merge });
+  const state = await read(
+    { ids: book.subarray(0, n) },
+    { model, policy, budget, chunk, question, merge, ...more },
+  );
   return [state, (performance.now() - t0) / 1000];
 }
 
@@ -84,22 +90,45 @@ if (parts.includes("fraction")) {
 }
 if (parts.includes("merge")) {
   const n = Number(args.tokens);
-  await timedRead(1536, "snapkv", 1024, 512, "d2o"); // warm-up: the first read pays for compiling the code it runs
-  const [base] = await timedRead(n, "snapkv", 1024);
   const chunks = Math.ceil(n / 512);
-  for (const merge of args.merges!.split(",")) {
-    const [state, seconds] = await timedRead(n, "snapkv", 1024, 512, merge);
-    const extra = state.sequence.timings.evict - base.sequence.timings.evict;
+  /** A method's read options and its drop-only baseline's: same policy, same budget, evicted entries dropped. */
+  const variants = (m: string): [Partial<ReadOptions>, Partial<ReadOptions>] =>
+    m === "ems"
+      ? [{ policy: "ems" }, { policy: "ems", merge: "drop" }]
+      : m === "int4" || m === "int2"
+      ? [{ policy: "snapkv", keepEvicted: m }, { policy: "snapkv" }]
+      : [{ policy: "snapkv", merge: m }, { policy: "snapkv" }];
+  // warm-up: the first read pays for compiling the code it runs
+  for (const m of args.merges!.split(",")) await timedRead(1536, "snapkv", 1024, 512, undefined, variants(m)[0]);
+  for (const m of args.merges!.split(",")) {
+    const [withIt, dropOnly] = variants(m);
+    // the drop-only read runs right before the method's, so both see the same load on a shared machine
+    const [base, baseSeconds] = await timedRead(n, "snapkv", 1024, 512, undefined, dropOnly);
+    const [state, seconds] = await timedRead(n, "snapkv", 1024, 512, undefined, withIt);
+    const t = state.sequence.timings, b = base.sequence.timings;
+    const extra = t.evict - b.evict;
     rows.push({
       part: "merge share of prefill",
       model: label,
       tokens: n,
-      policy: `snapkv+${merge} b=1024 c=512`,
+      method: m === "ems"
+        ? "--policy ems (vs --merge drop)"
+        : m.startsWith("int")
+        ? `--keep-evicted ${m}`
+        : `--merge ${m}`,
+      budget: "b=1024 c=512",
       prefill_s: seconds,
-      evict_s: state.sequence.timings.evict,
-      evict_drop_only_s: base.sequence.timings.evict,
-      merge_ms_per_chunk: Math.round((extra / chunks) * 1000),
-      merge_fraction: extra / seconds,
+      drop_only_prefill_s: baseSeconds,
+      model_runs_s: t.run,
+      drop_only_model_runs_s: b.run,
+      evict_s: t.evict,
+      drop_only_evict_s: b.evict,
+      extra_ms_per_chunk: Math.round((extra / chunks) * 1000),
+      // the work added after each run (search, merge, quantize, bookkeeping) as a share of this prefill
+      extra_work_share: Number((extra / seconds).toFixed(4)),
+      // the whole prefill against drop-only (for the low tier this includes the graph's attention over both tiers)
+      prefill_increase: Number((seconds / baseSeconds - 1).toFixed(4)),
+      load_1min: Number(Deno.loadavg()[0].toFixed(2)),
     });
   }
 }
