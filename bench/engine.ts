@@ -26,6 +26,7 @@ import { loadTokenizer } from "../core/tokens/tokenizer.ts";
 import { report, type Row } from "./report.ts";
 import { ensureRandomModel } from "./setup.ts";
 import type { WeightChoice } from "../core/model/onnx/decoder.ts";
+import type { LowTier } from "../core/model/onnx/low_tier.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -47,10 +48,20 @@ await ensureRandomModel(modelDir, args.size!);
 const tok = await loadTokenizer(tokenizerDir);
 const book = Int32Array.from(tok.encode(await Deno.readTextFile(join(shared, "corpus", "war_and_peace.txt"))));
 const question = tok.encode("What is the pass code of Natasha?");
-const model: LoadedModel = await loadModel(modelDir, {
-  threads: args.threads ? Number(args.threads) : undefined,
-  weights: args.weights as WeightChoice,
-});
+const load = (lowTier?: LowTier) =>
+  loadModel(modelDir, {
+    threads: args.threads ? Number(args.threads) : undefined,
+    weights: args.weights as WeightChoice,
+    ...(lowTier ? { lowTier } : {}),
+  });
+const model: LoadedModel = await load();
+/** The same model with a graph that takes MiKV's low tier (`--keep-evicted`), loaded when first asked for. */
+const lowModels = new Map<LowTier, Promise<LoadedModel>>();
+const modelFor = (tier?: LowTier) => {
+  if (!tier) return Promise.resolve(model);
+  if (!lowModels.has(tier)) lowModels.set(tier, load(tier));
+  return lowModels.get(tier)!;
+};
 
 async function timedRead(
   n: number,
@@ -63,7 +74,7 @@ async function timedRead(
   const t0 = performance.now();
   const state = await read(
     { ids: book.subarray(0, n) },
-    { model, policy, budget, chunk, question, merge, ...more },
+    { model: await modelFor(more.keepEvicted), policy, budget, chunk, question, merge, ...more },
   );
   return [state, (performance.now() - t0) / 1000];
 }
@@ -96,7 +107,7 @@ if (parts.includes("merge")) {
     m === "ems"
       ? [{ policy: "ems" }, { policy: "ems", merge: "drop" }]
       : m === "int4" || m === "int2"
-      ? [{ policy: "snapkv", keepEvicted: m }, { policy: "snapkv" }]
+      ? [{ policy: "snapkv", keepEvicted: m as LowTier }, { policy: "snapkv" }]
       : [{ policy: "snapkv", merge: m }, { policy: "snapkv" }];
   // warm-up: the first read pays for compiling the code it runs
   for (const m of args.merges!.split(",")) await timedRead(1536, "snapkv", 1024, 512, undefined, variants(m)[0]);
