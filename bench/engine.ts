@@ -11,6 +11,8 @@
  *                    read right after its drop-only twin (--merges LIST: which methods, default
  *                    d2o,kvmerger,anchors; also `ems` = --policy ems against --policy ems --merge drop,
  *                    and `int4`/`int2` = snapkv --keep-evicted against snapkv)
+ *   --part search    the mergers' work for one chunk at the model's KV shape (random keys, no model run):
+ *                    D2O and EMS searching in JS against the batched onnxruntime search
  *   --part at4k      prefill tokens/s over 4K tokens with snapkv at budget 1024, then decode tokens/s
  *                    (32 tokens), and the peak RSS: run once per weight type (own process, own peak)
  *   --weights TYPE   the graph's weight type (auto, f32, f16, bf16, q8, q4; default auto)
@@ -27,6 +29,9 @@ import { report, type Row } from "./report.ts";
 import { ensureRandomModel } from "./setup.ts";
 import type { WeightChoice } from "../core/model/onnx/decoder.ts";
 import type { LowTier } from "../core/model/onnx/low_tier.ts";
+import { nearestAll } from "../core/model/onnx/similarity.ts";
+import { type MergeHead, MERGERS } from "../core/policies/merge/mod.ts";
+import { uniform } from "../kernels/random.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -139,6 +144,60 @@ if (parts.includes("merge")) {
       extra_work_share: Number((extra / seconds).toFixed(4)),
       // the whole prefill against drop-only (for the low tier this includes the graph's attention over both tiers)
       prefill_increase: Number((seconds / baseSeconds - 1).toFixed(4)),
+      load_1min: Number(Deno.loadavg()[0].toFixed(2)),
+    });
+  }
+}
+if (parts.includes("search")) {
+  // one chunk's merge work at the model's KV shape, without the model: every layer's heads hold budget 1024 + a
+  // chunk of 512 random keys; each merger merges searching itself in JS, then with the batched search
+  const { layers: L, kvHeads: K, headDim: d } = model.config;
+  const n = 1536, kept = 1024, reps = 1;
+  const r = uniform(7);
+  const heads = Array.from({ length: L * K }, (_, i): MergeHead => {
+    const keys = Float32Array.from({ length: n * d }, () => r() * 2 - 1);
+    const keep = Int32Array.from(
+      Array.from({ length: n }, (_, j) => j).sort(() => r() - 0.5).slice(0, kept).sort((a, b) => a - b),
+    );
+    return {
+      layer: Math.floor(i / K),
+      head: i % K,
+      n,
+      d,
+      keys,
+      values: keys.slice(),
+      keep,
+      protect: { sinks: 0, recent: 0 },
+      positions: Int32Array.from({ length: n }, (_, j) => j),
+      importance: Float32Array.from({ length: n }, () => r()),
+    };
+  });
+  const copy = (h: MergeHead): MergeHead => ({ ...h, keys: h.keys.slice(), values: h.values.slice() });
+  for (const name of ["d2o", "ems"]) {
+    const times = { js: 0, batched: 0 };
+    for (let rep = 0; rep <= reps; rep++) {
+      let t = performance.now();
+      const js = MERGERS[name]();
+      for (const h of heads) js.merge(copy(h));
+      const jsMs = performance.now() - t;
+      t = performance.now();
+      const fast = MERGERS[name]();
+      for (let l = 0; l < L; l++) {
+        const layer = heads.slice(l * K, (l + 1) * K).map(copy);
+        const found = await nearestAll(layer.map((h) => fast.search!(h)!), d);
+        layer.forEach((h, k) => fast.merge({ ...h, nearest: found[k] }));
+      }
+      const batchedMs = performance.now() - t;
+      if (rep > 0) times.js += jsMs / reps, times.batched += batchedMs / reps; // the first is a warm-up
+    }
+    rows.push({
+      part: "merge work per chunk (random keys, no model)",
+      model: label,
+      method: name,
+      shape: `${L} layers × ${K} KV heads, ${kept} kept + ${n - kept} new, d=${d}`,
+      js_search_ms_per_chunk: Math.round(times.js),
+      batched_search_ms_per_chunk: Math.round(times.batched),
+      speedup: Number((times.js / times.batched).toFixed(1)),
       load_1min: Number(Deno.loadavg()[0].toFixed(2)),
     });
   }
