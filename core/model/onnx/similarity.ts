@@ -52,8 +52,8 @@ export async function nearestAll(heads: NearestSearch[], d: number): Promise<Nea
   const c = new Float32Array(K * C * d);
   const bias = new Float32Array(K * C).fill(MASKED);
   heads.forEach((h, k) => {
-    h.queries.forEach((i, e) => q.set(h.unit.subarray(i * d, i * d + d), (k * E + e) * d));
-    h.candidates.forEach((j, r) => c.set(h.unit.subarray(j * d, j * d + d), (k * C + r) * d));
+    copyRows(h.unit, h.queries, d, q, k * E);
+    copyRows(h.unit, h.candidates, d, c, k * C);
     bias.fill(0, k * C, k * C + h.candidates.length);
   });
   const o = await ort();
@@ -77,4 +77,11 @@ export async function nearestAll(heads: NearestSearch[], d: number): Promise<Nea
     }
     return settleNearest(h.queries, h.candidates, best, first, second, margin, h.exact);
   });
+}
+
+/** Rows `rows` of `src` ([·, d]) into `dst` from row `at` on, in order. */
+function copyRows(src: Float32Array, rows: Int32Array, d: number, dst: Float32Array, at: number): void {
+  for (let r = 0, o = at * d; r < rows.length; r++) {
+    for (let t = 0, f = rows[r] * d; t < d; t++, o++) dst[o] = src[f + t];
+  }
 }
