@@ -85,9 +85,9 @@ export async function mergeLayer(
     }
     const changed = merger.merge(m);
     // the slot of a kept entry is its rank in keep
-    const slotOf = new Map<number, number>();
-    updates[h].keep.forEach((i, j) => slotOf.set(i, j));
-    return { slots: Int32Array.from(changed, (i) => slotOf.get(i)!), rows: changed, keys: m.keys, values: m.values };
+    const slotOf = new Int32Array(m.n);
+    m.keep.forEach((i, j) => slotOf[i] = j);
+    return { slots: changed.map((i) => slotOf[i]), rows: changed, keys: m.keys, values: m.values };
   });
   return { heads };
 }

@@ -35,7 +35,12 @@ function searchGraph(): Uint8Array {
 
 async function open(): Promise<Ort.InferenceSession> {
   const o = await ort();
-  return await o.InferenceSession.create(searchGraph(), { graphOptimizationLevel: "all", logSeverityLevel: 3 });
+  return await o.InferenceSession.create(searchGraph(), {
+    graphOptimizationLevel: "all",
+    logSeverityLevel: 3,
+    // its threads sleep when a search ends instead of spinning: the merge that follows runs in JavaScript
+    extra: { session: { intra_op: { allow_spinning: "0" } } },
+  });
 }
 
 /**
