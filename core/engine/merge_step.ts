@@ -12,6 +12,13 @@ import type { MergeHead, Merger } from "../policies/merge/mod.ts";
 import type { Protection } from "../policies/policy.ts";
 import type { FreshEntries, HeadUpdate, KvStore } from "./kv_store.ts";
 
+/**
+ * Per store, the f32 rows a layer's merge works in (keys and values of every head), reused from layer to layer: a
+ * layer's rows are written back (`writeMerged`) before the next layer's merge begins, and a store belongs to one
+ * sequence, whose steps run one at a time.
+ */
+const scratch = new WeakMap<KvStore, Float32Array>();
+
 /** Rows to write back after the commit: per head, the kept slots and their merged K/V. */
 export interface PendingMerge {
   heads: { slots: Int32Array; rows: Int32Array; keys: Float32Array; values: Float32Array }[];
@@ -34,6 +41,10 @@ export async function mergeLayer(
   const { kvHeads: K, headDim: d } = store.config;
   const layer = store.layers[l];
   const merging: (MergeHead | null)[] = [];
+  const rowsOf = store.layers[l].lengths.reduce((a, P) => a + P + fresh.count, 0);
+  let buffer = scratch.get(store);
+  if (!buffer || buffer.length < 2 * rowsOf * d) scratch.set(store, buffer = new Float32Array(2 * rowsOf * d));
+  let used = 0;
   for (let h = 0; h < K; h++) {
     const u = updates[h];
     const P = layer.lengths[h];
@@ -43,7 +54,8 @@ export async function mergeLayer(
       continue;
     }
     const rows = (past: KvArray, now: KvArray) => {
-      const x = new Float32Array(n * d);
+      // every row is written: P retained, then the fresh ones
+      const x = buffer!.subarray(used, used += n * d);
       gatherRows(past, h * layer.capacity, P, d, x, 0);
       gatherRows(now, h * fresh.stride, fresh.count, d, x, P);
       return x;
