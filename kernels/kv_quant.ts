@@ -100,7 +100,8 @@ export function quantizeRowsInto(
   const { d, spec } = dst;
   const { bits, group } = spec;
   const levels = (1 << bits) - 1;
-  const perByte = 8 / bits;
+  // value i goes to byte i >> shift, at bits (i & lane)·bits: perByte = 8 / bits values a byte
+  const shift = bits === 4 ? 1 : 2, lane = 8 / bits - 1;
   const groups = d / group;
   const bytes = rowBytes(d, bits);
   const half = spec.params === "float16";
@@ -132,9 +133,11 @@ export function quantizeRowsInto(
         dst.mins[p] = min;
         dst.scales[p] = scale;
       }
+      // a zero step stores every value as 0 (the bytes are already zero)
+      if (!(scale > 0)) continue;
       for (let i = gi * group; i < (gi + 1) * group; i++) {
-        const q = scale > 0 ? Math.min(levels, Math.max(0, Math.round((src[x + i] - min) / scale))) : 0;
-        dst.data[out + Math.floor(i / perByte)] |= q << ((i % perByte) * bits);
+        const q = Math.min(levels, Math.max(0, Math.round((src[x + i] - min) / scale)));
+        dst.data[out + (i >> shift)] |= q << ((i & lane) * bits);
       }
     }
   }

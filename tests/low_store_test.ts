@@ -115,6 +115,25 @@ for (
   });
 }
 
+Deno.test("low store: among entries of equal mass at the budget's cut, the newer stay", () => {
+  const spec = { bits: 4, group: 8, params: "float32" } as KvQuantSpec;
+  const store = new LowStore(config, spec, () => 3);
+  const r = rng(5);
+  const arrive = (positions: number[], mass: number[]) =>
+    store.admit(0, 1, {
+      keys: normals(r, positions.length * d),
+      values: normals(r, positions.length * d),
+      positions,
+      accumulated: mass,
+      seen: positions.map(() => 1),
+    });
+  arrive([10, 30, 50], [2, 1, 1]);
+  // 20 and 40 tie with 30 and 50 (mass 1): of the four, the two newest (40, 50) stay beside 10 (mass 2)
+  arrive([20, 40], [1, 1]);
+  const layer = store.layers[0];
+  assert.deepEqual(Array.from(layer.positions.subarray(layer.capacity, layer.capacity + 3)), [10, 40, 50]);
+});
+
 Deno.test("low store: the default budget fits the high tier's bytes; a balancer after entries is refused", () => {
   const spec: KvQuantSpec = { bits: 4, group: 32, params: "float16" };
   // d = 64 at f16: 256 bytes a high entry; int4: 2·(32 + 2·2·2) = 80 bytes a low one

@@ -89,7 +89,7 @@ export function chunkBalance(queryAbsMax: Float32Array, newKeys: KvArray, stride
  * accumulated mass and statistics, and a buffer in the cache's dtype holding,
  * per head, the low entries dequantized (keys times the balancer) followed by
  * the run's first `c` new entries — the `fresh` rows `store.commit` copies
- * kept entries from.
+ * kept entries from (a buffer the low store lends, reused by the next layer).
  */
 export interface LowCandidates {
   count: Int32Array;
@@ -152,8 +152,8 @@ export function lowCandidates(
     },
     fresh: (updates, past) => {
       const stride = Math.max(0, ...count) + c;
-      const keys: KvArray = half ? new Uint16Array(K * stride * d) : new Float32Array(K * stride * d);
-      const values: KvArray = half ? new Uint16Array(K * stride * d) : new Float32Array(K * stride * d);
+      // store.commit and demoteLayer read only the rows written here: kept low rows and the new ones
+      const { keys, values } = low.scratch(K * stride * d, half);
       const newKeys = result.newKeys[l], newValues = result.newValues[l];
       for (let h = 0; h < K; h++) {
         const P = past[h], Q = count[h];

@@ -31,7 +31,7 @@ export interface EvictStep {
 }
 
 /** Scores and selects layer `l`'s entries (retained ++ the step's fresh ones) down to the rule's counts. */
-export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
+export async function evictLayer(store: KvStore, l: number, step: EvictStep): Promise<void> {
   const { kvHeads: K, headDim: d, layers: L } = store.config;
   const { result, fresh: c, runTokens: S, rule } = step;
   const { policy } = rule;
@@ -126,7 +126,7 @@ export function evictLayer(store: KvStore, l: number, step: EvictStep): void {
   }
   const fresh = lowC ? lowC.fresh(updates, layer.lengths) : { keys: newKeys, values: result.newValues[l], stride: S };
   if (step.low && rule.merge) throw new Error("a low tier and a merger both claim the evicted entries");
-  const merged = rule.merge && mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
+  const merged = rule.merge && await mergeLayer(store, l, updates, scores, { ...fresh, count: c }, protect, rule.merge);
   if (step.low) demoteLayer(store, step.low, l, updates, { ...fresh, count: c }, lowC?.count);
   // thin keys: the observation window stays whole, unless it is the patch (not kept)
   store.commit(l, updates, fresh, step.patch ? 0 : rule.keyChannels?.window, result.queryEnergy?.[l]);

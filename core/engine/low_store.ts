@@ -133,14 +133,19 @@ export class LowStore {
     if (n === 0 && !leaving?.some((x) => x)) return;
     let budget = Math.max(0, Math.min(this.budget(l, h), P + n));
     // candidates: the head's entries (0..P−1), then the arrivals (P..P+n−1); keep the top `budget` by mass
-    const mass = (i: number) => (i < P ? layer.accumulated[h * layer.capacity + i] : a.accumulated[i - P]);
-    const pos = (i: number) => (i < P ? layer.positions[h * layer.capacity + i] : a.positions[i - P]);
-    const seenOf = (i: number) => (i < P ? layer.seen[h * layer.capacity + i] : a.seen[i - P]);
-    const order = Array.from({ length: P + n }, (_, i) => i)
-      .filter((i) => i >= P || !leaving?.[i])
-      .sort((x, y) => mass(y) - mass(x) || pos(y) - pos(x))
+    // each candidate's mass, position and queries seen, gathered once (the sorts read them many times)
+    const base = h * layer.capacity;
+    const mass = new Float64Array(P + n), pos = new Float64Array(P + n), seenOf = new Float64Array(P + n);
+    mass.set(layer.accumulated.subarray(base, base + P));
+    pos.set(layer.positions.subarray(base, base + P));
+    seenOf.set(layer.seen.subarray(base, base + P));
+    for (let i = 0; i < n; i++) mass[P + i] = a.accumulated[i], pos[P + i] = a.positions[i], seenOf[P + i] = a.seen[i];
+    const candidates: number[] = [];
+    for (let i = 0; i < P + n; i++) if (i >= P || !leaving?.[i]) candidates.push(i);
+    const order = candidates
+      .sort((x, y) => mass[y] - mass[x] || pos[y] - pos[x])
       .slice(0, budget)
-      .sort((x, y) => pos(x) - pos(y));
+      .sort((x, y) => pos[x] - pos[y]);
     budget = order.length;
     this.#reserve(l, budget);
     const cap = layer.capacity;
@@ -157,22 +162,20 @@ export class LowStore {
     const positions = new Int32Array(budget);
     const accumulated = new Float32Array(budget);
     const seen = new Float32Array(budget);
-    order.forEach((i, j) => {
-      positions[j] = pos(i);
-      accumulated[j] = mass(i);
-      seen[j] = seenOf(i);
+    for (let j = 0; j < order.length; j++) {
+      const i = order[j];
+      positions[j] = pos[i];
+      accumulated[j] = mass[i];
+      seen[j] = seenOf[i];
       const slot = h * cap + j;
       if (i < P) {
-        [layer.keys, layer.values].forEach((t, k) => {
-          t.data.set(old[k].data.subarray(i * bytes, (i + 1) * bytes), slot * bytes);
-          t.scales.set(old[k].scales.subarray(i * groups, (i + 1) * groups), slot * groups);
-          t.mins.set(old[k].mins.subarray(i * groups, (i + 1) * groups), slot * groups);
-        });
+        copyRow(old[0], i, layer.keys, slot, bytes, groups);
+        copyRow(old[1], i, layer.values, slot, bytes, groups);
       } else {
         quantizeRowsInto(balanced, i - P, 1, layer.keys, slot);
         quantizeRowsInto(a.values, i - P, 1, layer.values, slot);
       }
-    });
+    }
     layer.positions.set(positions, h * cap);
     layer.accumulated.set(accumulated, h * cap);
     layer.seen.set(seen, h * cap);
@@ -236,6 +239,22 @@ export class LowStore {
     });
     copy.balanced = this.balanced;
     return copy;
+  }
+
+  #scratch: { keys: Float32Array | Uint16Array; values: Float32Array | Uint16Array } | null = null;
+
+  /**
+   * Two buffers of `n` elements (f32, or f16 bit patterns when `half`) for a step's rows, reused from layer to
+   * layer and step to step: what they held before is still there, so a user reads back only rows it wrote.
+   */
+  scratch(n: number, half: boolean): { keys: Float32Array | Uint16Array; values: Float32Array | Uint16Array } {
+    const s = this.#scratch;
+    if (s && s.keys.length >= n && (s.keys instanceof Uint16Array) === half) {
+      return { keys: s.keys.subarray(0, n), values: s.values.subarray(0, n) };
+    }
+    const make = () => (half ? new Uint16Array(n) : new Float32Array(n));
+    this.#scratch = { keys: make(), values: make() };
+    return this.#scratch;
   }
 
   /** Whether the balancer has been set (from the first chunk). */
@@ -323,6 +342,22 @@ export class LowStore {
   /** Bytes of the entries held: packed keys and values with their steps and mins. */
   bytes(): number {
     return this.entries() * lowEntryBytes(this.config.headDim, this.spec);
+  }
+}
+
+/** Copies packed row `i` of `src` (values, steps, mins) to row `slot` of `dst`, element by element (short rows). */
+function copyRow(
+  src: { data: Uint8Array; scales: Float32Array | Uint16Array; mins: Float32Array | Uint16Array },
+  i: number,
+  dst: QuantizedRows,
+  slot: number,
+  bytes: number,
+  groups: number,
+): void {
+  for (let t = 0, f = i * bytes, o = slot * bytes; t < bytes; t++) dst.data[o + t] = src.data[f + t];
+  for (let t = 0, f = i * groups, o = slot * groups; t < groups; t++) {
+    dst.scales[o + t] = src.scales[f + t];
+    dst.mins[o + t] = src.mins[f + t];
   }
 }
 

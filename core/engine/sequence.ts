@@ -155,7 +155,7 @@ export class Sequence {
       for (let l = 0; l < L; l++) low.accumulate(l, result.lowStats!.all![l], S);
     }
     for (let l = 0; l < L; l++) {
-      evictLayer(this.store, l, {
+      await evictLayer(this.store, l, {
         result,
         fresh: c,
         runTokens: S,

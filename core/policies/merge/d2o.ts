@@ -18,8 +18,12 @@
  * `compact` positions keys are cached before RoPE, so similarity is content only.
  * Layer budgets from attention density (the paper's other half) are not done.
  */
-import { foldRow, nearestByCosine, rowNorms } from "../../../kernels/merge.ts";
+import { cosine, foldRow, nearestByCosine, rowNorms } from "../../../kernels/merge.ts";
+import { type NearestSearch, unitRows } from "../../../kernels/nearest.ts";
 import { dropped, HeadValues, type MergeHead, type Merger, MergeWeights } from "./merger.ts";
+
+/** The smallest normal and the largest float32. */
+const FLT_MIN = 2 ** -126, FLT_MAX = 3.4028234663852886e38;
 
 /** β of the threshold's moving average. */
 export const D2O_BETA = 0.7;
@@ -32,12 +36,25 @@ export function d2o(beta = D2O_BETA): Merger {
     name: "d2o",
     state: { weights, thresholds: tau },
     summary: "evicted entries merge into their most cosine-similar kept key above an EMA threshold (arXiv 2406.13035)",
+    search(h: MergeHead): NearestSearch | undefined {
+      const { n, d, keys, keep } = h;
+      const out = dropped(n, keep);
+      if (out.length === 0 || keep.length === 0) return undefined;
+      const norms = rowNorms(keys, n, d);
+      // the batched search's error bound needs norms float32 holds to within its rounding: zero, or normal and finite
+      for (const v of norms) if (v !== 0 && !(v >= FLT_MIN && v <= FLT_MAX)) return undefined;
+      return {
+        queries: out,
+        candidates: keep,
+        unit: unitRows(keys, n, d),
+        exact: (i, j) => cosine(keys, d, norms, i, j),
+      };
+    },
     merge(h: MergeHead): Int32Array {
       const { d, keys, values, keep, positions, layer, head } = h;
       const out = dropped(h.n, keep);
       if (out.length === 0 || keep.length === 0) return new Int32Array(0);
-      const norms = rowNorms(keys, h.n, d);
-      const { index, similarity } = nearestByCosine(keys, d, norms, out, keep);
+      const { index, similarity } = h.nearest ?? nearestByCosine(keys, d, rowNorms(keys, h.n, d), out, keep);
       let max = -Infinity;
       for (const s of similarity) max = Math.max(max, s);
       const prev = tau.get(layer, head);

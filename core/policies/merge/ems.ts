@@ -21,6 +21,7 @@
  * `original` positions, before it in `compact`), like the other mergers.
  */
 import { mergeClass, nearestCentre } from "../../../kernels/class_merge.ts";
+import { dot4, type NearestSearch, unitRows } from "../../../kernels/nearest.ts";
 import { topK } from "../../../kernels/topk.ts";
 import { dropped, type MergeHead, type Merger, MergeWeights } from "./merger.ts";
 
@@ -37,15 +38,26 @@ export function emsMerge(threshold = EMS_THRESHOLD, poolShare = EMS_POOL_SHARE):
     state: { weights: counts },
     summary:
       "the best-scored evicted entries join their most similar kept key's class (centroid), below cos 0.5 the zero class drops them (EMS, arXiv 2412.08521)",
+    search(h: MergeHead): NearestSearch | undefined {
+      const { n, d, keys, keep } = h;
+      const out = dropped(n, keep);
+      if (out.length === 0 || keep.length === 0) return undefined;
+      // nearestCentre's similarity: the dot product of the rows scaled to unit length, summed as it sums
+      const unit = unitRows(keys, n, d);
+      return {
+        queries: toBeMerged(h, out),
+        candidates: keep,
+        unit,
+        exact: (i, j) => dot4(unit, i * d, unit, j * d, d),
+      };
+    },
     merge(h: MergeHead): Int32Array {
-      const { d, keys, values, keep, positions, importance, layer, head } = h;
+      const { d, keys, values, keep, positions, layer, head } = h;
       const out = dropped(h.n, keep);
       if (out.length === 0 || keep.length === 0) return new Int32Array(0);
       counts.forget(layer, head, Array.from(out, (e) => positions[e]));
-      const pool = Math.min(out.length, Math.ceil(keep.length * poolShare));
-      const chosen = topK(Array.from(out, (e) => importance[e]), out.length, pool);
-      const tbm = Int32Array.from(chosen, (j) => out[j]);
-      const { index, similarity } = nearestCentre(keys, d, tbm, keep);
+      const tbm = toBeMerged(h, out);
+      const { index, similarity } = h.nearest ?? nearestCentre(keys, d, tbm, keep);
       const classes = new Map<number, number[]>();
       for (let q = 0; q < tbm.length; q++) {
         if (!(similarity[q] >= threshold)) continue; // the zero class
@@ -62,4 +74,11 @@ export function emsMerge(threshold = EMS_THRESHOLD, poolShare = EMS_POOL_SHARE):
       return Int32Array.from(touched);
     },
   };
+
+  /** The to-be-merged pool: the ⌈budget·share⌉ best-scored of the evicted entries `out`. */
+  function toBeMerged(h: MergeHead, out: Int32Array): Int32Array {
+    const pool = Math.min(out.length, Math.ceil(h.keep.length * poolShare));
+    const chosen = topK(Array.from(out, (e) => h.importance[e]), out.length, pool);
+    return Int32Array.from(chosen, (j) => out[j]);
+  }
 }

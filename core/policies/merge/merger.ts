@@ -5,6 +5,7 @@
  * hence the KV bytes, is the selection's), so a merger composes with any
  * scored policy and needs no graph change.
  */
+import type { Nearest, NearestSearch } from "../../../kernels/nearest.ts";
 import type { Protection } from "../policy.ts";
 
 /** One KV head after selection, as a merger sees it: the n considered entries (retained ++ new) as f32 rows. */
@@ -25,6 +26,12 @@ export interface MergeHead {
   positions: Int32Array;
   /** The policy's score of each entry, the importance the selection kept by (H2O's: accumulated attention ÷ queries). */
   importance: Float32Array;
+  /**
+   * The answer to the merger's {@link Merger.search} on this head, when the
+   * engine ran it (all heads of a layer in one batched product, exact); absent,
+   * the merger searches itself.
+   */
+  nearest?: Nearest;
 }
 
 /** Folds dropped entries into kept ones. */
@@ -32,6 +39,12 @@ export interface Merger {
   name: string;
   /** One line: the method in words, and its source. */
   summary: string;
+  /**
+   * The nearest-by-cosine search `merge` would run on this head, if any, for
+   * the engine to run batched and hand back as `head.nearest` (exactly what the
+   * merger's own search finds). Reads the head, changes nothing.
+   */
+  search?(head: MergeHead): NearestSearch | undefined;
   /** Merges into the kept rows of `head.keys`/`head.values`; returns the indices (into n) of kept entries it changed. */
   merge(head: MergeHead): Int32Array;
   /** What it carries from one chunk to the next (a saved state keeps it; a loaded one puts it back). */
