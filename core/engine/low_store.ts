@@ -41,17 +41,11 @@ export interface LowLayer {
   balance: Float32Array;
 }
 
-/** One layer's low entries packed head after head (Σ lengths rows), with its balancer: a saved state's layout. */
-export interface PackedLowLayer {
-  lengths: Int32Array;
-  keys: QuantizedRows;
-  values: QuantizedRows;
-  positions: Int32Array;
-  accumulated: Float32Array;
-  seen: Float32Array;
-  /** [Hkv·d] */
-  balance: Float32Array;
-}
+/**
+ * One layer's low entries packed head after head (Σ lengths rows, no free slots between heads), with its balancer: a
+ * saved state's layout.
+ */
+export type PackedLowLayer = Omit<LowLayer, "capacity">;
 
 /** Entries arriving in the low tier for one head: f32 rows [n, d] (keys rotated, unbalanced). */
 export interface LowArrivals {
