@@ -24,7 +24,7 @@ if (lines.every((l) => l.kind === "ppl")) {
   const full = rows.find((r) => r.policy === "full");
   console.log(
     table(
-      ["method", "budget", "perplexity", "vs full", "KV peak", "KV footprint", "in bytes"],
+      ["method", "budget", "KL vs full", "perplexity", "vs full", "KV peak", "KV footprint", "in bytes"],
       rows.map((r) => [
         r.policy,
         budgetCell(r.budget),

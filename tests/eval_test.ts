@@ -201,15 +201,21 @@ Deno.test("eval ppl: merges, thin keys and the low tier at a size budget score a
       });
       const scored = ids.slice(cut);
       let nll = 0;
+      const rows: Float32Array[] = [];
       await teacherForce(state.sequence, scorer.session, scored, chunk, (row, i) => {
-        if (i + 1 < scored.length) nll -= logProb(row, scored[i + 1]);
+        if (i + 1 < scored.length) {
+          nll -= logProb(row, scored[i + 1]);
+          rows.push(row.slice());
+        }
       });
-      return { nll: nll / last, peak: state.meter.summary().kvPeakBytes };
+      return { nll: nll / last, peak: state.meter.summary().kvPeakBytes, rows };
     } finally {
       await model.session.close();
       await scorer.session.close();
     }
   };
+  const near = (a: number, b: number, what: string) =>
+    assert.ok(Math.abs(a - b) <= 1e-6 * Math.max(1, Math.abs(b)), `${what}: ${a} vs ${b}`);
   for (
     const [row, want] of [
       [merged[1], await direct({ merge: "d2o" })],
@@ -220,6 +226,23 @@ Deno.test("eval ppl: merges, thin keys and the low tier at a size budget score a
     assert.equal(row.nll, want.nll, `${row.policy}: nll`);
     assert.equal(row.kv_peak_bytes, want.peak, `${row.policy}: KV peak`);
   }
+  // KL(full ‖ row) per scored position, restated: log-softmax in float64 from the direct reads' rows
+  const logSoftmax = (x: Float32Array) => {
+    let m = -Infinity;
+    for (const v of x) m = Math.max(m, v);
+    let z = 0;
+    for (const v of x) z += Math.exp(v - m);
+    return Float64Array.from(x, (v) => v - m - Math.log(z));
+  };
+  const kl = (p: Float32Array[], q: Float32Array[]) =>
+    p.reduce((sum, row, i) => {
+      const a = logSoftmax(row), b = logSoftmax(q[i]);
+      return sum + a.reduce((s, v, j) => s + Math.exp(v) * (v - b[j]), 0);
+    }, 0) / p.length;
+  const fullRows = (await direct({ policy: "full" })).rows;
+  near(merged[0].kl, kl(fullRows, (await direct({})).rows), "h2o KL");
+  near(merged[1].kl, kl(fullRows, (await direct({ merge: "d2o" })).rows), "h2o+d2o KL");
+  assert.ok(merged[0].kl > 0);
   // each method changes what is scored (on this model SnapKV's merges change nothing: H2O is read)
   for (const r of [merged[1], thin[0], low[0]]) assert.notEqual(r.nll, merged[0].nll, `${r.policy} = drop-only`);
 });

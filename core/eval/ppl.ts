@@ -2,10 +2,14 @@
  * Perplexity under eviction: the negative log-likelihood of a text's last N
  * tokens given its prefix read through a policy (compressed) vs. the full
  * prefix. The prefix is read as tome reads documents (chunked, evicting); the
- * last N tokens are then teacher-forced without eviction.
+ * last N tokens are then teacher-forced without eviction. Each row also gives
+ * the mean KL(full ‖ compressed) of the next-token distributions over the N
+ * positions: how far the method moves the distribution, the honest signal on
+ * a model whose perplexity means nothing (random weights). The full cache's
+ * rows are computed once per run for it (N × vocab floats held).
  */
-import { type LoadedModel, read } from "../mod.ts";
-import { logProb, teacherForce } from "../engine/score.ts";
+import { type LoadedModel, read, type ReadOptions } from "../mod.ts";
+import { klDivergence, logProb, teacherForce } from "../engine/score.ts";
 import { makePolicy } from "../policies/mod.ts";
 import { type Budget, type EvalOptions, mergesFor, methodLabel, openModel } from "./options.ts";
 import { choosePositions } from "../engine/resolve.ts";
@@ -29,6 +33,8 @@ export interface PplRow {
   footprint_bytes: number;
   peak_fraction: number;
   kv_peak_bytes: number;
+  /** Mean KL(full ‖ this row) over the scored positions, in nats (0 for the full cache). */
+  kl: number;
   seconds: number;
 }
 
@@ -45,27 +51,36 @@ export async function* runPpl(o: PplOptions): AsyncGenerator<PplRow> {
     const cut = ids.length - o.last - 1;
     const prefix = ids.slice(0, cut);
     const scored = ids.slice(cut);
+    /** Reads the prefix with `opts`, then teacher-forces the scored tokens; `onRow` sees each row but the last. */
+    const score = async (opts: Omit<ReadOptions, "model" | "chunk">, onRow: (row: Float32Array, i: number) => void) => {
+      const state = await read({ ids: prefix }, { model, chunk: o.chunk, ...opts });
+      await teacherForce(state.sequence, scorer.session, scored, o.chunk, (row, i) => {
+        if (i + 1 < scored.length) onRow(row, i);
+      });
+      return state;
+    };
+    // the full cache's distributions, the reference every row's KL is taken against
+    const full: Float32Array[] = [];
+    await score({ policy: "full", questionPatch: false }, (row) => full.push(row.slice()));
     for (const name of o.policies) {
       const policy = await makePolicy(name, model.config, o.policyOptions);
       for (const merge of mergesFor(policy.keepsAll, o)) {
         for (const budget of policy.keepsAll ? [null] : o.budgets) {
           const t0 = performance.now();
-          const state = await read({ ids: prefix }, {
-            model,
+          let nll = 0, kl = 0;
+          const state = await score({
             policy,
             budget: budget ?? 1,
-            chunk: o.chunk,
             questionPatch: false,
             merge,
             keyChannels: o.keyChannels,
             keepEvicted: o.keepEvicted,
             lowBudget: o.lowBudget,
+          }, (row, i) => {
+            nll -= logProb(row, scored[i + 1]);
+            kl += klDivergence(full[i], row);
           });
           const s = state.meter.summary();
-          let nll = 0;
-          await teacherForce(state.sequence, scorer.session, scored, o.chunk, (row, i) => {
-            if (i + 1 < scored.length) nll -= logProb(row, scored[i + 1]);
-          });
           const mean = nll / o.last;
           yield {
             policy: methodLabel(name, merge, state.run, o),
@@ -78,6 +93,7 @@ export async function* runPpl(o: PplOptions): AsyncGenerator<PplRow> {
             footprint_bytes: s.footprintBytes,
             peak_fraction: s.peakFraction,
             kv_peak_bytes: s.kvPeakBytes,
+            kl: kl / o.last,
             seconds: (performance.now() - t0) / 1000,
           };
         }

@@ -19,12 +19,23 @@ async function readText(path: string): Promise<string> {
 function pplTable(rows: PplRow[]): string {
   const full = rows.find((r) => r.policy === "full");
   return table(
-    ["policy", "budget", "perplexity", "vs full", "KV footprint", "in bytes", "peak KV fraction", "KV peak"],
+    [
+      "policy",
+      "budget",
+      "perplexity",
+      "vs full",
+      "KL vs full",
+      "KV footprint",
+      "in bytes",
+      "peak KV fraction",
+      "KV peak",
+    ],
     rows.map((r) => [
       r.policy,
       budgetCell(r.budget),
       r.ppl.toFixed(3),
       full ? `${((r.ppl / full.ppl - 1) * 100).toFixed(2)}%` : "—",
+      r.kl.toPrecision(3),
       pct(r.footprint),
       pct(r.footprint_bytes),
       pct(r.peak_fraction),
@@ -53,7 +64,12 @@ export function pplCommand(ev: Command): void {
       const rows: PplRow[] = [];
       for await (const r of runPpl({ ...s, text, last: intFlag(flags.last, "--last")! })) {
         rows.push(r);
-        say(flags, `${configLabel(r)}: ppl ${r.ppl.toFixed(3)} · footprint ${pct(r.footprint)}`);
+        say(
+          flags,
+          `${configLabel(r)}: ppl ${r.ppl.toFixed(3)} · KL vs full ${r.kl.toPrecision(3)} · footprint ${
+            pct(r.footprint)
+          }`,
+        );
       }
       const log = await logResults(flags.out, "ppl", s, rows);
       await writeStdout(flags.json ? JSON.stringify({ rows, log }) + "\n" : pplTable(rows));
