@@ -86,7 +86,7 @@ export async function mergeLayer(
       asked.forEach((a, i) => a.head.nearest = found[i]);
     }
   }
-  const heads: PendingMerge["heads"] = merging.map((m, h) => {
+  const heads: PendingMerge["heads"] = merging.map((m) => {
     if (!m) {
       return {
         slots: new Int32Array(0),
