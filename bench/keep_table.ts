@@ -28,7 +28,8 @@ if (lines.every((l) => l.kind === "ppl")) {
       rows.map((r) => [
         r.policy,
         budgetCell(r.budget),
-        r.ppl.toFixed(3),
+        r.kl.toPrecision(3),
+        r.ppl.toPrecision(4),
         full ? `${((r.ppl / full.ppl - 1) * 100).toFixed(2)}%` : "—",
         formatBytes(r.kv_peak_bytes),
         pct(r.footprint),
