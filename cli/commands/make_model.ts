@@ -103,7 +103,17 @@ async function writeBeside(out: string, force: boolean, kind: string, write: (tm
   const parent = dirname(resolve(out));
   let tmp: string | null = null;
   const cleanup = () => {
-    if (tmp) Deno.removeSync(tmp, { recursive: true });
+    // a signal can land while the writer's async file operations are in flight on other threads: one may add a file
+    // between the recursive removal's listing and its rmdir ("directory not empty"), so the removal is retried
+    for (let attempt = 0; tmp; attempt++) {
+      try {
+        Deno.removeSync(tmp, { recursive: true });
+        return;
+      } catch (err) {
+        if (err instanceof Deno.errors.NotFound) return;
+        if (attempt >= 50) throw err;
+      }
+    }
   };
   const signals: [Deno.Signal, number][] = [["SIGINT", EXIT.interrupted], ["SIGTERM", EXIT.terminated]];
   const handlers = signals.map(([sig, code]) => {
