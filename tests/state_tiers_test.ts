@@ -439,6 +439,20 @@ Deno.test("tome read --save with --keep-evicted, --merge or --key-channels, then
       ) {
         assert.equal(fromState[k], direct[k], k);
       }
+      // tome inspect names what the state keeps beside the whole-key K/V
+      const shown = await tome(["inspect", state, "--json"], { env });
+      assert.equal(shown.code, 0, shown.stderr);
+      const info = JSON.parse(shown.stdout);
+      assert.deepEqual(
+        [info.low_tier?.tier ?? null, info.merge, info.key_channels?.channels ?? null],
+        [
+          flags[0] === "--keep-evicted" ? "int4" : null,
+          flags[0] === "--merge" ? "d2o" : null,
+          flags[0] === "--key-channels" ? info.model.headDim / 2 : null,
+        ],
+      );
+      // no eviction while answering: the low tier the state holds is the one the direct run ends with
+      if (info.low_tier) assert.equal(info.low_tier.kv_bytes, direct.kv_low_bytes);
       if (flags[0] !== "--merge") return;
       // reading more after a merged state (another file) goes on merging, with the state's method
       const more = join(d.path, "more.tstate");

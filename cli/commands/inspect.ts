@@ -25,7 +25,9 @@ function graphVariants(): GraphOptions[] {
 /** `tome inspect FILE.tstate`: what a saved reading state holds. */
 async function inspectState(path: string, opts: { json?: boolean }): Promise<void> {
   const h = await readStateHeader(path);
-  const entries = h.lengths.flat().reduce((a, b) => a + b, 0);
+  const sum = (grid: number[][]) => grid.flat().reduce((a, b) => a + b, 0);
+  const slots = Math.max(1, h.model.layers * h.model.kvHeads);
+  const entries = sum(h.lengths);
   const info = {
     state: path,
     format: h.version,
@@ -38,9 +40,20 @@ async function inspectState(path: string, opts: { json?: boolean }): Promise<voi
     query_agnostic: h.queryAgnostic,
     input: h.input,
     tokens_read: h.position - h.prefix.length,
-    entries_per_head: entries / Math.max(1, h.model.layers * h.model.kvHeads),
+    entries_per_head: entries / slots,
     kv_bytes: h.meter.kvNow,
     kv_peak_bytes: h.meter.kvPeak,
+    // what a version-2 state keeps beside the whole-key K/V: MiKV's low tier, thin keys, a merger's state
+    low_tier: h.low
+      ? {
+        tier: `int${h.low.bits}`,
+        entries_per_head: sum(h.low.lengths) / slots,
+        budget: h.low.budget,
+        kv_bytes: h.meter.kvLowNow ?? 0,
+      }
+      : null,
+    key_channels: h.thin ? { channels: h.thin.channels, head_dim: h.model.headDim, window: h.thin.window } : null,
+    merge: h.merger?.name ?? null,
     payload: h.payload,
   };
   if (opts.json) return void await writeStdout(JSON.stringify(info) + "\n");
@@ -60,7 +73,19 @@ async function inspectState(path: string, opts: { json?: boolean }): Promise<voi
       row(
         "KV",
         `${formatBytes(info.kv_bytes)} retained (${info.entries_per_head.toFixed(0)} entries per layer and head)`,
-      ),
+      ) +
+      (info.low_tier
+        ? row(
+          "low tier",
+          `${info.low_tier.tier}: ${formatBytes(info.low_tier.kv_bytes)}, ${
+            info.low_tier.entries_per_head.toFixed(0)
+          } of ${info.low_tier.budget} entries per layer and head`,
+        )
+        : "") +
+      (info.key_channels
+        ? row("thin keys", `${info.key_channels.channels} of ${info.key_channels.head_dim} key channels`)
+        : "") +
+      (info.merge ? row("merge", `${info.merge} (weights kept)`) : ""),
   );
 }
 
