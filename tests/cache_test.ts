@@ -320,6 +320,21 @@ Deno.test("graph cache: abandoned builds are removed, live ones never", async ()
   assert.equal(await Deno.stat(mine.path).then(() => true, () => false), false);
 });
 
+Deno.test("removePartialBuilds: writes still in flight on other threads do not leave the directory behind", async () => {
+  // a signal handler runs between awaits: the build's last writes may still be creating files
+  await using tmp = await tempDir();
+  for (let trial = 0; trial < 10; trial++) {
+    const mine = await createBuildDir(tmp.path);
+    const writes = Array.from(
+      { length: 400 },
+      (_, i) => Deno.writeTextFile(join(mine.path, `part${i}`), "x".repeat(1000)).catch(() => {}),
+    );
+    removePartialBuilds();
+    await Promise.all(writes);
+    await assertOnly(tmp.path, []);
+  }
+});
+
 Deno.test("graph cache: concurrent builds of one graph both succeed with one entry", async () => {
   await using tmp = await tempDir();
   const f = await fixture(tmp.path);

@@ -1,6 +1,7 @@
 import { Argument, type Command, Option } from "commander";
 import { dirname, resolve } from "node:path";
 import { EXIT, TomeError } from "../../core/errors.ts";
+import { removeTreeSync } from "../../core/remove_tree.ts";
 import { type Arch, ARCHS } from "../../core/model/config.ts";
 import { checkReplaceable, makeRandomModel, markModel, type ModelShape, SIZES } from "../../core/model/make.ts";
 import { makeRetrievalModel } from "../../core/model/retrieval.ts";
@@ -103,17 +104,7 @@ async function writeBeside(out: string, force: boolean, kind: string, write: (tm
   const parent = dirname(resolve(out));
   let tmp: string | null = null;
   const cleanup = () => {
-    // a signal can land while the writer's async file operations are in flight on other threads: one may add a file
-    // between the recursive removal's listing and its rmdir ("directory not empty"), so the removal is retried
-    for (let attempt = 0; tmp; attempt++) {
-      try {
-        Deno.removeSync(tmp, { recursive: true });
-        return;
-      } catch (err) {
-        if (err instanceof Deno.errors.NotFound) return;
-        if (attempt >= 50) throw err;
-      }
-    }
+    if (tmp) removeTreeSync(tmp);
   };
   const signals: [Deno.Signal, number][] = [["SIGINT", EXIT.interrupted], ["SIGTERM", EXIT.terminated]];
   const handlers = signals.map(([sig, code]) => {

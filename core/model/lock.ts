@@ -13,6 +13,7 @@
  * remove each other's live builds.
  */
 import { join } from "node:path";
+import { removeTreeSync } from "../remove_tree.ts";
 
 /** Prefix of a directory a build is writing. */
 export const BUILDING_PREFIX = ".building-";
@@ -112,9 +113,7 @@ export async function removeStrayLock(dir: string): Promise<void> {
  */
 export function removePartialBuilds(): void {
   for (const [path, file] of own) {
-    try {
-      Deno.removeSync(path, { recursive: true });
-    } catch { /* already gone */ }
+    removeTreeSync(path);
     try {
       file?.close();
     } catch { /* closed */ }
