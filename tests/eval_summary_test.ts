@@ -40,6 +40,9 @@ function niah(
     exact,
     partial,
     kv_peak_bytes,
+    // a low tier beside the high one: their peaks need not add up to the whole's
+    kv_high_peak_bytes: (kv_peak_bytes * 3) / 4,
+    kv_low_peak_bytes: Math.round(1000 * (1 - footprint)),
     kv_full_bytes: 1000,
     footprint,
     // bytes-time below entries-time, as with a low tier
@@ -82,6 +85,8 @@ Deno.test("summarizeNiah: recall, partial, footprint means and the largest peak 
     footprint_bytes: 0.5,
     peak_fraction: 1,
     kv_peak_bytes: 1000,
+    kv_high_peak_bytes: 750,
+    kv_low_peak_bytes: 0,
   });
   near(b64.recall, 2 / 4, "recall"); // exact at 512/0 and 1024/25
   near(b64.partial, (1 + 0.4 + 0.2 + 1) / 4, "partial");
@@ -89,6 +94,8 @@ Deno.test("summarizeNiah: recall, partial, footprint means and the largest peak 
   near(b64.footprint_bytes, (0.25 + 0.35 + 0.3 + 0.15) / 8, "footprint in bytes");
   near(b64.peak_fraction, (0.3 + 0.5 + 0.4 + 0.2) / 4, "peak fraction");
   assert.equal(b64.kv_peak_bytes, 300);
+  // each tier's largest peak, from whichever trial held it (the low tier's is not the whole's trial)
+  assert.deepEqual([b64.kv_high_peak_bytes, b64.kv_low_peak_bytes], [225, 850]);
   near(b128.recall, 1 / 2, "recall b128");
   near(b128.partial, (1 + 0.6) / 2, "partial b128");
 });
@@ -160,6 +167,8 @@ Deno.test("criticalFootprint: the smallest footprint with ≥ 90% of the full ca
     footprint_bytes: bytes,
     peak_fraction: 0,
     kv_peak_bytes: 0,
+    kv_high_peak_bytes: 0,
+    kv_low_peak_bytes: 0,
   });
   const summary = [at("a", 256, 1, 0.4), at("a", 64, 0.5, 0.1), at("a", 128, 0.95, 0.2), at("b", 256, 0.2, 0.4)];
   const c = criticalFootprint(summary, 1);

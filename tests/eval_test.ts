@@ -139,11 +139,16 @@ Deno.test("eval niah --keep-evicted: rows run MiKV's low tier, as a direct read 
       answer += piece;
     }
     assert.equal(low.answer, answer);
-    assert.equal(low.kv_peak_bytes, state.meter.summary().kvPeakBytes);
+    const s = state.meter.summary();
+    assert.equal(low.kv_peak_bytes, s.kvPeakBytes);
+    assert.equal(low.kv_high_peak_bytes, s.kvHighPeakBytes);
+    assert.equal(low.kv_low_peak_bytes, s.kvLowPeakBytes);
+    assert.ok(s.kvLowPeakBytes > 0, "the low tier held entries");
   } finally {
     await model.session.close();
   }
   assert.ok(low.kv_peak_bytes > drop.kv_peak_bytes, `${low.kv_peak_bytes} vs drop-only ${drop.kv_peak_bytes}`);
+  assert.equal(drop.kv_low_peak_bytes, 0);
 });
 
 Deno.test("eval ppl: merges, thin keys and the low tier at a size budget score as a direct read with them does", async () => {
@@ -208,7 +213,8 @@ Deno.test("eval ppl: merges, thin keys and the low tier at a size budget score a
           rows.push(row.slice());
         }
       });
-      return { nll: nll / last, peak: state.meter.summary().kvPeakBytes, rows };
+      const s = state.meter.summary();
+      return { nll: nll / last, peak: s.kvPeakBytes, high: s.kvHighPeakBytes, low: s.kvLowPeakBytes, rows };
     } finally {
       await model.session.close();
       await scorer.session.close();
@@ -225,6 +231,11 @@ Deno.test("eval ppl: merges, thin keys and the low tier at a size budget score a
   ) {
     assert.equal(row.nll, want.nll, `${row.policy}: nll`);
     assert.equal(row.kv_peak_bytes, want.peak, `${row.policy}: KV peak`);
+    assert.deepEqual(
+      [row.kv_high_peak_bytes, row.kv_low_peak_bytes],
+      [want.high, want.low],
+      `${row.policy}: tier peaks`,
+    );
   }
   // KL(full ‖ row) per scored position, restated: log-softmax in float64 from the direct reads' rows
   const logSoftmax = (x: Float32Array) => {

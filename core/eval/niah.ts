@@ -38,6 +38,9 @@ export interface NiahRow {
   exact: boolean;
   partial: number;
   kv_peak_bytes: number;
+  /** Each tier's own peak (they need not add up to `kv_peak_bytes`; the low one is 0 without `--keep-evicted`). */
+  kv_high_peak_bytes: number;
+  kv_low_peak_bytes: number;
   kv_full_bytes: number;
   footprint: number;
   /** The footprint in bytes-time (thin keys and low tiers weighed by their bytes). */
@@ -112,6 +115,8 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
                   exact: score.exact,
                   partial: score.partial,
                   kv_peak_bytes: s.kvPeakBytes,
+                  kv_high_peak_bytes: s.kvHighPeakBytes,
+                  kv_low_peak_bytes: s.kvLowPeakBytes,
                   kv_full_bytes: s.fullKvBytes,
                   footprint: s.footprint,
                   footprint_bytes: s.footprintBytes,

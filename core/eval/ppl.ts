@@ -33,6 +33,9 @@ export interface PplRow {
   footprint_bytes: number;
   peak_fraction: number;
   kv_peak_bytes: number;
+  /** Each tier's own peak (they need not add up to `kv_peak_bytes`; the low one is 0 without `--keep-evicted`). */
+  kv_high_peak_bytes: number;
+  kv_low_peak_bytes: number;
   /** Mean KL(full ‖ this row) over the scored positions, in nats (0 for the full cache). */
   kl: number;
   seconds: number;
@@ -101,6 +104,8 @@ export async function* runPpl(o: PplOptions): AsyncGenerator<PplRow> {
             footprint_bytes: s.footprintBytes,
             peak_fraction: s.peakFraction,
             kv_peak_bytes: s.kvPeakBytes,
+            kv_high_peak_bytes: s.kvHighPeakBytes,
+            kv_low_peak_bytes: s.kvLowPeakBytes,
             kl: kl / o.last,
             seconds: state === reference ? fullSeconds : (performance.now() - t0) / 1000,
           };

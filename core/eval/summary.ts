@@ -22,6 +22,9 @@ export interface NiahSummary {
   peak_fraction: number;
   /** The largest KV peak over the trials. */
   kv_peak_bytes: number;
+  /** The largest peak of each tier over the trials. */
+  kv_high_peak_bytes: number;
+  kv_low_peak_bytes: number;
 }
 
 /** Needle recall in one heatmap cell: a (policy, budget) at one haystack length and depth. */
@@ -75,6 +78,8 @@ export function summarizeNiah(rows: readonly NiahRow[]): NiahSummary[] {
     footprint_bytes: mean(g, (r) => r.footprint_bytes),
     peak_fraction: mean(g, (r) => r.peak_fraction),
     kv_peak_bytes: Math.max(...g.map((r) => r.kv_peak_bytes)),
+    kv_high_peak_bytes: Math.max(...g.map((r) => r.kv_high_peak_bytes)),
+    kv_low_peak_bytes: Math.max(...g.map((r) => r.kv_low_peak_bytes)),
   }));
 }
 
