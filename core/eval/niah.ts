@@ -9,7 +9,15 @@ import { generate, type LoadedModel, read } from "../mod.ts";
 import { choosePositions } from "../engine/resolve.ts";
 import { makePolicy } from "../policies/mod.ts";
 import { haystack, scoreAnswer, trialSeed } from "./haystack.ts";
-import { type Budget, type EvalOptions, mergesFor, methodLabel, type NeedleFraming, openModel } from "./options.ts";
+import {
+  type Budget,
+  type EvalOptions,
+  kvColumns,
+  mergesFor,
+  methodLabel,
+  type NeedleFraming,
+  openModel,
+} from "./options.ts";
 
 export interface NiahOptions extends EvalOptions {
   /** The prompt around each haystack. */
@@ -114,13 +122,8 @@ export async function* runNiah(o: NiahOptions): AsyncGenerator<NiahRow> {
                   answer,
                   exact: score.exact,
                   partial: score.partial,
-                  kv_peak_bytes: s.kvPeakBytes,
-                  kv_high_peak_bytes: s.kvHighPeakBytes,
-                  kv_low_peak_bytes: s.kvLowPeakBytes,
+                  ...kvColumns(s),
                   kv_full_bytes: s.fullKvBytes,
-                  footprint: s.footprint,
-                  footprint_bytes: s.footprintBytes,
-                  peak_fraction: s.peakFraction,
                   seconds: (performance.now() - t0) / 1000,
                 };
               }

@@ -9,6 +9,7 @@ import type { WeightChoice } from "../model/onnx/decoder.ts";
 import type { LowTier } from "../model/onnx/low_tier.ts";
 import type { ResolvedRun } from "../engine/resolve.ts";
 import { NO_MERGE } from "../policies/merge/mod.ts";
+import type { MeterSummary } from "../meter/meter.ts";
 
 /** A swept budget: entries per layer and KV head, or a size (`256KiB`: the whole cache's KV bytes, every tier). */
 export type Budget = number | string;
@@ -75,3 +76,15 @@ export function methodLabel(policy: string, merge: string, run: ResolvedRun, o: 
 /** The merges swept for a policy: only its own for a policy that keeps everything. */
 export const mergesFor = (keepsAll: boolean | undefined, o: EvalOptions): string[] =>
   keepsAll ? [NO_MERGE] : o.merges ?? [NO_MERGE];
+
+/** The KV columns a niah or ppl row takes from its read's meter: footprints, peak fraction, the peaks (whole, per tier). */
+export function kvColumns(s: MeterSummary) {
+  return {
+    footprint: s.footprint,
+    footprint_bytes: s.footprintBytes,
+    peak_fraction: s.peakFraction,
+    kv_peak_bytes: s.kvPeakBytes,
+    kv_high_peak_bytes: s.kvHighPeakBytes,
+    kv_low_peak_bytes: s.kvLowPeakBytes,
+  };
+}

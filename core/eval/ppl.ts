@@ -11,7 +11,7 @@
 import { type LoadedModel, read, type ReadOptions } from "../mod.ts";
 import { klDivergence, logProb, teacherForce } from "../engine/score.ts";
 import { makePolicy } from "../policies/mod.ts";
-import { type Budget, type EvalOptions, mergesFor, methodLabel, openModel } from "./options.ts";
+import { type Budget, type EvalOptions, kvColumns, mergesFor, methodLabel, openModel } from "./options.ts";
 import { choosePositions } from "../engine/resolve.ts";
 
 export interface PplOptions extends EvalOptions {
@@ -100,12 +100,7 @@ export async function* runPpl(o: PplOptions): AsyncGenerator<PplRow> {
             scored_tokens: o.last,
             nll: mean,
             ppl: Math.exp(mean),
-            footprint: s.footprint,
-            footprint_bytes: s.footprintBytes,
-            peak_fraction: s.peakFraction,
-            kv_peak_bytes: s.kvPeakBytes,
-            kv_high_peak_bytes: s.kvHighPeakBytes,
-            kv_low_peak_bytes: s.kvLowPeakBytes,
+            ...kvColumns(s),
             kl: kl / o.last,
             seconds: state === reference ? fullSeconds : (performance.now() - t0) / 1000,
           };
